@@ -1,0 +1,108 @@
+"""The ``lifelong`` command: ``run`` a pipeline, list ``plugins``.
+
+User errors (config, unknown names, bad files) exit with status 2 and one paragraph that names
+the problem; they never print a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from lifelong import __version__
+from lifelong.errors import UserError
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _host(ctx: click.Context):
+    from lifelong.host import PluginHost
+
+    return PluginHost(plugins=ctx.obj["plugins"], blocked=ctx.obj["blocked"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lifelong")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Load a plugin module by import path (repeatable).")
+@click.option("--block", "blocked", multiple=True, metavar="NAME", help="Do not load the plugin NAME (repeatable).")
+@click.pass_context
+def main(ctx: click.Context, plugins: tuple[str, ...], blocked: tuple[str, ...]) -> None:
+    """lifelong: a continual-learning pipeline built from plugins."""
+    ctx.obj = {"plugins": list(plugins), "blocked": list(blocked)}
+
+
+@main.command()
+@click.argument("pipeline_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one pipeline value (repeatable).")
+@click.option("--summary", "summary_path", type=click.Path(dir_okay=False), help="Write the run summary as JSON here (and the heatmap beside it).")
+@click.option("--dead-letters", "dead_letter_path", default="dead_letters.jsonl", show_default=True, type=click.Path(dir_okay=False), help="Where bad records go.")
+@click.pass_context
+def run(ctx: click.Context, pipeline_file: str | None, overrides: tuple[str, ...], summary_path: str | None, dead_letter_path: str) -> None:
+    """Run PIPELINE_FILE (TOML), or the built-in Split-Digits pipeline when none is given."""
+    from lifelong import config, pipeline, report
+    from lifelong.progress import progress_bar
+
+    try:
+        raw = config.load(pipeline_file, list(overrides))
+        plan = pipeline.build(_host(ctx), raw, dead_letter_path)
+    except UserError as exc:
+        _fail(str(exc))
+    source = pipeline_file or "the built-in default pipeline (Split-Digits)"
+    click.echo(f"lifelong: running {source} on {plan.device}", err=True)
+    try:
+        with progress_bar(plan) as bar:
+            runner = pipeline.Runner(plan, progress=bar)
+            summary = runner.execute()
+        heatmap = Path(summary_path).with_suffix(".png") if summary_path else None
+        summary = runner.finish(summary, heatmap)
+    except UserError as exc:
+        _fail(str(exc))
+    click.echo(report.table(summary))
+    for name, result in summary.get("trackers", {}).items():
+        if isinstance(result, dict) and result.get("message"):
+            click.echo(f"{name}: {result['message']}")
+    for error in summary.get("errors", []):
+        click.echo(f"warning: {error}", err=True)
+    if summary_path:
+        Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(summary_path).write_text(json.dumps(summary, indent=2, default=str))
+        click.echo(f"summary: {summary_path}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def plugins(ctx: click.Context, as_json: bool) -> None:
+    """List plugins, where each came from, its components with their options, and its hooks."""
+    try:
+        described = _host(ctx).describe()
+    except UserError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(described, indent=2, default=str))
+        return
+    for plugin in described["plugins"]:
+        state = "" if plugin["available"] else "  [unavailable]"
+        click.echo(f"{plugin['name']} {plugin['version'] or ''} ({plugin['source']}: {plugin['module']}){state}")
+        if not plugin["available"]:
+            click.echo(f"    reason: {plugin['reason']}")
+            if plugin["hint"]:
+                click.echo(f"    install: {plugin['hint']}")
+            continue
+        click.echo(f"    hooks: {', '.join(plugin['hooks'])}")
+        for comp in plugin["components"]:
+            click.echo(f"    {comp['kind']} {comp['name']}: {comp['help']}")
+            for opt in comp["options"]:
+                click.echo(f"        {opt['name']} ({opt['type']}) = {opt['default']!r}  {opt['help']}")
+    if described["blocked"]:
+        click.echo(f"blocked: {', '.join(described['blocked'])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Pipeline files: TOML parsing, ``--set`` overrides, defaults, and validation of the kernel's sections.
+
+A pipeline file replaces each section it names with its own; sections it omits come from the
+built-in default pipeline (``default_pipeline.toml``), except ``[learner]`` and ``[checkpoint]``,
+which merge key by key over their defaults. Component sections (``[stream]``, ``[model]``,
+``[boundary]``, ``[strategy.NAME]``, ``[tracking.NAME]``) are validated against the schema their
+component registered (see :mod:`lifelong.pipeline`).
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from lifelong import options as opts
+from lifelong.errors import ConfigError, UserError
+
+REPLACED_SECTIONS = ("stream", "model", "boundary", "tracking")
+MERGED_SECTIONS = ("learner", "checkpoint")
+KNOWN_SECTIONS = (*REPLACED_SECTIONS, *MERGED_SECTIONS, "strategy")
+
+
+@dataclass
+class LearnerOptions:
+    strategies: list[str] = field(default_factory=lambda: ["naive"], metadata={"help": "strategy names, composed"})
+    epochs: int = field(default=1, metadata={"help": "passes over each experience; 1 for a true stream"})
+    batch_size: int = field(default=32, metadata={"help": "stream samples per optimizer update"})
+    lr: float = field(default=0.001, metadata={"help": "learning rate"})
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = field(default=0.0, metadata={"help": "SGD momentum"})
+    weight_decay: float = 0.0
+    device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"})
+    seed: int = 0
+    log_every: int = field(default=20, metadata={"help": "batches between host reads of running metrics"})
+    eval_batch_size: int = 1024
+    progress: bool = field(default=True, metadata={"help": "show a progress bar on stderr"})
+
+    def check(self) -> None:
+        for name in ("epochs", "batch_size", "log_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ValueError(f"strategies lists a name twice: {self.strategies}")
+
+
+@dataclass
+class CheckpointOptions:
+    dir: str = field(default="", metadata={"help": "directory for an atomic checkpoint at every generation; empty: none"})
+
+
+def default_pipeline() -> dict[str, Any]:
+    text = resources.files("lifelong").joinpath("default_pipeline.toml").read_text()
+    return tomllib.loads(text)
+
+
+def read_pipeline(path: str | Path | None) -> dict[str, Any]:
+    """The raw pipeline: the file's sections over the default pipeline's."""
+    merged = default_pipeline()
+    if path is None:
+        return merged
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"pipeline file {str(path)!r} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"pipeline file {str(path)!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"pipeline file {str(path)!r} is not UTF-8 text: {exc}") from None
+    for section, value in data.items():
+        if section not in KNOWN_SECTIONS:
+            raise ConfigError(section, f"unknown section (known sections: {', '.join(KNOWN_SECTIONS)})")
+        if not isinstance(value, dict):
+            raise ConfigError(section, f"expected a table, got {value!r}")
+        if section in MERGED_SECTIONS:
+            merged.setdefault(section, {}).update(value)
+        else:
+            merged[section] = copy.deepcopy(value)
+    return merged
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=c`` into (["a", "b"], value); the value is read as TOML, else taken as a string."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p.strip() for p in key.strip().split(".")]
+    if len(parts) < 2 or not all(parts):
+        raise UserError(f"--set {text!r}: expected section.key=value, e.g. learner.lr=0.01")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(pipeline: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        if parts[0] not in KNOWN_SECTIONS:
+            raise ConfigError(parts[0], f"unknown section (known sections: {', '.join(KNOWN_SECTIONS)})")
+        node = pipeline
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {text!r}: {part!r} is not a table")
+        node[parts[-1]] = value
+    return pipeline
+
+
+def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, Any]:
+    """Read a pipeline file (or the default) and apply ``--set`` overrides."""
+    return apply_overrides(read_pipeline(path), list(overrides))
+
+
+def split_component(section: dict[str, Any], key: str, where: str) -> tuple[str, dict[str, Any]]:
+    """``{"reader": "csv", "path": …}`` into ("csv", {"path": …})."""
+    rest = dict(section)
+    name = rest.pop(key, None)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}.{key}", "missing: name the component to use")
+    return name, rest
+
+
+def learner_options(pipeline: dict[str, Any]) -> LearnerOptions:
+    return opts.validate(LearnerOptions, pipeline.get("learner"), "learner")
+
+
+def checkpoint_options(pipeline: dict[str, Any]) -> CheckpointOptions:
+    return opts.validate(CheckpointOptions, pipeline.get("checkpoint"), "checkpoint")

@@ -1,0 +1,163 @@
+"""Every hook of lifelong, in two families.
+
+**Registration hooks** are called once, when the plugin host starts, on plugin modules. Each gets a
+``register`` callable; a plugin calls it once per component::
+
+    register(name, factory, options=OptionsDataclass, help="one line")
+
+The factory's signature depends on the kind of component (see each hook). ``options`` is a
+dataclass whose typed fields and defaults are the component's options schema
+(:mod:`lifelong.options`); the factory receives a validated instance of it.
+
+**Lifecycle hooks** are called during one run, on the strategy and tracker *instances* created for
+that run (each instance is registered in a run-scoped plugin manager). Strategies never call each
+other; they answer these hooks and the kernel combines the answers as each docstring says. The
+per-batch hooks (``augment_batch``, ``extra_loss``, ``before_optimizer_step``, ``after_step``) run on
+the training thread for every batch: they must not synchronise with the device (no ``.item()``,
+``.cpu()``, printing tensors) nor do blocking I/O.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+
+    from lifelong.run import Run
+    from lifelong.types import Batch, Experience, Generation
+
+hookspec = pluggy.HookspecMarker("lifelong")
+
+Register = Callable[..., None]
+
+
+class RegistrationSpecs:
+    """Called once at start-up on plugin modules."""
+
+    @hookspec
+    def register_readers(self, register: Register) -> None:
+        """Register stream readers.
+
+        Factory: ``factory(options, context: lifelong.readers.ReaderContext) -> Reader``, where a
+        Reader has ``info() -> StreamInfo``, ``__iter__() -> Iterator[Batch]`` (the training stream,
+        in order) and ``test_set(experience_id) -> Batch | None`` (held-out data of an experience,
+        or None while it is not known yet). Missing files and bad options must raise
+        ``lifelong.errors.UserError`` from the factory, before training starts.
+        """
+
+    @hookspec
+    def register_models(self, register: Register) -> None:
+        """Register models and initializers (from scratch, from a backbone, from a generation).
+
+        Factory: ``factory(options, info: StreamInfo) -> torch.nn.Module``. The module's
+        ``forward(x)`` returns logits of shape (N, info.num_classes); in the task-incremental
+        scenario (``info.num_tasks > 1``) it is called as ``forward(x, task)`` with a per-sample task
+        id tensor and returns the logits of each sample's own head.
+        """
+
+    @hookspec
+    def register_strategies(self, register: Register) -> None:
+        """Register learning strategies (naive, replay, EWC, …).
+
+        Factory: ``factory(options) -> object``; the object implements any lifecycle hooks below
+        with ``@lifelong.hookimpl`` and may offer ``state_dict()`` / ``load_state_dict(state)`` so
+        checkpoints and generations carry its state.
+        """
+
+    @hookspec
+    def register_trackers(self, register: Register) -> None:
+        """Register trackers that record runs and generations (MLflow, …).
+
+        Factory: ``factory(options) -> object`` implementing lifecycle hooks, typically
+        ``on_run_start``, ``on_metrics``, ``on_generation`` and ``on_run_end``. Trackers must not do
+        blocking I/O on the training thread: hand work to a thread of their own and finish it in
+        ``on_run_end``.
+        """
+
+    @hookspec
+    def register_boundary_detectors(self, register: Register) -> None:
+        """Register boundary detectors that decide where one generation ends.
+
+        Factory: ``factory(options) -> detector`` with ``before_batch(batch) -> bool`` (True: a
+        boundary lies before this batch) and optionally ``observe(metrics: dict) -> bool`` (called
+        with host-side running metrics every ``learner.log_every`` batches; True: boundary now).
+        """
+
+
+class LifecycleSpecs:
+    """Called during a run on strategy and tracker instances."""
+
+    @hookspec
+    def on_run_start(self, run: Run) -> None:
+        """Once, after the model, optimizer and device are ready and before the first batch.
+
+        ``run`` gives ``model``, ``optimizer``, ``device``, ``info`` (StreamInfo), ``config``
+        (the resolved pipeline as a dict) and ``seed``. Strategies keep what they need.
+        """
+
+    @hookspec
+    def augment_batch(self, batch: Batch) -> Batch | None:
+        """Per batch, before the forward pass: return extra samples to train on (replay), or None.
+
+        ``batch`` is the stream batch, already on the training device. The kernel concatenates the
+        stream batch and every returned batch (in hook order) and trains on the result.
+        """
+
+    @hookspec
+    def extra_loss(self, batch: Batch, outputs: torch.Tensor, model: torch.nn.Module) -> torch.Tensor | None:
+        """Per batch, after the forward pass: return a scalar tensor to add to the loss, or None.
+
+        ``batch``/``outputs`` are the (augmented) training batch and its logits. The kernel sums
+        the cross-entropy loss and all returned terms (EWC, LwF, L2 anchors) before ``backward``.
+        """
+
+    @hookspec
+    def before_optimizer_step(self, model: torch.nn.Module, optimizer: Any) -> None:
+        """Per batch, after ``backward`` and before ``optimizer.step()``: edit gradients in place.
+
+        Implementations that mask gradients (path freezing) must be ``trylast`` so that they
+        see the final gradients after any implementation that rescales or adds to them.
+        """
+
+    @hookspec
+    def after_step(self, batch: Batch, outputs: torch.Tensor) -> None:
+        """Per batch, after ``optimizer.step()``: observe the stream batch and its pre-update logits.
+
+        ``batch`` is the stream batch without augmentation (so replay stores only new samples);
+        ``outputs`` are its detached logits from the forward pass before the update.
+        """
+
+    @hookspec
+    def on_experience_end(self, experience: Experience, model: torch.nn.Module) -> None:
+        """At a boundary, before evaluation: consolidate (EWC Fisher, LwF teacher, anchors).
+
+        Called on every strategy; each consolidates its own state, so order does not matter.
+        """
+
+    @hookspec
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Every ``learner.log_every`` batches and at boundaries, with host-side running metrics.
+
+        ``step`` counts stream batches. Keys: ``loss``, ``prequential_accuracy``, ``samples_seen``,
+        ``samples_per_second``, and after a boundary ``eval/acc`` and ``eval/exp_<i>``.
+        """
+
+    @hookspec
+    def on_generation(self, generation: Generation) -> None:
+        """After each boundary's evaluation, with the new generation (CPU copies of its state).
+
+        Trackers log and register it. They must return quickly; writing happens on their own
+        thread. They may fill ``generation.records`` (e.g. a registered model version) from there.
+        """
+
+    @hookspec
+    def on_run_end(self, summary: dict[str, Any]) -> dict[str, Any] | None:
+        """Once, after the last generation: finish pending work and return what to add to the summary.
+
+        ``summary`` is the run summary so far (metrics, accuracy matrix, ``heatmap`` path).
+        A tracker returns a dict that the kernel stores under ``summary["trackers"][<name>]``.
+        Generation records are read after this hook, so background writers must be drained here.
+        """

@@ -1,0 +1,178 @@
+"""The plugin host: finds plugins, records where each came from, and holds their components.
+
+Plugins come from three places, in this order: the ``lifelong`` entry-point group (first-party
+plugins register exactly like third-party ones), modules named with ``--plugin`` and modules in the
+``LIFELONG_PLUGINS`` environment variable (comma-separated). ``--block NAME`` or
+``LIFELONG_BLOCK_PLUGINS`` keeps a plugin out. A plugin that fails to import (an optional dependency
+is missing) does not break the host: it is listed as unavailable with the reason and a hint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pluggy
+
+from lifelong import hookspecs
+from lifelong import options as opts
+from lifelong.errors import ConfigError, UserError
+
+ENTRY_POINT_GROUP = "lifelong"
+KINDS = ("reader", "model", "strategy", "tracker", "boundary_detector")
+_REGISTER_HOOK = {
+    "reader": "register_readers",
+    "model": "register_models",
+    "strategy": "register_strategies",
+    "tracker": "register_trackers",
+    "boundary_detector": "register_boundary_detectors",
+}
+
+
+@dataclass
+class Component:
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    options: type
+    help: str
+    plugin: str
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "help": self.help,
+            "plugin": self.plugin,
+            "options": opts.describe(self.options),
+        }
+
+
+@dataclass
+class PluginRecord:
+    name: str
+    source: str  # "built-in", "entry point (dist x.y)", "path"
+    module: str
+    version: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    available: bool = True
+    reason: str = ""
+    hint: str = ""
+
+
+def _split_env(name: str) -> list[str]:
+    return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _install_hint(dist: md.Distribution | None, missing: str | None) -> str:
+    """Point at the extra of ``dist`` that provides ``missing``, else at the module itself."""
+    if not missing:
+        return ""
+    top = _normalise(missing.split(".")[0])
+    if dist is not None:
+        for req in dist.requires or []:
+            match = re.match(r"^\s*([A-Za-z0-9_.\-]+).*extra\s*==\s*['\"]([^'\"]+)['\"]", req)
+            if match and _normalise(match.group(1)).replace("-", "") == top.replace("-", ""):
+                return f"pip install '{dist.metadata['Name']}[{match.group(2)}]'"
+    return f"pip install {missing.split('.')[0]}"
+
+
+class PluginHost:
+    """Loads plugins and collects their components; one per process (the CLI) or per test."""
+
+    def __init__(self, plugins: list[str] = (), blocked: list[str] = (), entry_points: bool = True):
+        self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+        self.pm.add_hookspecs(hookspecs.RegistrationSpecs)
+        self.records: dict[str, PluginRecord] = {}
+        self.components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+        self.blocked = sorted({*blocked, *_split_env("LIFELONG_BLOCK_PLUGINS")})
+        for name in self.blocked:
+            self.pm.set_blocked(name)
+        if entry_points:
+            self._load_entry_points()
+        for module in [*plugins, *_split_env("LIFELONG_PLUGINS")]:
+            self._load_module(module, module, "path", None)
+        self._collect()
+
+    def _load_entry_points(self) -> None:
+        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = ep.dist
+            builtin = dist is not None and _normalise(dist.metadata["Name"]) == "lifelong"
+            source = "built-in" if builtin else f"entry point ({dist.metadata['Name'] if dist else '?'})"
+            version = dist.version if dist is not None else None
+            self._load_module(ep.name, ep.value, source, version, dist)
+
+    def _load_module(
+        self, name: str, module: str, source: str, version: str | None, dist: md.Distribution | None = None
+    ) -> None:
+        if self.pm.is_blocked(name) or name in self.records:
+            return
+        record = PluginRecord(name=name, source=source, module=module, version=version)
+        self.records[name] = record
+        try:
+            plugin = importlib.import_module(module)
+        except ImportError as exc:
+            record.available = False
+            record.reason = f"{type(exc).__name__}: {exc}"
+            record.hint = _install_hint(dist, getattr(exc, "name", None))
+            return
+        if record.version is None:
+            record.version = getattr(plugin, "__version__", None)
+        self.pm.register(plugin, name=name)
+        record.hooks = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [])
+
+    def _collect(self) -> None:
+        for kind, hook_name in _REGISTER_HOOK.items():
+            hook = getattr(self.pm.hook, hook_name)
+            for impl in hook.get_hookimpls():
+                impl.function(**{"register": self._registrar(kind, impl.plugin_name)})
+
+    def _registrar(self, kind: str, plugin: str) -> Callable[..., None]:
+        def register(name: str, factory: Callable[..., Any], options: type = opts.NoOptions, help: str = "") -> None:
+            if name in self.components[kind]:
+                other = self.components[kind][name].plugin
+                raise UserError(f"{kind} {name!r} is registered by both plugin {other!r} and plugin {plugin!r}")
+            self.components[kind][name] = Component(kind, name, factory, options, help, plugin)
+
+        return register
+
+    def component(self, kind: str, name: str, where: str) -> Component:
+        """The component ``name`` of ``kind``; an unknown name is a UserError listing the known ones."""
+        found = self.components[kind].get(name)
+        if found is not None:
+            return found
+        known = ", ".join(sorted(self.components[kind])) or "none"
+        message = f"unknown {kind.replace('_', ' ')} {name!r} (available: {known})"
+        unavailable = [r for r in self.records.values() if not r.available]
+        if unavailable:
+            message += "; unavailable plugins: " + ", ".join(f"{r.name} ({r.hint or r.reason})" for r in unavailable)
+        raise ConfigError(where, message)
+
+    def describe(self) -> dict[str, Any]:
+        """Everything ``lifelong plugins --json`` prints."""
+        plugins = []
+        for record in self.records.values():
+            entry = {
+                "name": record.name,
+                "source": record.source,
+                "module": record.module,
+                "version": record.version,
+                "available": record.available,
+                "hooks": record.hooks,
+                "components": [
+                    c.describe() for kind in KINDS for c in self.components[kind].values() if c.plugin == record.name
+                ],
+            }
+            if not record.available:
+                entry["reason"] = record.reason
+                entry["hint"] = record.hint
+            plugins.append(entry)
+        return {"plugins": plugins, "blocked": self.blocked}

@@ -1,0 +1,101 @@
+"""Continual-learning metrics over the accuracy matrix, and running metrics kept on the device.
+
+``R[j][i]`` is the accuracy on experience i's held-out data after generation j. With T
+generations over T experiences (one generation per experience), following Lopez-Paz & Ranzato
+(2017, "Gradient Episodic Memory for Continual Learning"):
+
+- ACC = 1/T Σ_i R[T-1][i]
+- BWT = 1/(T-1) Σ_{i<T-1} (R[T-1][i] − R[i][i])
+- FWT = 1/(T-1) Σ_{i≥1} (R[i-1][i] − b_i), b_i the accuracy of the initial model on experience i
+
+and forgetting as in Chaudhry et al. (2018, "Riemannian Walk"): the mean over i < T-1 of
+max_{l<T-1} R[l][i] − R[T-1][i]. Entries may be None where an experience's held-out data was not
+known yet at that generation; a metric whose terms are all unknown is None. BWT and FWT need one
+generation per experience (a square matrix) and are None otherwise (window or detector boundaries).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+Matrix = list[list[Optional[float]]]
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def acc(matrix: Matrix) -> float | None:
+    if not matrix:
+        return None
+    return _mean([v for v in matrix[-1] if v is not None])
+
+
+def bwt(matrix: Matrix) -> float | None:
+    t = len(matrix)
+    if t < 2 or any(len(row) != t for row in matrix):
+        return None
+    last = matrix[-1]
+    return _mean([last[i] - matrix[i][i] for i in range(t - 1) if last[i] is not None and matrix[i][i] is not None])
+
+
+def fwt(matrix: Matrix, initial: list[float | None]) -> float | None:
+    t = len(matrix)
+    if t < 2 or any(len(row) != t for row in matrix) or len(initial) != t:
+        return None
+    terms = [
+        matrix[i - 1][i] - initial[i] for i in range(1, t) if matrix[i - 1][i] is not None and initial[i] is not None
+    ]
+    return _mean(terms)
+
+
+def forgetting(matrix: Matrix) -> float | None:
+    t = len(matrix)
+    if t < 2:
+        return None
+    last = matrix[-1]
+    terms = []
+    for i in range(min(len(last), t) - 1):
+        earlier = [matrix[l][i] for l in range(t - 1) if i < len(matrix[l]) and matrix[l][i] is not None]
+        if earlier and last[i] is not None:
+            terms.append(max(earlier) - last[i])
+    return _mean(terms)
+
+
+def summarize(matrix: Matrix, initial: list[float | None]) -> dict[str, float | None]:
+    return {"acc": acc(matrix), "bwt": bwt(matrix), "fwt": fwt(matrix, initial), "forgetting": forgetting(matrix)}
+
+
+class RunningMetrics:
+    """Loss and prequential accuracy summed on the device; read to the host only in ``read()``.
+
+    ``update`` adds to device tensors without synchronising, so the training loop never waits for
+    the device; ``read`` (every ``log_every`` batches) is the one place the host waits.
+    """
+
+    def __init__(self, device: torch.device):
+        self._sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss·n, correct, n (window)
+        self._total = torch.zeros(2, dtype=torch.float64, device=device)  # correct, n (whole run)
+
+    def update(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        n = targets.shape[0]
+        correct = (outputs.argmax(dim=1) == targets).sum()
+        # Python scalars enter as kernel arguments, so nothing is copied to the device per batch.
+        self._sums[0] += loss.detach() * n
+        self._sums[1] += correct
+        self._sums[2] += n
+        self._total[0] += correct
+        self._total[1] += n
+
+    def read(self) -> dict[str, float]:
+        """Window means since the last read plus the whole-run prequential accuracy; resets the window."""
+        sums, total = self._sums.tolist(), self._total.tolist()
+        self._sums.zero_()
+        n = sums[2]
+        return {
+            "loss": sums[0] / n if n else float("nan"),
+            "window_accuracy": sums[1] / n if n else float("nan"),
+            "prequential_accuracy": total[0] / total[1] if total[1] else float("nan"),
+        }

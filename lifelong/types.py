@@ -1,0 +1,153 @@
+"""The values that flow through a run: batches, stream descriptions, experiences and generations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+Scenario = Literal["class", "task", "domain"]
+SCENARIOS: tuple[str, ...] = ("class", "task", "domain")
+
+
+@dataclass
+class Batch:
+    """One minibatch of the stream.
+
+    ``x`` has shape (N, ...), ``y`` holds N class indices (within the task's head in the
+    task-incremental scenario). ``task`` holds N task ids when the scenario uses them (replay may
+    mix tasks in one batch, so it is per sample), else None. ``experience`` is the experience id the
+    reader assigned; a batch never spans two experiences. ``source``/``start``/``stop`` locate the
+    batch in its source (file and record offsets, half-open) for dead letters and generation tags.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    experience: int = 0
+    task: torch.Tensor | None = None
+    source: str = ""
+    start: int = 0
+    stop: int = 0
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
+        return Batch(
+            x=self.x.to(device, non_blocking=non_blocking),
+            y=self.y.to(device, non_blocking=non_blocking),
+            experience=self.experience,
+            task=None if self.task is None else self.task.to(device, non_blocking=non_blocking),
+            source=self.source,
+            start=self.start,
+            stop=self.stop,
+        )
+
+    @staticmethod
+    def concat(batches: list[Batch]) -> Batch:
+        """Join batches sample-wise; the first batch's experience and offsets describe the result."""
+        if len(batches) == 1:
+            return batches[0]
+        first = batches[0]
+        tasks = [b.task for b in batches]
+        if any(t is None for t in tasks) and not all(t is None for t in tasks):
+            raise ValueError("cannot concatenate batches with and without task ids")
+        return Batch(
+            x=torch.cat([b.x for b in batches]),
+            y=torch.cat([b.y for b in batches]),
+            experience=first.experience,
+            task=None if tasks[0] is None else torch.cat(tasks),  # type: ignore[arg-type]
+            source=first.source,
+            start=first.start,
+            stop=first.stop,
+        )
+
+
+@dataclass
+class StreamInfo:
+    """What a reader tells the kernel before the first batch, so models can be built and validated.
+
+    ``num_classes`` is the size of one output head: all classes in the class- and
+    domain-incremental scenarios, the classes of one task in the task-incremental one.
+    ``num_tasks`` is the number of heads (1 unless ``scenario == "task"``). ``experiences`` lists the
+    experience ids in stream order when known in advance (benchmarks), else None.
+    ``num_batches`` sizes the progress bar when known. ``class_names`` maps head indices to labels.
+    """
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    scenario: Scenario = "class"
+    num_tasks: int = 1
+    experiences: list[int] | None = None
+    num_batches: int | None = None
+    class_names: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "scenario": self.scenario,
+            "num_tasks": self.num_tasks,
+            "experiences": self.experiences,
+            "num_batches": self.num_batches,
+            "class_names": self.class_names,
+        }
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> StreamInfo:
+        return StreamInfo(
+            input_shape=tuple(data["input_shape"]),
+            num_classes=int(data["num_classes"]),
+            scenario=data.get("scenario", "class"),
+            num_tasks=int(data.get("num_tasks", 1)),
+            experiences=data.get("experiences"),
+            num_batches=data.get("num_batches"),
+            class_names=data.get("class_names"),
+        )
+
+
+@dataclass
+class ModelSpec:
+    """How to rebuild a model: the model component's name, its resolved options and the stream info."""
+
+    name: str
+    options: dict[str, Any]
+    info: StreamInfo
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "options": self.options, "info": self.info.to_dict()}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> ModelSpec:
+        return ModelSpec(data["name"], dict(data["options"]), StreamInfo.from_dict(data["info"]))
+
+
+@dataclass
+class Experience:
+    """The span of stream one generation was trained on, handed to consolidation hooks."""
+
+    index: int  # 0, 1, 2 … in the order boundaries were reached
+    experience_ids: list[int]  # reader experience ids seen in the span
+    batches: int
+    samples: int
+    offsets: dict[str, list[int]]  # source -> [first offset, last offset (exclusive)]
+
+
+@dataclass
+class Generation:
+    """A consolidated model: what trackers log and register, and what a service promotes or serves.
+
+    ``state`` holds CPU copies taken at the boundary, so trackers can write them on their own
+    threads while training goes on.
+    """
+
+    index: int
+    parent: int | None
+    experience: Experience
+    experiences_covered: list[int]
+    accuracy: dict[int, float]  # test experience id -> accuracy after this generation
+    model_spec: ModelSpec
+    state: dict[str, torch.Tensor]
+    strategy_state: dict[str, dict[str, Any]]
+    records: dict[str, Any] = field(default_factory=dict)  # filled by trackers, e.g. model version

@@ -1,0 +1,20 @@
+"""Naive fine-tuning: plain SGD on the stream, nothing against forgetting (the lower bound)."""
+
+from __future__ import annotations
+
+
+class Naive:
+    """Implements no hook: the kernel's step alone is fine-tuning.
+
+    >>> Naive().state_dict()
+    {}
+    """
+
+    def __init__(self, options=None):
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

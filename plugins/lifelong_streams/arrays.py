@@ -1,0 +1,71 @@
+"""A reader over in-memory arrays grouped by experience: the base of benchmarks and the npz reader."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from lifelong.types import Batch, StreamInfo
+
+
+class ArrayStream:
+    """Streams each experience's training arrays in order, in minibatches; holds their test sets.
+
+    ``train`` and ``test`` map experience id to ``(x, y, task)`` with ``task`` None or an int
+    array; ``offsets`` maps experience id to each training sample's offset in its source (so a
+    batch can name the records it came from).
+    """
+
+    def __init__(
+        self,
+        info: StreamInfo,
+        train: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+        test: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+        batch_size: int,
+        source: str,
+        offsets: dict[int, np.ndarray] | None = None,
+    ):
+        self._info = info
+        self._train = {e: _tensors(*arrays) for e, arrays in train.items()}
+        self._test = {e: _tensors(*arrays) for e, arrays in test.items()}
+        self._offsets = offsets
+        self.batch_size = batch_size
+        self.source = source
+        if info.num_batches is None:
+            info.num_batches = sum(-(-len(y) // batch_size) for _, y, _ in self._train.values())
+
+    def info(self) -> StreamInfo:
+        return self._info
+
+    def __iter__(self) -> Iterator[Batch]:
+        bs = self.batch_size
+        for exp, (x, y, task) in self._train.items():
+            offsets = self._offsets[exp] if self._offsets is not None else None
+            for start in range(0, len(y), bs):
+                stop = min(start + bs, len(y))
+                yield Batch(
+                    x=x[start:stop],
+                    y=y[start:stop],
+                    experience=exp,
+                    task=None if task is None else task[start:stop],
+                    source=self.source,
+                    start=int(offsets[start:stop].min()) if offsets is not None else start,
+                    stop=int(offsets[start:stop].max()) + 1 if offsets is not None else stop,
+                )
+
+    def test_set(self, experience: int) -> Batch | None:
+        data = self._test.get(experience)
+        if data is None:
+            return None
+        x, y, task = data
+        return Batch(x=x, y=y, experience=experience, task=task, source=self.source)
+
+
+def _tensors(x: np.ndarray, y: np.ndarray, task: np.ndarray | None):
+    return (
+        torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32),
+        torch.as_tensor(np.asarray(y), dtype=torch.long),
+        None if task is None else torch.as_tensor(np.asarray(task), dtype=torch.long),
+    )

@@ -48,7 +48,8 @@ class Learner:
         hooks = self.hooks
         extras = [b for b in hooks.augment_batch(batch=batch) if b is not None]
         train = Batch.concat([batch, *extras]) if extras else batch
-        self.model.train()
+        if not self.model.training:  # train() walks every submodule: only after an evaluation
+            self.model.train()
         outputs = forward(self.model, train.x, train.task)
         loss = F.cross_entropy(outputs, train.y)
         total = loss

@@ -72,30 +72,33 @@ class RunningMetrics:
     """Loss and prequential accuracy summed on the device; read to the host only in ``read()``.
 
     ``update`` adds to device tensors without synchronising, so the training loop never waits for
-    the device; ``read`` (every ``log_every`` batches) is the one place the host waits.
+    the device; ``read`` (every ``log_every`` batches) is the one place the host waits. Sample
+    counts are known on the host and never touch the device.
     """
 
     def __init__(self, device: torch.device):
-        self._sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss·n, correct, n (window)
-        self._total = torch.zeros(2, dtype=torch.float64, device=device)  # correct, n (whole run)
+        self._loss = torch.zeros((), dtype=torch.float64, device=device)  # Σ loss·n over the window
+        self._correct = torch.zeros((), dtype=torch.int64, device=device)  # over the window
+        self._n = 0
+        self._total_correct = 0
+        self._total_n = 0
 
     def update(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         n = targets.shape[0]
-        correct = (outputs.argmax(dim=1) == targets).sum()
-        # Python scalars enter as kernel arguments, so nothing is copied to the device per batch.
-        self._sums[0] += loss.detach() * n
-        self._sums[1] += correct
-        self._sums[2] += n
-        self._total[0] += correct
-        self._total[1] += n
+        self._loss.add_(loss.detach(), alpha=n)
+        self._correct.add_((outputs.argmax(dim=1) == targets).sum())
+        self._n += n
 
     def read(self) -> dict[str, float]:
         """Window means since the last read plus the whole-run prequential accuracy; resets the window."""
-        sums, total = self._sums.tolist(), self._total.tolist()
-        self._sums.zero_()
-        n = sums[2]
+        loss, correct, n = self._loss.item(), int(self._correct.item()), self._n
+        self._loss.zero_()
+        self._correct.zero_()
+        self._n = 0
+        self._total_correct += correct
+        self._total_n += n
         return {
-            "loss": sums[0] / n if n else float("nan"),
-            "window_accuracy": sums[1] / n if n else float("nan"),
-            "prequential_accuracy": total[0] / total[1] if total[1] else float("nan"),
+            "loss": loss / n if n else float("nan"),
+            "window_accuracy": correct / n if n else float("nan"),
+            "prequential_accuracy": self._total_correct / self._total_n if self._total_n else float("nan"),
         }

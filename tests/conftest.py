@@ -1,0 +1,43 @@
+"""Shared fixtures: a quiet, tracker-free pipeline runner for fast kernel tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lifelong import config, pipeline
+from lifelong.host import PluginHost
+
+QUIET = ["learner.progress=false"]
+
+
+def run_pipeline(tmp_path: Path, overrides: list[str] = (), path: str | None = None, host: PluginHost | None = None):
+    """Build and execute a pipeline in-process; returns (summary, runner)."""
+    raw = config.load(path, [*QUIET, *overrides])
+    if not any(o.startswith("tracking.") for o in overrides):
+        raw["tracking"] = {"trackers": []}  # kernel tests need no tracker plugin
+    plan = pipeline.build(host or PluginHost(), raw, tmp_path / "dead_letters.jsonl")
+    runner = pipeline.Runner(plan)
+    summary = runner.finish(runner.execute())
+    return summary, runner
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the ``lifelong`` command in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "lifelong.cli", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def run(tmp_path):
+    return lambda overrides=(), path=None, host=None: run_pipeline(tmp_path, list(overrides), path, host)

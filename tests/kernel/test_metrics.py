@@ -1,0 +1,54 @@
+"""ACC, BWT, FWT and forgetting against matrices computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from lifelong import metrics
+
+R = [
+    [0.9, 0.1, 0.2],
+    [0.6, 0.8, 0.3],
+    [0.5, 0.7, 0.95],
+]
+B = [0.1, 0.05, 0.15]
+
+
+def test_acc_is_the_mean_of_the_last_row():
+    assert metrics.acc(R) == pytest.approx((0.5 + 0.7 + 0.95) / 3)
+
+
+def test_bwt_compares_the_last_row_with_the_diagonal():
+    assert metrics.bwt(R) == pytest.approx(((0.5 - 0.9) + (0.7 - 0.8)) / 2)
+
+
+def test_fwt_compares_the_superdiagonal_with_the_initial_model():
+    assert metrics.fwt(R, B) == pytest.approx(((0.1 - 0.05) + (0.3 - 0.15)) / 2)
+
+
+def test_forgetting_is_the_drop_from_the_best_earlier_accuracy():
+    # experience 0: best before the end 0.9, final 0.5; experience 1: best 0.8, final 0.7
+    assert metrics.forgetting(R) == pytest.approx(((0.9 - 0.5) + (0.8 - 0.7)) / 2)
+
+
+def test_unknown_entries_are_left_out_and_non_square_matrices_have_no_bwt_fwt():
+    lazy = [[0.9, None], [0.7, 0.8]]
+    assert metrics.fwt(lazy, [0.5, 0.5]) is None
+    assert metrics.bwt(lazy) == pytest.approx(0.7 - 0.9)
+    windowed = [[0.9, 0.2, 0.1], [0.8, 0.6, 0.2]]  # 2 generations, 3 experiences
+    assert metrics.bwt(windowed) is None and metrics.fwt(windowed, [0, 0, 0]) is None
+    assert metrics.acc(windowed) == pytest.approx((0.8 + 0.6 + 0.2) / 3)
+    assert metrics.summarize([], [])["acc"] is None
+
+
+def test_running_metrics_sum_on_the_device_and_reset_the_window():
+    running = metrics.RunningMetrics(torch.device("cpu"))
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    running.update(torch.tensor(0.5), logits, torch.tensor([0, 1, 1]))  # 2 of 3 right
+    running.update(torch.tensor(1.0), logits[:1], torch.tensor([1]))  # 0 of 1 right
+    first = running.read()
+    assert first["loss"] == pytest.approx((0.5 * 3 + 1.0 * 1) / 4)
+    assert first["prequential_accuracy"] == pytest.approx(2 / 4)
+    second = running.read()
+    assert math.isnan(second["loss"]) and second["prequential_accuracy"] == pytest.approx(0.5)

@@ -42,9 +42,9 @@ def pipeline_run(host: PluginHost, batch_size: int, device: str, epochs: int, tm
             f"learner.device='{device}'",
             "learner.progress=false",
             "learner.log_every=50",
+            "tracking.trackers=[]",
         ],
     )
-    raw["tracking"] = {"trackers": []}
     plan = pipeline.build(host, raw, tmp / "dead.jsonl")
     runner = pipeline.Runner(plan)
     summary = runner.execute()

@@ -205,6 +205,7 @@ class Runner:
         self.matrix: list[dict[int, float]] = []
         self.generations: list[Generation] = []
         self.covered: list[int] = []
+        self._streaming: int | None = None  # experience of the batch in hand; None before and after the stream
         self.samples_seen = 0
         self.train_seconds = 0.0
         self.step = 0
@@ -214,7 +215,13 @@ class Runner:
 
     # -- evaluation -------------------------------------------------------------------------
     def _refresh_test_sets(self) -> None:
+        listed = self.plan.info.experiences or []
         for exp in list(self.columns):
+            # A streamed reader's test set appears when its thread passes the experience, which may be
+            # ahead of training; asking for the experience still in hand would make the matrix depend
+            # on thread timing, so only experiences the reader listed upfront are asked that early.
+            if exp == self._streaming and exp not in listed:
+                continue
             if exp not in self.test_sets:
                 data = self.plan.reader.test_set(exp)
                 if data is not None:
@@ -319,6 +326,7 @@ class Runner:
         self._clock = time.perf_counter()
         try:
             for batch in stream:
+                self._streaming = batch.experience
                 if batch.experience not in self.columns:
                     self.columns.append(batch.experience)
                 if detector.before_batch(batch) and span.count:
@@ -333,6 +341,7 @@ class Runner:
                 if self.step % log_every == 0 and self._log(detector) and span.count:
                     self._clock = self._boundary(span, self._clock)
                     span = _Span()
+            self._streaming = None
             if span.count:
                 self._clock = self._boundary(span, self._clock)
             self._log(None)

@@ -17,9 +17,8 @@ QUIET = ["learner.progress=false"]
 
 def run_pipeline(tmp_path: Path, overrides: list[str] = (), path: str | None = None, host: PluginHost | None = None):
     """Build and execute a pipeline in-process; returns (summary, runner)."""
-    raw = config.load(path, [*QUIET, *overrides])
-    if not any(o.startswith("tracking.") for o in overrides):
-        raw["tracking"] = {"trackers": []}  # kernel tests need no tracker plugin
+    tracking = [] if any(o.startswith("tracking.") for o in overrides) else ["tracking.trackers=[]"]
+    raw = config.load(path, [*QUIET, *tracking, *overrides])
     plan = pipeline.build(host or PluginHost(), raw, tmp_path / "dead_letters.jsonl")
     runner = pipeline.Runner(plan)
     summary = runner.finish(runner.execute())

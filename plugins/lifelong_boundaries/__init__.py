@@ -2,6 +2,7 @@
 
 from lifelong import hookimpl
 from lifelong_boundaries.detectors import ExperienceChange, Window, WindowOptions
+from lifelong_boundaries.drift import DriftOptions, LossDrift
 
 __version__ = "0.1.0"
 
@@ -10,3 +11,4 @@ __version__ = "0.1.0"
 def register_boundary_detectors(register):
     register("experience-change", ExperienceChange, help="a boundary where the reader's experience id changes")
     register("window", Window, options=WindowOptions, help="a boundary every N batches (task-free streams)")
+    register("loss-drift", LossDrift, options=DriftOptions, help="a boundary where ADWIN detects drift in the training loss")

@@ -2,7 +2,9 @@
 
 from lifelong import hookimpl
 from lifelong_streams.benchmarks import PermutedOptions, SplitOptions
+from lifelong_streams.csv_reader import CsvOptions, csv_reader
 from lifelong_streams.digits import permuted_digits, split_digits
+from lifelong_streams.npz import NpzOptions, npz_reader
 
 __version__ = "0.1.0"
 
@@ -11,3 +13,5 @@ __version__ = "0.1.0"
 def register_readers(register):
     register("split-digits", split_digits, options=SplitOptions, help="scikit-learn digits split into experiences by class")
     register("permuted-digits", permuted_digits, options=PermutedOptions, help="scikit-learn digits under a fixed pixel permutation per experience")
+    register("npz", npz_reader, options=NpzOptions, help="arrays x, y and optional experience from a .npz file, streamed in file order")
+    register("csv", csv_reader, options=CsvOptions, help="labelled rows streamed line by line from a CSV file; bad lines go to dead letters")

@@ -114,3 +114,15 @@ def test_initial_accuracy_is_chance_level(run):
     summary, _ = run(["learner.epochs=1"])
     assert all(0.0 <= v < 0.5 for v in summary["initial_accuracy"])
     assert not math.isnan(summary["fwt"])
+
+
+def test_a_loss_drift_detector_cuts_a_task_free_stream_where_the_loss_jumps(run):
+    summary, _ = run(
+        ["boundary.detector='loss-drift'", "boundary.min_batches=8", "learner.log_every=2", "learner.epochs=1",
+         "learner.batch_size=16"]
+    )
+    generations = summary["generations"]
+    assert len(generations) >= 2
+    # the first boundary comes after experience 0 ends (the loss jumps on the new classes), not before
+    assert generations[0]["experiences"][0] == 0 and generations[0]["samples"] > 270
+    assert generations[0]["samples"] < 1347

@@ -53,7 +53,7 @@ def run(ctx: click.Context, pipeline_file: str | None, overrides: tuple[str, ...
         plan = pipeline.build(_host(ctx), raw, dead_letter_path)
     except UserError as exc:
         _fail(str(exc))
-    source = pipeline_file or "the built-in default pipeline (Split-Digits)"
+    source = pipeline_file or "the built-in default pipeline"
     click.echo(f"lifelong: running {source} on {plan.device}", err=True)
     try:
         with progress_bar(plan) as bar:

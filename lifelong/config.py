@@ -38,11 +38,14 @@ class LearnerOptions:
     log_every: int = field(default=20, metadata={"help": "batches between host reads of running metrics"})
     eval_batch_size: int = 1024
     progress: bool = field(default=True, metadata={"help": "show a progress bar on stderr"})
+    threads: int = field(default=0, metadata={"help": "CPU threads for torch; 0: torch's default (one per core)"})
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "log_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be 0 (torch's default) or positive, got {self.threads}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if len(set(self.strategies)) != len(self.strategies):

@@ -65,11 +65,14 @@ class Prefetcher:
     """Iterates a reader on its own thread so parsing and file I/O stay off the training thread.
 
     Exceptions raised by the reader are re-raised in the consumer, at the batch where they happened.
+    With ``pin`` (training on CUDA) batches are copied to page-locked memory here, so the training
+    thread's ``non_blocking`` copy to the device is truly asynchronous.
     """
 
     _END = object()
 
-    def __init__(self, reader: Reader, depth: int = 8):
+    def __init__(self, reader: Reader, depth: int = 8, pin: bool = False):
+        self._pin = pin
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, args=(reader,), name="lifelong-reader", daemon=True)
@@ -78,6 +81,8 @@ class Prefetcher:
     def _fill(self, reader: Reader) -> None:
         try:
             for batch in reader:
+                if self._pin:
+                    batch = _pinned(batch)
                 while not self._stop.is_set():
                     try:
                         self._queue.put(batch, timeout=0.1)
@@ -102,3 +107,15 @@ class Prefetcher:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def _pinned(batch: Batch) -> Batch:
+    return Batch(
+        x=batch.x.pin_memory(),
+        y=batch.y.pin_memory(),
+        experience=batch.experience,
+        task=None if batch.task is None else batch.task.pin_memory(),
+        source=batch.source,
+        start=batch.start,
+        stop=batch.stop,
+    )

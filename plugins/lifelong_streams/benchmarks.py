@@ -8,6 +8,10 @@ Scenario (van de Ven & Tolias 2019, "Three scenarios for continual learning"):
   classes × experience);
 - ``task``: one head per experience, labels local to the experience, the task id given;
 - ``domain``: one head shared by all experiences, labels local to the experience, no task id.
+
+Held-out data: by default a stratified random ``test_fraction`` of every class. A data set with an
+official test set (Fashion-MNIST) passes ``split=(train_index, test_index)`` instead; everything
+else (class groups, labels, permutations) is the same either way.
 """
 
 from __future__ import annotations
@@ -58,9 +62,28 @@ def holdout(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[n
     return np.concatenate(train), np.concatenate(test)
 
 
+def train_test(
+    y: np.ndarray, fraction: float, rng: np.random.Generator, split: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The given ``(train_index, test_index)`` into ``y``, or else a random hold-out of ``fraction``."""
+    if split is None:
+        return holdout(y, fraction, rng)
+    train_idx, test_idx = (np.asarray(idx, dtype=np.int64) for idx in split)
+    if np.intersect1d(train_idx, test_idx).size:
+        raise ValueError("split: the train and test indices overlap")
+    return train_idx, test_idx
+
+
 def split_stream(
-    x: np.ndarray, y: np.ndarray, options: SplitOptions, batch_size: int, seed: int, source: str
+    x: np.ndarray,
+    y: np.ndarray,
+    options: SplitOptions,
+    batch_size: int,
+    seed: int,
+    source: str,
+    split: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ArrayStream:
+    """Experiences of disjoint class groups. ``split``: optional (train, test) indices into x, y."""
     rng = np.random.default_rng(seed)
     classes = np.unique(y)
     order = np.array(options.class_order) if options.class_order is not None else classes
@@ -70,7 +93,7 @@ def split_stream(
         raise ValueError(f"experiences ({options.experiences}) exceeds the number of classes ({len(classes)})")
     groups = np.array_split(order, options.experiences)
     per_task = max(len(g) for g in groups)
-    train_idx, test_idx = holdout(y, options.test_fraction, rng)
+    train_idx, test_idx = train_test(y, options.test_fraction, rng, split)
     train, test, offsets = {}, {}, {}
     for exp, group in enumerate(groups):
         local = {int(c): i for i, c in enumerate(group)}
@@ -98,13 +121,20 @@ def split_stream(
 
 
 def permuted_stream(
-    x: np.ndarray, y: np.ndarray, options: PermutedOptions, batch_size: int, seed: int, source: str
+    x: np.ndarray,
+    y: np.ndarray,
+    options: PermutedOptions,
+    batch_size: int,
+    seed: int,
+    source: str,
+    split: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ArrayStream:
+    """All classes per experience, each under its own pixel permutation. ``split`` as in split_stream."""
     rng = np.random.default_rng(seed)
     classes = np.unique(y)
     n_classes = len(classes)
     flat = x.reshape(len(x), -1)
-    train_idx, test_idx = holdout(y, options.test_fraction, rng)
+    train_idx, test_idx = train_test(y, options.test_fraction, rng, split)
     train, test, offsets = {}, {}, {}
     for exp in range(options.experiences):
         perm = np.arange(flat.shape[1]) if exp == 0 else rng.permutation(flat.shape[1])

@@ -1,0 +1,56 @@
+"""Options of the ``mlflow`` tracker (kept apart from the tracker so listing plugins never imports MLflow)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_ALIAS = re.compile(r"^[\w\-]{1,255}$")
+
+
+@dataclass
+class MLflowOptions:
+    tracking_uri: str = field(
+        default="",
+        metadata={
+            "help": "MLflow tracking URI (sqlite:///…, http://host:5000, file:///…); empty: MLflow's own default "
+            "(MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory)"
+        },
+    )
+    experiment: str = field(
+        default="lifelong", metadata={"help": "experiment the run is created in (created if missing)"}
+    )
+    registered_model: str = field(
+        default="lifelong",
+        metadata={"help": "registered model that gets one version per generation; empty: log, don't register"},
+    )
+    run_name: str = field(default="", metadata={"help": "MLflow run name; empty: MLflow picks one"})
+    alias: str = field(
+        default="latest",
+        metadata={
+            "help": "alias moved to each new version; 'latest' is MLflow's built-in alias for the newest version "
+            "(nothing to move); empty: none"
+        },
+    )
+    flush_seconds: float = field(
+        default=5.0,
+        metadata={"help": "seconds between batched metric uploads; boundaries and the run end always flush"},
+    )
+    pip_requirements: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "extra pip requirements stored with each model, e.g. the package of a third-party model plugin"
+        },
+    )
+
+    def check(self) -> None:
+        if not self.experiment.strip():
+            raise ValueError("experiment must not be empty")
+        if any(c in self.registered_model for c in "/:"):
+            raise ValueError(f"registered_model cannot contain '/' or ':', got {self.registered_model!r}")
+        if self.alias and (not _ALIAS.match(self.alias) or re.fullmatch(r"[vV]\d+", self.alias)):
+            raise ValueError(
+                f"alias must be letters, digits, '_' or '-' and not look like a version (v1), got {self.alias!r}"
+            )
+        if self.flush_seconds < 0:
+            raise ValueError(f"flush_seconds must be at least 0, got {self.flush_seconds}")

@@ -1,0 +1,343 @@
+"""The mlflow tracker against real MLflow stores: a sqlite file, and a real ``mlflow server``.
+
+The default pipeline (Split-Digits, 5 experiences, mlp) runs once per module with one epoch; the
+tests then read back what landed in the store, load the served model and compare it with torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from lifelong import checkpoint, config, options, pipeline
+from lifelong.errors import ConfigError
+from lifelong.host import PluginHost
+from lifelong.run import Run
+from lifelong.types import Experience, Generation, ModelSpec, StreamInfo
+from lifelong_mlflow import pyfunc
+from lifelong_mlflow.options import MLflowOptions
+from lifelong_mlflow.tracker import MLflowTracker, flatten, ui_hint
+from lifelong_models.mlp import MLP, MLPOptions
+
+EXPERIENCES = 5
+FAST = ["learner.progress=false", "learner.epochs=1"]
+
+
+def execute(tmp: Path, overrides: list[str]):
+    raw = config.load(None, [*FAST, *overrides])
+    plan = pipeline.build(PluginHost(), raw, tmp / "dead_letters.jsonl")
+    runner = pipeline.Runner(plan)
+    return runner.finish(runner.execute()), runner
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    """One tracked default run into a temporary sqlite store, from a working directory of its own."""
+    tmp = tmp_path_factory.mktemp("mlflow")
+    uri = "sqlite:///" + str(tmp / "store.db")
+    (tmp / "cwd").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp / "cwd")
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        summary, runner = execute(tmp, [f"tracking.mlflow.tracking_uri={uri}", "tracking.mlflow.alias=champion"])
+    return {"tmp": tmp, "uri": uri, "summary": summary, "runner": runner, "client": MlflowClient(uri)}
+
+
+@pytest.fixture
+def global_uri(monkeypatch, tracked):
+    """Point MLflow's process-wide URI (used by ``mlflow.pyfunc.load_model``) at the test store."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked["uri"])
+    mlflow.set_tracking_uri(tracked["uri"])
+    yield tracked["uri"]
+    mlflow.set_tracking_uri(None)
+
+
+def versions(client: MlflowClient, name: str = "lifelong"):
+    return sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+
+
+def test_every_generation_is_a_version_with_its_lineage(tracked):
+    summary, client = tracked["summary"], tracked["client"]
+    found = versions(client)
+    assert [int(v.version) for v in found] == list(range(1, EXPERIENCES + 1))
+    run_id = tracked["summary"]["trackers"]["mlflow"]["run_id"]
+    for index, version in enumerate(found):
+        tags = version.tags
+        assert version.run_id == run_id
+        assert tags["lifelong.generation"] == str(index)
+        assert tags["lifelong.parent"] == ("none" if index == 0 else str(index - 1))
+        assert json.loads(tags["lifelong.experiences"]) == [index]
+        assert json.loads(tags["lifelong.experiences_covered"]) == list(range(index + 1))
+        assert json.loads(tags["lifelong.offsets"]) == summary["generations"][index]["offsets"]
+        row = summary["accuracy_matrix"][index]
+        for exp in range(EXPERIENCES):
+            assert float(tags[f"lifelong.acc.exp_{exp}"]) == pytest.approx(row[exp], abs=1e-5)
+
+
+def test_aliases_point_at_the_last_version(tracked):
+    client = tracked["client"]
+    assert int(client.get_model_version_by_alias("lifelong", "champion").version) == EXPERIENCES
+    # "latest" is MLflow's reserved alias for the newest version: nothing is set, it still resolves.
+    assert int(client.get_model_version_by_alias("lifelong", "latest").version) == EXPERIENCES
+
+
+def test_summary_generations_carry_their_model_version(tracked):
+    summary = tracked["summary"]
+    result = summary["trackers"]["mlflow"]
+    assert "errors" not in result, result.get("errors")
+    assert result["tracking_uri"] == tracked["uri"]
+    assert result["registered_model"] == "lifelong"
+    assert result["message"] == (
+        f"registered 'lifelong' v1-v{EXPERIENCES}; open the MLflow UI: mlflow ui --backend-store-uri {tracked['uri']}"
+    )
+    for index, entry in enumerate(summary["generations"]):
+        assert entry["run_id"] == result["run_id"]
+        assert entry["version"] == index + 1
+        assert entry["model_uri"] == f"models:/lifelong/{index + 1}"
+
+
+def test_served_model_predicts_like_the_trained_one(tracked, global_uri):
+    runner, summary = tracked["runner"], tracked["summary"]
+    served = mlflow.pyfunc.load_model("models:/lifelong@latest")
+    last = EXPERIENCES - 1
+    test_set = runner.test_sets[last]
+    runner.model.eval()
+    with torch.no_grad():
+        expected = runner.model(test_set.x).argmax(dim=1).numpy()
+    images = test_set.x.numpy()
+    predicted = served.predict(images)
+    assert predicted.dtype == np.int64
+    np.testing.assert_array_equal(predicted, expected)
+    accuracy = float((predicted == test_set.y.numpy()).mean())
+    assert accuracy == pytest.approx(summary["accuracy_matrix"][-1][last], abs=1e-6)
+    # Flattened rows in a DataFrame, as a REST client would send them, give the same answer.
+    np.testing.assert_array_equal(served.predict(pd.DataFrame(images.reshape(len(images), -1))), expected)
+
+
+def test_run_holds_config_metrics_and_artifacts(tracked):
+    client = tracked["client"]
+    run = client.get_run(tracked["summary"]["trackers"]["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "lifelong"
+    params = run.data.params
+    assert params["learner.epochs"] == "1"
+    assert params["model.hidden"] == "[256, 256]"
+    assert params["stream.reader"] == "split-digits"
+    assert params["tracking.mlflow.alias"] == "champion"
+    tags = run.data.tags
+    assert tags["lifelong.plugin.mlflow"] == "0.1.0"
+    assert tags["lifelong.scenario"] == "class"
+    assert tags["lifelong.device"] == tracked["summary"]["device"]
+    metrics = run.data.metrics
+    for key in ("acc", "bwt", "forgetting", "prequential_accuracy", "samples_per_second", "loss", "eval/acc"):
+        assert key in metrics, key
+    assert metrics["acc"] == pytest.approx(tracked["summary"]["acc"])
+    history = client.get_metric_history(run.info.run_id, "gen_acc/exp_0")
+    assert [m.step for m in history] == list(range(EXPERIENCES))
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "summary.json", "accuracy_matrix.png"} <= artifacts
+    logged = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "summary.json", str(tracked["tmp"]))).read_text()
+    )
+    assert [g["version"] for g in logged["generations"]] == list(range(1, EXPERIENCES + 1))
+
+
+def test_nothing_is_written_to_the_default_store(tracked):
+    # Some MLflow code paths resolve URIs through the process-wide default (./mlflow.db); none may run.
+    assert not (tracked["tmp"] / "cwd" / "mlflow.db").exists()
+
+
+def test_building_the_plan_contacts_no_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = config.load(None, [*FAST, f"tracking.mlflow.tracking_uri=sqlite:///{tmp_path / 'never.db'}"])
+    pipeline.build(PluginHost(), raw, tmp_path / "dead_letters.jsonl")
+    assert list(tmp_path.iterdir()) == []  # no store, no default store, no dead-letter file yet
+
+
+@pytest.mark.parametrize(
+    "values, field",
+    [
+        ({"alias": "v3"}, "alias"),
+        ({"alias": "no spaces"}, "alias"),
+        ({"registered_model": "a/b"}, "registered_model"),
+        ({"flush_seconds": -1.0}, "flush_seconds"),
+        ({"experiment": " "}, "experiment"),
+    ],
+)
+def test_bad_options_are_config_errors(values, field):
+    with pytest.raises(ConfigError, match=field):
+        options.validate(MLflowOptions, values, "tracking.mlflow")
+
+
+def test_a_broken_store_never_stops_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("")
+    uri = "sqlite:///" + str(tmp_path / "a-file" / "mlflow.db")  # a store under a plain file cannot open
+    summary, _ = execute(tmp_path, [f"tracking.mlflow.tracking_uri={uri}", "stream.experiences=2"])
+    assert len(summary["accuracy_matrix"]) == 2  # training finished
+    result = summary["trackers"]["mlflow"]
+    assert result["run_id"] is None
+    assert result["errors"]
+    assert result["message"].startswith("MLflow logging failed, nothing was recorded:")
+    assert all("version" not in g for g in summary["generations"])
+
+
+def fake_run(model: torch.nn.Module, info: StreamInfo) -> Run:
+    return Run(
+        model=model,
+        optimizer=None,
+        device=torch.device("cpu"),
+        info=info,
+        model_spec=ModelSpec("mlp", {"hidden": [8]}, info),
+        config={"learner": {"lr": 0.1}, "x" * 300: "y" * 7000},
+        seed=0,
+        plugin_versions={"mlflow": "0.1.0", "third-party": None},
+    )
+
+
+def test_metrics_batched_non_finite_skipped_and_models_logged_unregistered(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    info = StreamInfo(input_shape=(4,), num_classes=2)
+    model = MLP(MLPOptions(hidden=[8]), info)
+    tracker = MLflowTracker(MLflowOptions(tracking_uri=uri, registered_model="", flush_seconds=3600))
+    tracker.on_run_start(run=fake_run(model, info))
+    for step in range(1, 4):
+        tracker.on_metrics(step=step, metrics={"loss": 1.0 / step, "odd key!": 2.0, "nan": math.nan, "inf": math.inf})
+    assert len(tracker._pending) == 12  # held on the training thread until a flush
+    generation = Generation(
+        index=0,
+        parent=None,
+        experience=Experience(0, [0], 3, 96, {"src": [0, 96]}),
+        experiences_covered=[0],
+        accuracy={0: math.nan},
+        model_spec=ModelSpec("mlp", {"hidden": [8]}, info),
+        state=checkpoint.to_cpu(model.state_dict()),
+        strategy_state={},
+    )
+    tracker.on_generation(generation=generation)
+    result = tracker.on_run_end(summary={"acc": 0.5, "bwt": None, "heatmap": None, "generations": [{}]})
+    assert "errors" not in result, result.get("errors")
+    assert result["message"] == f"open the MLflow UI: mlflow ui --backend-store-uri {uri}"
+    client = MlflowClient(uri)
+    run = client.get_run(result["run_id"])
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [1.0, 0.5, 1.0 / 3]
+    assert set(run.data.metrics) == {"loss", "odd key_", "acc"}  # no NaN gen_acc, no nan/inf keys
+    assert run.data.tags["lifelong.plugin.third-party"] == "unknown"
+    long_param = next(v for k, v in run.data.params.items() if k.startswith("xxx"))
+    assert len(long_param) == 6000 and long_param.endswith("…")
+    records = generation.records
+    assert records["version"] is None and records["model_uri"] == f"models:/{records['model_id']}"
+    assert client.search_registered_models() == []
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    served = mlflow.pyfunc.load_model(records["model_uri"])
+    x = np.random.default_rng(0).random((5, 4), dtype=np.float32)
+    with torch.no_grad():
+        np.testing.assert_array_equal(served.predict(x), model(torch.from_numpy(x)).argmax(dim=1).numpy())
+
+
+def test_flatten_stringifies_nested_values():
+    flat = flatten({"a": {"b": 1, "c": [1, 2], "d": {}, "e": None, "f": True}, "g": "text", "bad key?": 1.5})
+    assert flat == {
+        "a.b": "1",
+        "a.c": "[1, 2]",
+        "a.d": "{}",
+        "a.e": "null",
+        "a.f": "true",
+        "g": "text",
+        "bad key_": "1.5",
+    }
+
+
+def test_ui_hint_names_the_store():
+    assert (
+        ui_hint("sqlite:////tmp/a b/mlflow.db", "1", "r")
+        == "open the MLflow UI: mlflow ui --backend-store-uri 'sqlite:////tmp/a b/mlflow.db'"
+    )
+    assert (
+        ui_hint("http://127.0.0.1:5000/", "3", "abc") == "open the run: http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    )
+    assert ui_hint("databricks", "3", "abc") == "logged to databricks"
+
+
+def test_multi_head_model_needs_and_uses_task_ids(tmp_path):
+    info = StreamInfo(input_shape=(1, 8, 8), num_classes=2, scenario="task", num_tasks=5)
+    spec = ModelSpec("mlp", {"hidden": [16], "activation": "relu", "dropout": 0.0}, info)
+    model = MLP(MLPOptions(hidden=[16]), info).eval()
+    pyfunc.save(tmp_path / "model", model.state_dict(), spec, ["lifelong"])
+    served = mlflow.pyfunc.load_model(str(tmp_path / "model"))
+    x = np.random.default_rng(0).random((12, 64), dtype=np.float32)
+    task = np.arange(12) % 5
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x).reshape(-1, 1, 8, 8), torch.from_numpy(task)).argmax(dim=1).numpy()
+    frame = pd.DataFrame(x).assign(task=task)
+    np.testing.assert_array_equal(served.predict(frame), expected)
+    np.testing.assert_array_equal(served.predict({"x": x, "task": task}), expected)
+    with pytest.raises(ValueError, match="task"):
+        served.predict(x)
+    assert not any(p.suffix == ".pkl" for p in (tmp_path / "model").rglob("*"))  # nothing to unpickle
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_against_a_real_mlflow_server(tmp_path, monkeypatch):
+    port = free_port()
+    store = ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
+    store += ["--artifacts-destination", str(tmp_path / "artifacts")]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", *f"--host 127.0.0.1 --port {port} --workers 1".split(), *store],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, so stopping it also stops its workers
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"mlflow server did not start (exit status {server.poll()})")
+                time.sleep(0.25)
+        monkeypatch.chdir(tmp_path)
+        summary, _ = execute(tmp_path, [f"tracking.mlflow.tracking_uri={uri}", "stream.experiences=2"])
+        result = summary["trackers"]["mlflow"]
+        assert "errors" not in result, result.get("errors")
+        assert result["message"].endswith(
+            f"open the run: {uri}/#/experiments/{result['experiment_id']}/runs/{result['run_id']}"
+        )
+        client = MlflowClient(uri)
+        assert [int(v.version) for v in versions(client)] == [1, 2]
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        served = mlflow.pyfunc.load_model("models:/lifelong@latest")
+        assert served.predict(np.zeros((3, 64), dtype=np.float32)).shape == (3,)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

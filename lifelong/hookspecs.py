@@ -123,11 +123,12 @@ class LifecycleSpecs:
         """
 
     @hookspec
-    def after_step(self, batch: Batch, outputs: torch.Tensor) -> None:
+    def after_step(self, batch: Batch, outputs: torch.Tensor, first_pass: bool) -> None:
         """Per batch, after ``optimizer.step()``: observe the stream batch and its pre-update logits.
 
-        ``batch`` is the stream batch without augmentation (so replay stores only new samples);
-        ``outputs`` are its detached logits from the forward pass before the update.
+        ``batch`` is the stream batch without augmentation; ``outputs`` are its detached logits from
+        the forward pass before the update. ``first_pass`` is False when the kernel trains on the
+        batch again for an extra epoch (``learner.epochs > 1``), so replay stores each sample once.
         """
 
     @hookspec
@@ -160,4 +161,12 @@ class LifecycleSpecs:
         ``summary`` is the run summary so far (metrics, accuracy matrix, ``heatmap`` path).
         A tracker returns a dict that the kernel stores under ``summary["trackers"][<name>]``.
         Generation records are read after this hook, so background writers must be drained here.
+        """
+
+    @hookspec
+    def on_run_failed(self, error: BaseException) -> None:
+        """Once, instead of ``on_run_end``, when the run stops on an exception (or Ctrl-C).
+
+        Trackers close what they opened (e.g. mark the MLflow run FAILED) and must not raise; the
+        kernel re-raises ``error`` afterwards.
         """

@@ -61,7 +61,7 @@ class Learner:
         hooks.before_optimizer_step(model=self.model, optimizer=self.optimizer)
         self.optimizer.step()
         stream_outputs = outputs[: len(batch)].detach()
-        hooks.after_step(batch=batch, outputs=stream_outputs)
+        hooks.after_step(batch=batch, outputs=stream_outputs, first_pass=prequential)
         if prequential:
             self.metrics.update(loss, stream_outputs, batch.y)
 

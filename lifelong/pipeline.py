@@ -92,6 +92,8 @@ def build(host: PluginHost, pipeline: dict[str, Any], dead_letter_path: str | Pa
     learner = config.learner_options(pipeline)
     ckpt = config.checkpoint_options(pipeline)
     device = devices.resolve(learner.device)
+    if learner.threads:
+        torch.set_num_threads(learner.threads)
     seed_everything(learner.seed)
     resolved: dict[str, Any] = {"learner": opts.to_dict(learner), "checkpoint": opts.to_dict(ckpt)}
 
@@ -322,7 +324,7 @@ class Runner:
         log_every = plan.learner.log_every
         detector = plan.detector
         span = _Span()
-        stream = Prefetcher(plan.reader)
+        stream = Prefetcher(plan.reader, pin=self.device.type == "cuda")
         self._clock = time.perf_counter()
         try:
             for batch in stream:
@@ -345,6 +347,9 @@ class Runner:
             if span.count:
                 self._clock = self._boundary(span, self._clock)
             self._log(None)
+        except BaseException as error:
+            self.hooks.on_run_failed(error=error)
+            raise
         finally:
             stream.close()
             plan.dead_letters.close()

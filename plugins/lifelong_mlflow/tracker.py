@@ -187,6 +187,15 @@ class MLflowTracker:
         self._writer = None
         return self._report(errors)
 
+    @hookimpl
+    def on_run_failed(self, error: BaseException) -> None:
+        if self._writer is None:
+            return
+        self._flush()
+        self._writer.submit(self._fail, error)
+        self._writer.close()
+        self._writer = None
+
     def _flush(self) -> None:
         if self._pending:
             batch, self._pending = self._pending, []
@@ -313,6 +322,11 @@ class MLflowTracker:
         if self._writer is not None and self._writer.errors:
             client.set_tag(run_id, "lifelong.logging_errors", str(len(self._writer.errors)))
         client.set_terminated(run_id, "FINISHED")
+
+    def _fail(self, error: BaseException) -> None:
+        if self._run_id is not None:
+            self._client.set_tag(self._run_id, "lifelong.error", f"{type(error).__name__}: {error}"[:5000])
+            self._client.set_terminated(self._run_id, "FAILED")
 
     # -- result ----------------------------------------------------------------------------
     def _report(self, errors: list[str]) -> dict[str, Any]:

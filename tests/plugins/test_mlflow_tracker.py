@@ -341,3 +341,19 @@ def test_against_a_real_mlflow_server(tmp_path, monkeypatch):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def test_a_run_that_crashes_is_marked_failed(tmp_path):
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    raw = config.load(
+        None,
+        [*FAST, f"tracking.mlflow.tracking_uri={uri}", "learner.strategies=['recorder']", "strategy.recorder.fail_after=12"],
+    )
+    plan = pipeline.build(PluginHost(plugins=["tests.fixtures.recorder"]), raw, tmp_path / "dead_letters.jsonl")
+    with pytest.raises(RuntimeError, match="failing as configured"):
+        pipeline.Runner(plan).execute()
+    (run,) = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("lifelong").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["lifelong.error"] == "RuntimeError: recorder: failing as configured"
+    # the first generation (after 9 batches) was registered before the crash
+    assert [int(v.version) for v in versions(MlflowClient(uri))] == [1]

@@ -3,6 +3,10 @@
 A component declares its options as a dataclass whose fields carry types and defaults, and
 optionally ``field(metadata={"help": "..."})``. Validation turns a TOML table into an instance
 and names the field path and the expected type on any mismatch, before anything runs.
+
+An option whose name is a Python keyword (EWC's ``lambda``) is a field with another name and
+``metadata={"key": "lambda"}``: the key is what pipelines, ``--set``, the resolved config and the
+docs use; the field name is only what the code reads.
 """
 
 from __future__ import annotations
@@ -84,18 +88,24 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(where, f"expected {type_name(tp)}, got {value!r}")
 
 
+def key(f: dataclasses.Field) -> str:
+    """The option's name in pipelines: the field's ``key`` metadata, else the field name."""
+    return f.metadata.get("key", f.name)
+
+
 def validate(schema: type, data: dict[str, Any] | None, where: str) -> Any:
     """Build ``schema`` from ``data``; unknown keys and wrong types raise ConfigError naming ``where.key``."""
     data = dict(data or {})
     hints = typing.get_type_hints(schema)
-    fields = {f.name: f for f in dataclasses.fields(schema)}
+    fields = {key(f): f for f in dataclasses.fields(schema)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         known = ", ".join(sorted(fields)) or "none"
         raise ConfigError(f"{where}.{unknown[0]}", f"unknown option (known options: {known})")
     values = {}
     for name, value in data.items():
-        values[name] = _coerce(value, hints[name], f"{where}.{name}")
+        f = fields[name]
+        values[f.name] = _coerce(value, hints[f.name], f"{where}.{name}")
     instance = schema(**values)
     check = getattr(instance, "check", None)
     if check is not None:
@@ -107,7 +117,9 @@ def validate(schema: type, data: dict[str, Any] | None, where: str) -> Any:
 
 
 def to_dict(options: Any) -> dict[str, Any]:
-    return dataclasses.asdict(options)
+    """The options as a pipeline table (keys as in pipelines)."""
+    values = dataclasses.asdict(options)
+    return {key(f): values[f.name] for f in dataclasses.fields(options)}
 
 
 def describe(schema: type) -> list[dict[str, Any]]:
@@ -123,7 +135,7 @@ def describe(schema: type) -> list[dict[str, Any]]:
             default = None
         rows.append(
             {
-                "name": f.name,
+                "name": key(f),
                 "type": type_name(hints[f.name]),
                 "default": default,
                 "help": f.metadata.get("help", ""),

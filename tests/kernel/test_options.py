@@ -52,3 +52,20 @@ def test_describe_lists_types_defaults_and_help():
     assert rows["rate"] == {"name": "rate", "type": "float", "default": 0.5, "help": "a rate"}
     assert rows["widths"]["default"] == [1, 2]
     assert rows["name"]["type"] == "str | none"
+
+
+@dataclass
+class Keyed:
+    lambda_: float = field(default=1.0, metadata={"key": "lambda", "help": "strength"})
+
+
+def test_a_key_in_metadata_names_an_option_that_is_a_python_keyword():
+    assert options.validate(Keyed, {"lambda": 3}, "strategy.ewc") == Keyed(lambda_=3.0)
+    assert options.to_dict(Keyed(2.0)) == {"lambda": 2.0}
+    assert options.describe(Keyed)[0]["name"] == "lambda"
+    with pytest.raises(ConfigError) as info:
+        options.validate(Keyed, {"lambda_": 3}, "strategy.ewc")
+    assert info.value.field == "strategy.ewc.lambda_" and "known options: lambda" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        options.validate(Keyed, {"lambda": "x"}, "strategy.ewc")
+    assert info.value.field == "strategy.ewc.lambda"

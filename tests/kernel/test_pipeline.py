@@ -29,6 +29,19 @@ def test_default_pipeline_gives_a_square_matrix_and_consistent_metrics(run):
     assert summary["generations"][2]["experiences_covered"] == [0, 1, 2]
 
 
+def test_the_default_strategies_beat_naive_on_the_default_stream(run):
+    naive, _ = run()
+    default, runner = run(["learner.strategies=['replay', 'ewc']"])
+    assert runner.plan.pipeline["learner"]["strategies"] == ["replay", "ewc"]
+    assert default["acc"] > naive["acc"] + 0.3
+
+
+def test_the_builtin_default_pipeline_composes_replay_and_ewc():
+    from lifelong import config
+
+    assert config.default_pipeline()["learner"]["strategies"] == ["replay", "ewc"]
+
+
 def test_task_incremental_heads_remember_what_class_incremental_forgets(run):
     task, _ = run(["stream.scenario='task'", "learner.epochs=2"])
     klass, _ = run(["stream.scenario='class'", "learner.epochs=2"])

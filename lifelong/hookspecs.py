@@ -143,7 +143,7 @@ class LifecycleSpecs:
         """Every ``learner.log_every`` batches and at boundaries, with host-side running metrics.
 
         ``step`` counts stream batches. Keys: ``loss``, ``prequential_accuracy``, ``samples_seen``,
-        ``samples_per_second``, and after a boundary ``eval/acc`` and ``eval/exp_<i>``.
+        ``samples_per_second`` (trained samples, every epoch, per second of training), and after a boundary ``eval/acc`` and ``eval/exp_<i>``.
         """
 
     @hookspec

@@ -208,7 +208,8 @@ class Runner:
         self.generations: list[Generation] = []
         self.covered: list[int] = []
         self._streaming: int | None = None  # experience of the batch in hand; None before and after the stream
-        self.samples_seen = 0
+        self.samples_seen = 0  # stream samples, each counted once
+        self.trained_samples = 0  # stream samples × passes over them (learner.epochs), what samples/s counts
         self.train_seconds = 0.0
         self.step = 0
         self.progress = progress
@@ -246,6 +247,7 @@ class Runner:
         for _ in range(extra_epochs):
             for i in torch.randperm(len(span.batches), generator=generator).tolist():
                 self.learner.step(span.batches[i].to(self.device), prequential=False)
+                self.trained_samples += len(span.batches[i])
         experience = Experience(
             index=len(self.generations),
             experience_ids=list(span.experience_ids),
@@ -292,7 +294,7 @@ class Runner:
     def _log(self, span_detector: Any) -> bool:
         values = self.learner.metrics.read()
         values["samples_seen"] = float(self.samples_seen)
-        values["samples_per_second"] = self.samples_seen / max(self.train_seconds_now(), 1e-9)
+        values["samples_per_second"] = self.trained_samples / max(self.train_seconds_now(), 1e-9)
         self.hooks.on_metrics(step=self.step, metrics=values)
         if self.progress is not None:
             self.progress.set_postfix(
@@ -338,6 +340,7 @@ class Runner:
                 self.learner.step(batch.to(self.device))
                 self.step += 1
                 self.samples_seen += len(batch)
+                self.trained_samples += len(batch)
                 if self.progress is not None:
                     self.progress.update(1)
                 if self.step % log_every == 0 and self._log(detector) and span.count:
@@ -368,7 +371,8 @@ class Runner:
             **metrics.summarize(matrix, initial_row),
             "prequential_accuracy": final["prequential_accuracy"] if self.samples_seen else None,
             "samples_seen": self.samples_seen,
-            "samples_per_second": self.samples_seen / self.train_seconds if self.train_seconds else 0.0,
+            "trained_samples": self.trained_samples,
+            "samples_per_second": self.trained_samples / self.train_seconds if self.train_seconds else 0.0,
             "training_seconds": self.train_seconds,
             "wall_seconds": wall,
             "device": str(self.device),

@@ -30,7 +30,8 @@ def table(summary: dict[str, Any]) -> str:
         f"prequential {fmt('prequential_accuracy')}"
     )
     lines.append(
-        f"{summary['samples_seen']} samples, {summary['samples_per_second']:.0f} samples/s training, "
+        f"{summary['samples_seen']} stream samples ({summary['trained_samples']} trained), "
+        f"{summary['samples_per_second']:.0f} samples/s training, "
         f"{summary['wall_seconds']:.1f} s wall, {len(summary['generations'])} generations, "
         f"{summary['dead_letters']['count']} dead letters"
     )

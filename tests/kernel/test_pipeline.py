@@ -91,6 +91,7 @@ def test_more_epochs_train_more_but_count_the_stream_once(run):
     one, _ = run(["learner.epochs=1"])
     three, _ = run(["learner.epochs=3"])
     assert one["samples_seen"] == three["samples_seen"]
+    assert three["trained_samples"] == 3 * three["samples_seen"] == 3 * one["trained_samples"]
     assert [r[i] for i, r in enumerate(three["accuracy_matrix"])] >= [0.9] * 5
 
 

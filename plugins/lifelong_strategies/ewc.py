@@ -110,16 +110,19 @@ def fisher_diagonal(
                 _per_sample_fisher(model, rest, xs, ys, ts, fisher)
     finally:
         model.train(was_training)
-    return {name: f.div_(n) for name, f in fisher.items()}
+    return {name: f.div_(n).detach() for name, f in fisher.items()}
 
 
 def _per_sample_fisher(model, params: Named, x, y, task, fisher: Named) -> None:
     """Add Σ_n g_n² over the chunk, from per-sample gradients by ``torch.func``."""
     buffers = dict(model.named_buffers())
+    # Every other parameter enters detached too: a live one would tie the Fisher to the autograd
+    # graph and keep this consolidation's activations alive for the rest of the run.
+    frozen = {name: p.detach() for name, p in model.named_parameters() if name not in params}
 
     def loss(params, x, y, task):
         args = (x[None],) if task is None else (x[None], task[None])
-        return F.cross_entropy(functional_call(model, (params, buffers), args), y[None])
+        return F.cross_entropy(functional_call(model, ({**frozen, **params}, buffers), args), y[None])
 
     grads = vmap(grad(loss), in_dims=(None, 0, 0, None if task is None else 0))(params, x, y, task)
     for name, g in grads.items():  # once per chunk at a boundary, not per batch
@@ -138,7 +141,7 @@ def _linear_fisher(model, linears: dict, x, y, task, fisher: Named) -> None:
     inputs, outputs = [], []
 
     def keep(module, args, out):
-        inputs.append(args[0])
+        inputs.append(args[0].detach())  # the Fisher must not join the autograd graph (see above)
         outputs.append(out)
 
     handles = [module.register_forward_hook(keep) for module in linears]

@@ -428,3 +428,19 @@ def test_ewc_and_l2_beat_naive_on_split_digits_tasks_under_a_fast_optimizer(run,
     setting = ["stream.scenario='task'", "learner.optimizer='sgd'", "learner.lr=0.1", "learner.momentum=0.9"]
     protected, _ = run([*setting, *strategy])
     assert protected["acc"] > naive(setting)["acc"] + 0.05
+
+
+def test_the_fisher_is_detached_from_the_autograd_graph():
+    """A Fisher tied to the graph keeps each consolidation's activations alive (a leak per boundary)."""
+    from lifelong.types import StreamInfo
+    from lifelong_models.cnn import CNN, CNNOptions
+    from lifelong_models.mlp import MLP, MLPOptions
+    from lifelong_strategies.ewc import fisher_diagonal
+
+    info = StreamInfo(input_shape=(1, 8, 8), num_classes=4)
+    for model in (MLP(MLPOptions(hidden=[16, 16]), info), CNN(CNNOptions(channels=[4], hidden=8), info)):
+        x = torch.rand(10, 1, 8, 8)
+        for labels in (None, torch.randint(4, (10,))):
+            fisher = fisher_diagonal(model, x, labels)
+            leaking = [name for name, f in fisher.items() if f.requires_grad or f.grad_fn is not None]
+            assert not leaking

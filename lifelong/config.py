@@ -103,9 +103,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+# The key naming a section's component. An override that switches to another component starts that
+# section afresh: the previous component's options (the default's scenario, say) rarely mean the same
+# for the new one, and keeping them silently changes what runs.
+COMPONENT_KEYS = {"stream": "reader", "model": "name", "boundary": "detector"}
+
+
 def apply_overrides(pipeline: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for text in overrides:
-        parts, value = parse_override(text)
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    for _, parts, value in parsed:
+        section = parts[0]
+        if parts[1:] == [COMPONENT_KEYS.get(section)] and pipeline.get(section, {}).get(parts[1]) != value:
+            pipeline[section] = {}
+    for text, parts, value in parsed:
         if parts[0] not in KNOWN_SECTIONS:
             raise ConfigError(parts[0], f"unknown section (known sections: {', '.join(KNOWN_SECTIONS)})")
         node = pipeline

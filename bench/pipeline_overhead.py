@@ -37,6 +37,7 @@ def pipeline_run(host: PluginHost, batch_size: int, device: str, epochs: int, tm
         [
             "stream.reader='permuted-digits'",
             "stream.scenario='domain'",
+            "learner.strategies=['naive']",
             f"learner.batch_size={batch_size}",
             f"learner.epochs={epochs}",
             f"learner.device='{device}'",

@@ -40,6 +40,7 @@ from lifelong_strategies.ewc import fisher_diagonal
 
 from lifelong.errors import UserError
 from lifelong.types import StreamInfo
+from common import load_average, sync
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -74,11 +75,6 @@ def fashion(n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
             torch.randint(0, 10, (n,), generator=g),
             f"random 28×28 inputs ({exc.__class__.__name__})",
         )
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -138,13 +134,6 @@ def measure(
             row[f"{fisher}_vs_epoch_{bs}_met"] = ratio <= TARGET
     print(json.dumps({k: v for k, v in row.items() if k != "seconds_all"}), flush=True)
     return row
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 def plot(rows: list[dict], meta: dict, path: Path) -> None:

@@ -45,6 +45,7 @@ import torch
 
 from lifelong import config, pipeline
 from lifelong.host import PluginHost
+from common import load_average
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -169,13 +170,6 @@ def fmt(stat: dict[str, float | None]) -> str:
     if stat["mean"] is None:
         return "–"
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 def check_targets(rows: dict[str, dict[str, dict]], seeds: int) -> list[dict[str, Any]]:

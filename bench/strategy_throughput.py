@@ -61,6 +61,7 @@ from lifelong_strategies.ewc import fisher_diagonal
 from lifelong import config, pipeline
 from lifelong.host import PluginHost
 from lifelong.learner import build_optimizer
+from common import load_average, sync
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -132,11 +133,6 @@ def use_clock(name: str) -> None:
 def pipeline_run(plan: pipeline.Plan, epochs: int) -> float:
     summary = pipeline.Runner(plan).execute()
     return summary["samples_seen"] * epochs / summary["training_seconds"]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def hand_loop(plan: pipeline.Plan, strategies: list[str], epochs: int) -> float:
@@ -265,13 +261,6 @@ def hand_loop(plan: pipeline.Plan, strategies: list[str], epochs: int) -> float:
             past, spans, order = stored, spans + 1, None
     sync(device)
     return samples / (clock() - start)
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 def plot(rows: list[dict], meta: dict, path: Path) -> None:

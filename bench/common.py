@@ -1,0 +1,21 @@
+"""Small helpers shared by the benchmark scripts (run as ``python bench/NAME.py``, so importable as ``common``)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work, so a timer measures it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def load_average() -> str:
+    """The machine's 1/5/15-minute load, recorded with results taken on shared machines."""
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"

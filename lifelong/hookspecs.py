@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import torch
 
     from lifelong.run import Run
-    from lifelong.types import Batch, Experience, Generation
+    from lifelong.types import Batch, Experience, Generation, ModelSpec
 
 hookspec = pluggy.HookspecMarker("lifelong")
 
@@ -56,6 +56,20 @@ class RegistrationSpecs:
         ``forward(x)`` returns logits of shape (N, info.num_classes); in the task-incremental
         scenario (``info.num_tasks > 1``) it is called as ``forward(x, task)`` with a per-sample task
         id tensor and returns the logits of each sample's own head.
+
+        Optional members of the module, each used by the kernel when present:
+
+        - ``prepare(x) -> x'``: a frozen, deterministic input transform (a frozen backbone's
+          features: bottleneck caching). The kernel applies it once to every stream batch and
+          test set as they arrive, and everything downstream (the step, extra epochs, replay
+          memories, strategies, evaluation, served generations) sees and stores prepared inputs;
+          ``forward`` takes prepared inputs.
+        - ``param_groups(lr) -> list[dict]``: the optimizer's parameter groups (discriminative
+          learning rates); by default one group of every parameter that requires a gradient.
+        - ``model_spec``: a ModelSpec that rebuilds the module, when that is not simply this
+          component with these options (an initializer that continues from a stored generation).
+        - ``lifecycle_hooks()``: an object implementing lifecycle hooks for this run (gradual
+          unfreezing at boundaries), registered beside the strategies.
         """
 
     @hookspec
@@ -89,6 +103,16 @@ class RegistrationSpecs:
 
 class LifecycleSpecs:
     """Called during a run on strategy and tracker instances."""
+
+    @hookspec(firstresult=True)
+    def wrap_model(self, model: torch.nn.Module, spec: ModelSpec) -> tuple[torch.nn.Module, ModelSpec] | None:
+        """Once, while the run is built (before the optimizer exists): replace the model.
+
+        A strategy that trains a model of its own design (PathNet's module grid) returns the new
+        module and the :class:`~lifelong.types.ModelSpec` that rebuilds it, i.e. the name of a
+        registered model component and its options; it may keep ``model`` inside as a backbone.
+        The first non-None answer wins; strategies that do not build models do not implement it.
+        """
 
     @hookspec
     def on_run_start(self, run: Run) -> None:

@@ -21,7 +21,24 @@ def forward(model: torch.nn.Module, x: torch.Tensor, task: torch.Tensor | None) 
     return model(x) if task is None else model(x, task)
 
 
-def build_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, momentum: float, weight_decay: float):
+def prepare(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` through the model's frozen ``prepare`` transform when it has one (see ``register_models``)."""
+    transform = getattr(model, "prepare", None)
+    if transform is None:
+        return x
+    with torch.no_grad():
+        return transform(x)
+
+
+def parameter_groups(model: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
+    """The model's own optimizer groups (discriminative learning rates), else one group of every trainable parameter."""
+    groups = getattr(model, "param_groups", None)
+    if groups is not None:
+        return groups(lr)
+    return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+
+def build_optimizer(name: str, params: list[Any], lr: float, momentum: float, weight_decay: float):
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":

@@ -24,7 +24,7 @@ from lifelong import options as opts
 from lifelong.background import BackgroundWriter
 from lifelong.errors import ConfigError, UserError
 from lifelong.host import PluginHost
-from lifelong.learner import Learner, build_optimizer, evaluate
+from lifelong.learner import Learner, build_optimizer, evaluate, parameter_groups, prepare
 from lifelong.readers import DeadLetters, Prefetcher, Reader, ReaderContext
 from lifelong.run import Run
 from lifelong.types import Batch, Experience, Generation, ModelSpec, StreamInfo
@@ -44,6 +44,7 @@ class Plan:
     strategies: dict[str, Any]
     trackers: dict[str, Any]
     detector: Any
+    hooks: Any  # the run's lifecycle hook caller (strategies, trackers, the model's own hooks)
     device: torch.device
     dead_letters: DeadLetters
     plugin_versions: dict[str, str | None]
@@ -108,8 +109,8 @@ def build(host: PluginHost, pipeline: dict[str, Any], dead_letter_path: str | Pa
     model_name, model_raw = config.split_component(pipeline.get("model", {}), "name", "model")
     component, model_opts = _component(host, "model", model_name, model_raw, "model")
     model = _construct(component.factory, "model", model_opts, info)
-    model_spec = ModelSpec(model_name, opts.to_dict(model_opts), info)
-    resolved["model"] = {"name": model_name, **model_spec.options}
+    model_spec = getattr(model, "model_spec", None) or ModelSpec(model_name, opts.to_dict(model_opts), info)
+    resolved["model"] = {"name": model_name, **opts.to_dict(model_opts)}
 
     strategy_tables = _named_tables(host, "strategy", pipeline, "strategy")
     strategies = {}
@@ -136,6 +137,18 @@ def build(host: PluginHost, pipeline: dict[str, Any], dead_letter_path: str | Pa
     detector = _construct(component.factory, "boundary", detector_opts)
     resolved["boundary"] = {"detector": detector_name, **opts.to_dict(detector_opts)}
 
+    pm = _lifecycle_manager(strategies, trackers)
+    try:
+        wrapped = pm.hook.wrap_model(model=model, spec=model_spec)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("learner.strategies", str(exc)) from None
+    if wrapped is not None:
+        model, model_spec = wrapped
+        resolved["model"] = {"name": model_spec.name, **model_spec.options}
+    model_hooks = getattr(model, "lifecycle_hooks", None)
+    if model_hooks is not None:
+        pm.register(model_hooks(), name="model:hooks")
+
     used = {c.plugin for kind in host.components.values() for c in kind.values()}
     versions = {name: rec.version for name, rec in host.records.items() if name in used}
     return Plan(
@@ -149,6 +162,7 @@ def build(host: PluginHost, pipeline: dict[str, Any], dead_letter_path: str | Pa
         strategies=strategies,
         trackers=trackers,
         detector=detector,
+        hooks=pm.hook,
         device=device,
         dead_letters=dead_letters,
         plugin_versions=versions,
@@ -156,16 +170,16 @@ def build(host: PluginHost, pipeline: dict[str, Any], dead_letter_path: str | Pa
     )
 
 
-def _lifecycle_hooks(plan: Plan) -> Any:
+def _lifecycle_manager(strategies: dict[str, Any], trackers: dict[str, Any]) -> pluggy.PluginManager:
     """A run-scoped plugin manager holding this run's strategy and tracker instances."""
     pm = pluggy.PluginManager("lifelong")
     pm.add_hookspecs(hookspecs.LifecycleSpecs)
-    for name, strategy in plan.strategies.items():
+    for name, strategy in strategies.items():
         pm.register(strategy, name=f"strategy:{name}")
-    for name, tracker in plan.trackers.items():
+    for name, tracker in trackers.items():
         pm.register(tracker, name=f"tracker:{name}")
     pm.check_pending()
-    return pm.hook
+    return pm
 
 
 class _Span:
@@ -197,10 +211,9 @@ class Runner:
         self.plan = plan
         self.device = plan.device
         self.model = plan.model.to(self.device)
-        params = [p for p in self.model.parameters() if p.requires_grad]
         lo = plan.learner
-        self.optimizer = build_optimizer(lo.optimizer, params, lo.lr, lo.momentum, lo.weight_decay)
-        self.hooks = _lifecycle_hooks(plan)
+        self.optimizer = build_optimizer(lo.optimizer, parameter_groups(self.model, lo.lr), lo.lr, lo.momentum, lo.weight_decay)
+        self.hooks = plan.hooks
         self.learner = Learner(self.model, self.optimizer, self.hooks, self.device)
         self.columns: list[int] = list(plan.info.experiences or [])
         self.test_sets: dict[int, Batch] = {}
@@ -228,7 +241,19 @@ class Runner:
             if exp not in self.test_sets:
                 data = self.plan.reader.test_set(exp)
                 if data is not None:
-                    self.test_sets[exp] = data
+                    self.test_sets[exp] = self._prepared_test_set(data)
+
+    def _prepared_test_set(self, data: Batch) -> Batch:
+        """A test set through the model's ``prepare`` once, kept on the device for every evaluation."""
+        if getattr(self.model, "prepare", None) is None:
+            return data
+        bs = self.plan.learner.eval_batch_size
+        chunks = [
+            Batch(x=prepare(self.model, data.x[i : i + bs].to(self.device)), y=data.y[i : i + bs].to(self.device))
+            for i in range(0, len(data), bs)
+        ]
+        task = None if data.task is None else data.task.to(self.device)
+        return Batch(x=torch.cat([c.x for c in chunks]), y=torch.cat([c.y for c in chunks]), task=task)
 
     def _evaluate_known(self) -> dict[int, float]:
         self._refresh_test_sets()
@@ -323,6 +348,7 @@ class Runner:
         )
         initial = self._evaluate_known()
         keep = plan.learner.epochs > 1
+        has_prepare = getattr(self.model, "prepare", None) is not None
         log_every = plan.learner.log_every
         detector = plan.detector
         span = _Span()
@@ -336,8 +362,11 @@ class Runner:
                 if detector.before_batch(batch) and span.count:
                     self._clock = self._boundary(span, self._clock)
                     span = _Span()
-                span.add(batch, keep)
-                self.learner.step(batch.to(self.device))
+                on_device = batch.to(self.device)
+                if has_prepare:
+                    on_device.x = prepare(self.model, on_device.x)
+                span.add(on_device if has_prepare else batch, keep)  # prepared inputs are what later epochs reuse
+                self.learner.step(on_device)
                 self.step += 1
                 self.samples_seen += len(batch)
                 self.trained_samples += len(batch)

@@ -31,6 +31,7 @@ import torch
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.models import Model
 
+from lifelong.learner import prepare
 from lifelong.types import ModelSpec
 
 WEIGHTS = "weights.safetensors"
@@ -115,7 +116,7 @@ class GenerationModel(mlflow.pyfunc.PythonModel):
         if info.num_tasks > 1 and task is None:
             raise ValueError(f"this model has {info.num_tasks} task heads: give a {TASK_COLUMN!r} column or key")
         with torch.no_grad():
-            x = x.to(self.device)
+            x = prepare(self.model, x.to(self.device))
             if task is None:
                 logits = self.model(x)
             else:

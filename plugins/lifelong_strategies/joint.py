@@ -67,7 +67,7 @@ class Joint:
     def on_run_start(self, run) -> None:
         info = run.info
         self.device = run.device
-        self.buffer = Buffer(1024, tuple(info.input_shape), run.device, tasks=info.scenario == "task")
+        self.buffer = Buffer(1024, run.device, tasks=info.scenario == "task")
         self.generator = torch.Generator(device=run.device).manual_seed(run.seed + 7919)
         if self._pending is not None:
             self.load_state_dict(self._pending)

@@ -60,13 +60,22 @@ class Buffer:
     One extra scratch row at index ``capacity`` takes the writes of samples that are not stored, so
     a batch is written with one ``index_copy_`` whatever the policy decided, with no masking (a
     boolean mask would need the count of selected rows on the host).
+
+    ``x`` is allocated at the first write, in the shape and dtype of what arrives: the stream's
+    samples, or a frozen backbone's features when the model prepares its inputs (see
+    ``register_models``), or token ids.
     """
 
-    def __init__(self, capacity: int, input_shape: tuple[int, ...], device: torch.device, tasks: bool):
+    def __init__(self, capacity: int, device: torch.device, tasks: bool):
         self.capacity = capacity
-        self.x = torch.zeros((capacity + 1, *input_shape), dtype=torch.get_default_dtype(), device=device)
+        self.device = device
+        self.x: torch.Tensor | None = None
         self.y = torch.zeros(capacity + 1, dtype=torch.long, device=device)
         self.task = torch.zeros(capacity + 1, dtype=torch.long, device=device) if tasks else None
+
+    def _allocate(self, like: torch.Tensor) -> None:
+        if self.x is None:
+            self.x = torch.zeros((self.capacity + 1, *like.shape[1:]), dtype=like.dtype, device=self.device)
 
     @property
     def nbytes(self) -> int:
@@ -78,6 +87,7 @@ class Buffer:
         if rows is not None:
             x, y = x.index_select(0, rows), y.index_select(0, rows)
             task = None if task is None else task.index_select(0, rows)
+        self._allocate(x)
         self.x.index_copy_(0, slots, x.to(self.x.dtype))
         self.y.index_copy_(0, slots, y)
         if self.task is not None:
@@ -91,13 +101,15 @@ class Buffer:
     def grow(self, capacity: int, keep: int) -> None:
         """Reallocate with room for ``capacity`` samples, keeping the first ``keep`` (joint's memory grows)."""
         old = (self.x, self.y, self.task)
-        self.__init__(capacity, tuple(self.x.shape[1:]), self.x.device, self.task is not None)
+        self.__init__(capacity, self.device, self.task is not None)
+        if old[0] is not None:
+            self._allocate(old[0])
         for new, tensor in zip((self.x, self.y, self.task), old):
             if new is not None:
                 new[:keep] = tensor[:keep]
 
     def state(self, n: int) -> dict[str, torch.Tensor]:
-        state = {"x": self.x[:n], "y": self.y[:n]}
+        state = {"x": self.x[:n] if self.x is not None else torch.zeros(0), "y": self.y[:n]}
         if self.task is not None:
             state["task"] = self.task[:n]
         return state
@@ -107,9 +119,10 @@ class Buffer:
         n = int(state["y"].shape[0])
         if n > self.capacity:
             raise ValueError(f"the saved memory holds {n} samples, more than memory={self.capacity}")
-        saved, stream = tuple(state["x"].shape[1:]), tuple(self.x.shape[1:])
-        if saved != stream:
-            raise ValueError(f"saved samples have shape {saved}, the stream's have {stream}")
+        if n == 0:
+            return 0
+        # The stream's later samples must match the saved ones in shape; a mismatch fails at the write.
+        self._allocate(state["x"])
         self.x[:n] = state["x"]
         self.y[:n] = state["y"]
         if self.task is not None and "task" in state:
@@ -143,7 +156,6 @@ class Replay:
         self.size = options.memory
         self.seen = 0  # stream samples offered to the memory (a host int: batch sizes are known on the host)
         self.buffer: Buffer | None = None
-        self.memory_bytes = 0
         self._pending: dict[str, Any] | None = None  # state loaded before the run started
 
     @property
@@ -154,21 +166,22 @@ class Replay:
     def on_run_start(self, run) -> None:
         info = run.info
         self.device = run.device
-        self.buffer = Buffer(self.size, tuple(info.input_shape), run.device, tasks=info.scenario == "task")
+        self.buffer = Buffer(self.size, run.device, tasks=info.scenario == "task")
         # Class keys are (task, class) pairs in the task scenario, where labels are local to a head.
         self.num_classes = info.num_classes
         self.num_keys = info.num_classes * max(info.num_tasks, 1)
         # class-balanced: each stored sample's random priority (see the module docstring)
         self.priority = torch.zeros(self.size + 1 if self._balanced else 0, dtype=torch.long, device=run.device)
         self.generator = torch.Generator(device=run.device).manual_seed(run.seed + 7919)
-        self.memory_bytes = self.buffer.nbytes + self.priority.nbytes
         if self._pending is not None:
             self.load_state_dict(self._pending)
             self._pending = None
-        log.info(
-            "replay: %s memory of %d samples, %.2f MiB on %s",
-            self.options.policy, self.size, self.memory_bytes / 2**20, run.device,
-        )
+        log.info("replay: %s memory of %d samples on %s", self.options.policy, self.size, run.device)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes the memory holds on the device (samples are allocated with the first batch)."""
+        return self.buffer.nbytes + self.priority.nbytes if self.buffer is not None else 0
 
     @property
     def _balanced(self) -> bool:

@@ -78,10 +78,10 @@ def test_reservoir_resolves_collisions_within_a_batch_like_the_sequential_algori
 
 def test_memory_never_exceeds_its_size_and_replays_at_most_what_it_holds():
     replay = started(Replay(ReplayOptions(memory=50, replay_batch=0)))
-    size = replay.memory_bytes
-    assert size == replay.buffer.nbytes > 0
     assert replay.augment_batch(ids(0, 32)) is None  # nothing stored yet
     replay.after_step(ids(0, 20), None, first_pass=True)
+    size = replay.memory_bytes  # the samples are allocated, all 50 + 1 scratch row, at the first write
+    assert size == replay.buffer.nbytes == 51 * ids(0, 1).x.nbytes + 51 * 8
     assert len(replay.augment_batch(ids(0, 32))) == 20  # min(stream batch, filled)
     for start in range(20, 2000, 45):
         replay.after_step(ids(start, start + 45), None, first_pass=True)

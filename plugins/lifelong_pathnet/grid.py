@@ -1,0 +1,277 @@
+"""The PathNet super-network: L layers × M modules, a path of at most N modules per layer, a head per task.
+
+A module is a small block: linear + ReLU over vectors, or a 3×3 stride-2 convolution + ReLU over
+images (no batch norm: its running statistics would change a frozen module in train mode). The
+outputs of a layer's active modules are summed. The output layer is never shared: each task has
+its own head.
+
+Frozen state lives in buffers, so checkpoints, generations and served models carry it:
+``paths`` (the frozen path of each finished task), ``frozen`` (which modules are read-only),
+``frozen_tasks`` (how many tasks are finished), ``task_segment`` (the reader's task id → the
+finished task that learned it, for task-incremental evaluation) and ``head_classes`` (the labels
+each finished task's head was trained on). Host-side copies of the paths
+keep the forward pass free of device reads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lifelong.types import StreamInfo
+from lifelong_pathnet.evolution import path_modules
+
+Path = tuple[tuple[int, ...], ...]  # the distinct modules of each layer
+
+
+@dataclass
+class GridOptions:
+    layers: int = field(default=3, metadata={"help": "L, layers of modules (the paper's binary MNIST: 3)"})
+    modules: int = field(default=10, metadata={"help": "M, modules per layer (paper: 10)"})
+    active: int = field(default=3, metadata={"help": "N, most modules a path uses per layer (paper: 3)"})
+    width: int = field(default=20, metadata={"help": "units (linear) or channels (conv) of each module (paper: 20)"})
+    block: Literal["linear", "conv"] = field(default="linear", metadata={"help": "linear + ReLU over vectors, or conv 3×3 stride 2 + ReLU over images"})
+    max_tasks: int = field(default=0, metadata={"help": "heads preallocated, one per task; 0: the stream's experience count, else 16"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate of the grid; None: learner.lr"})
+    inference: Literal["sample", "batch"] = field(
+        default="sample",
+        metadata={"help": "without task ids, pick the lowest-entropy path per sample, or one path per batch (lowest mean entropy: for batches drawn from one task)"},
+    )
+    backbone: dict[str, Any] | None = field(default=None, metadata={"help": "ModelSpec of a frozen layer 0 (set by the pathnet strategy)"})
+
+    def check(self) -> None:
+        for name in ("layers", "modules", "active", "width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.active > self.modules:
+            raise ValueError(f"active (N={self.active}) cannot exceed modules (M={self.modules})")
+        if self.max_tasks < 0:
+            raise ValueError(f"max_tasks must be 0 (from the stream) or positive, got {self.max_tasks}")
+
+
+def task_capacity(options_max_tasks: int, info: StreamInfo) -> int:
+    """Heads to preallocate: the option, else the stream's experiences or tasks, else 16 (a stream of unknown length)."""
+    if options_max_tasks:
+        return options_max_tasks
+    known = max(len(info.experiences or []), info.num_tasks)
+    return known if known > 1 else 16
+
+
+class PathNetModel(nn.Module):
+    """``forward(x)`` / ``forward(x, task)``: the active path while training, frozen paths afterwards.
+
+    In training mode every sample goes through :attr:`active_path` and the head of the task in
+    training (:attr:`current`), which the pathnet strategy sets before each minibatch. In eval mode
+    a sample with a known task id uses that task's frozen path and head; a sample without one
+    (class- or domain-incremental, task-free streams) uses the frozen path whose head is most
+    confident, i.e. has the lowest predictive entropy (:meth:`infer`). Before any task is frozen,
+    evaluation uses the active path.
+    """
+
+    def __init__(self, options: GridOptions, info: StreamInfo, backbone: nn.Module | None = None):
+        super().__init__()
+        self.options = options
+        self.num_classes = info.num_classes
+        self.backbone = backbone
+        if backbone is not None:
+            if getattr(backbone, "prepare", None) is None:
+                raise ValueError(
+                    "a pathnet backbone must be a model with a frozen prepare() step (e.g. a pretrained "
+                    "backbone with strategy = 'feature-extractor'); this one has none"
+                )
+            for p in backbone.parameters():
+                p.requires_grad_(False)
+            with torch.no_grad():
+                in_shape = tuple(backbone.prepare(torch.zeros(1, *info.input_shape)).shape[1:])
+        else:
+            in_shape = tuple(info.input_shape)
+        self.image = options.block == "conv"
+        if self.image and len(in_shape) not in (2, 3):
+            raise ValueError(f"block = 'conv' needs image inputs (H, W) or (C, H, W), got {in_shape}")
+        width = options.width
+        first = (in_shape[0] if len(in_shape) == 3 else 1) if self.image else math.prod(in_shape)
+        self.grid = nn.ModuleList(
+            nn.ModuleList(self._block(first if layer == 0 else width, width) for _ in range(options.modules))
+            for layer in range(options.layers)
+        )
+        tasks = task_capacity(options.max_tasks, info)
+        self.heads = nn.ModuleList(nn.Linear(width, info.num_classes) for _ in range(tasks))
+        self.register_buffer("paths", torch.zeros(tasks, options.layers, options.active, dtype=torch.long))
+        self.register_buffer("frozen", torch.zeros(options.layers, options.modules, dtype=torch.bool))
+        self.register_buffer("frozen_tasks", torch.zeros((), dtype=torch.long))
+        self.register_buffer("task_segment", torch.full((max(tasks, info.num_tasks),), -1, dtype=torch.long))
+        self.register_buffer("head_classes", torch.zeros(tasks, info.num_classes, dtype=torch.bool))
+        self._frozen_paths: list[Path] = []
+        self.active_path: Path = tuple(tuple(range(options.active)) for _ in range(options.layers))
+        self.current = 0  # the task in training: its head is trained, its path is active_path
+
+    def _block(self, inputs: int, width: int) -> nn.Module:
+        if self.image:
+            return nn.Sequential(nn.Conv2d(inputs, width, 3, stride=2, padding=1), nn.ReLU())
+        return nn.Sequential(nn.Linear(inputs, width), nn.ReLU())
+
+    @property
+    def capacity(self) -> int:
+        return len(self.heads)
+
+    @property
+    def prepare(self):
+        """The backbone's frozen features as the kernel's cached input step (None without a backbone)."""
+        return None if self.backbone is None else self.backbone.prepare
+
+    def train(self, mode: bool = True) -> PathNetModel:
+        super().train(mode)
+        if self.backbone is not None:
+            self.backbone.eval()  # frozen: no batch-norm statistics may move
+        return self
+
+    # -- forward ----------------------------------------------------------------------------------
+    def features(self, x: torch.Tensor, path: Path) -> torch.Tensor:
+        h = x
+        if self.image:
+            if h.dim() == 3:
+                h = h.unsqueeze(1)
+        else:
+            h = h.flatten(1)
+        for layer, modules in zip(self.grid, path):
+            out = layer[modules[0]](h)
+            for m in modules[1:]:
+                out = out + layer[m](h)
+            h = out
+        return h.mean(dim=(2, 3)) if self.image else h
+
+    def path_logits(self, x: torch.Tensor, path: Path, task: int) -> torch.Tensor:
+        return self.heads[task](self.features(x, path))
+
+    def frozen_logits(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        """A finished task's logits, restricted to the labels its head was trained on.
+
+        A head only ever saw its own task's labels (class-incremental: 2 of 10 classes), so the
+        others are masked out: its prediction stays within what it learned, and :meth:`infer`
+        compares confidences over the labels each head knows.
+        """
+        logits = self.path_logits(x, self._frozen_paths[task], task)
+        return logits.masked_fill(~self.head_classes[task], float("-inf"))
+
+    def forward(self, x: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training or not self._frozen_paths:
+            return self.path_logits(x, self.active_path, self.current)
+        if task is None:
+            return self.infer(x)[0]
+        # Evaluation with task ids (the host reads which tasks are present: evaluation only).
+        segment = self.task_segment.index_select(0, task)
+        out = x.new_empty(x.shape[0], self.num_classes)
+        unknown = segment < 0
+        if bool(unknown.any()):  # a task not learned yet: the path and head in training
+            rows = unknown.nonzero().squeeze(1)
+            out[rows] = self.path_logits(x[rows], self.active_path, self.current)
+        for s in segment[~unknown].unique().tolist():
+            rows = (segment == s).nonzero().squeeze(1)
+            out[rows] = self.frozen_logits(x[rows], s)
+        return out
+
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Task-free prediction: (logits, chosen task) per sample, the frozen path of lowest entropy."""
+        candidates = torch.stack([self.frozen_logits(x, s) for s in range(len(self._frozen_paths))])
+        log_p = F.log_softmax(candidates, dim=2)
+        entropy = -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(dim=2)  # (tasks, N); masked labels add 0
+        if self.options.inference == "batch":
+            chosen = entropy.mean(dim=1).argmin().expand(x.shape[0])
+        else:
+            chosen = entropy.argmin(dim=0)
+        logits = candidates.gather(0, chosen.view(1, -1, 1).expand(1, -1, candidates.shape[2])).squeeze(0)
+        return logits, chosen
+
+    # -- freezing ---------------------------------------------------------------------------------
+    def modules_of(self, path: Path) -> list[nn.Module]:
+        return [self.grid[layer][m] for layer, mods in enumerate(path) for m in mods]
+
+    def freeze(self, genotype: np.ndarray, task_ids: list[int], classes: list[int] | None = None) -> list[nn.Parameter]:
+        """Freeze ``genotype``'s path and the current head as task :attr:`current`; returns the newly frozen parameters.
+
+        ``task_ids``: the reader's task ids seen in the task; ``classes``: the labels its head was
+        trained on (None: all).
+        """
+        task = self.current
+        if task >= self.capacity:
+            raise RuntimeError(f"pathnet has heads for {self.capacity} tasks; set strategy.pathnet.max_tasks higher")
+        path = path_modules(genotype)
+        newly: list[nn.Parameter] = []
+        with torch.no_grad():
+            self.paths[task] = torch.as_tensor(genotype, dtype=torch.long)
+            for layer, mods in enumerate(path):
+                for m in mods:
+                    if not bool(self.frozen[layer, m]):
+                        self.frozen[layer, m] = True
+                        newly += list(self.grid[layer][m].parameters())
+            newly += list(self.heads[task].parameters())
+            self.frozen_tasks.fill_(task + 1)
+            for t in task_ids:
+                self.task_segment[t] = task
+            if classes is None:
+                self.head_classes[task] = True
+            else:
+                self.head_classes[task, classes] = True
+        for p in newly:
+            p.requires_grad_(False)
+        self._frozen_paths.append(path)
+        self.current = task + 1
+        return newly
+
+    def reinitialize(self) -> list[nn.Parameter]:
+        """Re-initialise every module that is not frozen; returns their parameters."""
+        reset: list[nn.Parameter] = []
+        frozen = self.frozen.cpu()
+        for layer, row in enumerate(self.grid):
+            for m, block in enumerate(row):
+                if not bool(frozen[layer, m]):
+                    block[0].reset_parameters()
+                    reset += list(block.parameters())
+        return reset
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("backbone.")]
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        return [{"params": self.trainable(), "lr": self.options.lr or lr}]
+
+    # -- state ------------------------------------------------------------------------------------
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._restore_frozen()
+        return result
+
+    def _restore_frozen(self) -> None:
+        """Rebuild the host-side paths and the requires_grad flags from the frozen buffers."""
+        count = int(self.frozen_tasks)
+        self._frozen_paths = [path_modules(self.paths[t].cpu().numpy()) for t in range(count)]
+        frozen = self.frozen.cpu()
+        for layer, row in enumerate(self.grid):
+            for m, block in enumerate(row):
+                for p in block.parameters():
+                    p.requires_grad_(not bool(frozen[layer, m]))
+        for t, head in enumerate(self.heads):
+            for p in head.parameters():
+                p.requires_grad_(t >= count)
+        self.current = count
+
+
+def build_grid(options: GridOptions, info: StreamInfo) -> PathNetModel:
+    """The ``pathnet`` model component: rebuilds a grid (and its backbone) from a stored ModelSpec."""
+    backbone = None
+    if options.backbone is not None:
+        from lifelong import options as opts
+        from lifelong.host import PluginHost
+        from lifelong.types import ModelSpec
+
+        spec = ModelSpec.from_dict(options.backbone)
+        component = PluginHost().component("model", spec.name, "model.backbone")
+        backbone = component.factory(opts.validate(component.options, spec.options, "model.backbone"), spec.info)
+    return PathNetModel(options, info, backbone)

@@ -283,6 +283,7 @@ def render(result: dict[str, Any]) -> str:
         lines.append("")
     if result.get("transfer"):
         lines += ["## Transfer speed-up (the paper's measure)", "",
+                  f"T = {result['tournament_batches']}. "
                   f"Minibatches of 16 to reach the target training accuracy on B; A trained for {BUDGET_A} minibatches "
                   f"first; budget {BUDGET_B} (censored runs count the budget). Speed-up = control / PathNet after A.", "",
                   "| data | A → B | target | PathNet after A | control | speed-up (mean ± sd, min–max) | censored |",
@@ -362,6 +363,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=5, help="seeds for transfer (forgetting and compare use min(seeds, 3))")
     parser.add_argument("--parts", nargs="+", default=["forgetting", "transfer", "compare", "cost"])
     parser.add_argument("--repeats", type=int, default=5, help="alternated repeats of the cost measurement")
+    parser.add_argument("--tournament-batches", type=int, default=10, help="T of the transfer experiment (the paper: 50)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -370,20 +372,24 @@ def main() -> int:
         "machine": f"{platform.machine()} {platform.system()}, 2 shared cores",
         "torch": torch.__version__,
         "load_average": load_average(),
+        "tournament_batches": args.tournament_batches,
     }
-    options = PathNetOptions(population=64, tournament_batches=10)
+    options = PathNetOptions(population=64, tournament_batches=args.tournament_batches)
     if "forgetting" in args.parts:
         result["forgetting"] = forgetting(min(args.seeds, 3))
     if "transfer" in args.parts:
         result["transfer"] = transfer(args.seeds, options)
-        plot(result["transfer"], IMAGES / "pathnet_transfer.png")
+        if args.tournament_batches == 10:
+            plot(result["transfer"], IMAGES / "pathnet_transfer.png")
     if "compare" in args.parts:
         result["compare"] = compare(min(args.seeds, 3))
     if "cost" in args.parts:
         result["cost"] = cost(args.repeats)
     result["minutes"] = (time.perf_counter() - started) / 60
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "pathnet" if set(args.parts) == {"forgetting", "transfer", "compare", "cost"} else "pathnet_partial"
+    name = "pathnet" if set(args.parts) == {"forgetting", "transfer", "compare", "cost"} else "pathnet_" + "_".join(args.parts)
+    if args.tournament_batches != 10:
+        name += f"_t{args.tournament_batches}"
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
     (RESULTS / f"{name}.md").write_text(render(result))
     print(render(result))

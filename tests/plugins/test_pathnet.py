@@ -269,3 +269,11 @@ def test_task_free_class_incremental_run_infers_the_task(run, inference):
     # Five tasks: chance is 0.2. Lowest entropy is a weak oracle (bench/pathnet.py reports it on
     # more streams), but it must beat chance clearly.
     assert np.mean(hits) > 0.4, hits
+
+
+def test_conv_modules_learn_images_and_never_forget(run):
+    summary, runner = run([*TASK_IL, "strategy.pathnet.block=conv", "strategy.pathnet.width=16", "learner.epochs=6"])
+    assert isinstance(runner.model.grid[0][0][0], torch.nn.Conv2d)
+    matrix = summary["accuracy_matrix"]
+    assert all(row[i] == matrix[i][i] for i in range(len(matrix)) for row in matrix[i:])
+    assert summary["acc"] > 0.7

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lifelong.errors import UserError
 from lifelong.types import StreamInfo
 from lifelong_pathnet.evolution import path_modules
 
@@ -37,7 +38,7 @@ class GridOptions:
     active: int = field(default=3, metadata={"help": "N, most modules a path uses per layer (paper: 3)"})
     width: int = field(default=20, metadata={"help": "units (linear) or channels (conv) of each module (paper: 20)"})
     block: Literal["linear", "conv"] = field(default="linear", metadata={"help": "linear + ReLU over vectors, or conv 3×3 stride 2 + ReLU over images"})
-    max_tasks: int = field(default=0, metadata={"help": "heads preallocated, one per task; 0: the stream's experience count, else 16"})
+    max_tasks: int = field(default=0, metadata={"help": "heads preallocated, one per task; 0: the stream's experience count, at least 16"})
     lr: float | None = field(default=None, metadata={"help": "learning rate of the grid; None: learner.lr"})
     inference: Literal["sample", "batch"] = field(
         default="sample",
@@ -56,11 +57,15 @@ class GridOptions:
 
 
 def task_capacity(options_max_tasks: int, info: StreamInfo) -> int:
-    """Heads to preallocate: the option, else the stream's experiences or tasks, else 16 (a stream of unknown length)."""
+    """Heads to preallocate: the option, else the stream's experiences or tasks but at least 16.
+
+    A task ends at every boundary the pipeline reports, and a window or drift detector may report
+    more boundaries than the reader has experiences; a head is a few hundred weights, so spares
+    cost nothing.
+    """
     if options_max_tasks:
         return options_max_tasks
-    known = max(len(info.experiences or []), info.num_tasks)
-    return known if known > 1 else 16
+    return max(len(info.experiences or []), info.num_tasks, 16)
 
 
 class PathNetModel(nn.Module):
@@ -159,7 +164,16 @@ class PathNetModel(nn.Module):
         logits = self.path_logits(x, self._frozen_paths[task], task)
         return logits.masked_fill(~self.head_classes[task], float("-inf"))
 
+    def _check_capacity(self) -> None:
+        if self.current >= self.capacity:
+            raise UserError(
+                f"pathnet has heads for {self.capacity} tasks and the stream goes on after boundary "
+                f"{self.current}: set strategy.pathnet.max_tasks higher (or report fewer boundaries)"
+            )
+
     def forward(self, x: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training:
+            self._check_capacity()
         if self.training or not self._frozen_paths:
             return self.path_logits(x, self.active_path, self.current)
         if task is None:
@@ -200,8 +214,7 @@ class PathNetModel(nn.Module):
         trained on (None: all).
         """
         task = self.current
-        if task >= self.capacity:
-            raise RuntimeError(f"pathnet has heads for {self.capacity} tasks; set strategy.pathnet.max_tasks higher")
+        self._check_capacity()
         path = path_modules(genotype)
         newly: list[nn.Parameter] = []
         with torch.no_grad():

@@ -57,7 +57,7 @@ class PathNetOptions:
         default="sample",
         metadata={"help": "without task ids: lowest-entropy path per sample, or per batch (batches drawn from one task)"},
     )
-    max_tasks: int = field(default=0, metadata={"help": "tasks (heads) the grid has room for; 0: the stream's experiences, else 16"})
+    max_tasks: int = field(default=0, metadata={"help": "tasks (heads) the grid has room for; 0: the stream's experiences, at least 16"})
     backbone: bool = field(default=False, metadata={"help": "use the [model] (a frozen feature extractor) as layer 0"})
 
     def check(self) -> None:

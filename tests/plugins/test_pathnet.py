@@ -277,3 +277,21 @@ def test_conv_modules_learn_images_and_never_forget(run):
     matrix = summary["accuracy_matrix"]
     assert all(row[i] == matrix[i][i] for i in range(len(matrix)) for row in matrix[i:])
     assert summary["acc"] > 0.7
+
+
+def test_a_task_ends_at_every_boundary_the_pipeline_reports(run):
+    summary, runner = run(
+        ["learner.strategies=['pathnet']", "learner.optimizer=sgd", "learner.lr=0.05",
+         "boundary.detector=window", "boundary.batches=6", "strategy.pathnet.population=4",
+         "strategy.pathnet.tournament_batches=2"]
+    )
+    windows = len(summary["generations"])
+    assert windows == 8  # 43 batches in windows of 6: more boundaries than the reader's 5 experiences
+    assert int(runner.model.frozen_tasks) == windows and runner.model.capacity == 16
+
+
+def test_more_boundaries_than_heads_is_a_clear_error(run):
+    from lifelong.errors import UserError
+
+    with pytest.raises(UserError, match="max_tasks"):
+        run(["learner.strategies=['pathnet']", "strategy.pathnet.max_tasks=2"])

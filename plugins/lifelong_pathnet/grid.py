@@ -32,7 +32,9 @@ Path = tuple[tuple[int, ...], ...]  # the distinct modules of each layer
 
 
 @dataclass
-class GridOptions:
+class GridShape:
+    """The grid's options, shared by the ``pathnet`` model component and the ``pathnet`` strategy."""
+
     layers: int = field(default=3, metadata={"help": "L, layers of modules (the paper's binary MNIST: 3)"})
     modules: int = field(default=10, metadata={"help": "M, modules per layer (paper: 10)"})
     active: int = field(default=3, metadata={"help": "N, most modules a path uses per layer (paper: 3)"})
@@ -44,7 +46,6 @@ class GridOptions:
         default="sample",
         metadata={"help": "without task ids, pick the lowest-entropy path per sample, or one path per batch (lowest mean entropy: for batches drawn from one task)"},
     )
-    backbone: dict[str, Any] | None = field(default=None, metadata={"help": "ModelSpec of a frozen layer 0 (set by the pathnet strategy)"})
 
     def check(self) -> None:
         for name in ("layers", "modules", "active", "width"):
@@ -54,6 +55,11 @@ class GridOptions:
             raise ValueError(f"active (N={self.active}) cannot exceed modules (M={self.modules})")
         if self.max_tasks < 0:
             raise ValueError(f"max_tasks must be 0 (from the stream) or positive, got {self.max_tasks}")
+
+
+@dataclass
+class GridOptions(GridShape):
+    backbone: dict[str, Any] | None = field(default=None, metadata={"help": "ModelSpec of a frozen layer 0 (set by the pathnet strategy)"})
 
 
 def task_capacity(options_max_tasks: int, info: StreamInfo) -> int:

@@ -21,6 +21,7 @@ with other strategies (replay would train old samples through the new path and h
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -34,7 +35,7 @@ from lifelong import options as opts
 from lifelong.errors import ConfigError
 from lifelong.types import Batch, ModelSpec
 from lifelong_pathnet.evolution import Tournament, path_modules, random_population
-from lifelong_pathnet.grid import GridOptions, PathNetModel, task_capacity
+from lifelong_pathnet.grid import GridOptions, GridShape, PathNetModel, task_capacity
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +43,15 @@ COMPATIBLE = {"pathnet", "naive"}
 
 
 @dataclass
-class PathNetOptions:
-    layers: int = field(default=3, metadata={"help": "L, layers of modules (paper, binary MNIST: 3)"})
-    modules: int = field(default=10, metadata={"help": "M, modules per layer (paper: 10)"})
-    active: int = field(default=3, metadata={"help": "N, most modules per layer on a path (paper: 3)"})
-    width: int = field(default=20, metadata={"help": "units or channels per module (paper: 20)"})
-    block: Literal["linear", "conv"] = field(default="linear", metadata={"help": "module type: linear + ReLU, or conv 3×3 stride 2 + ReLU"})
+class PathNetOptions(GridShape):
     population: int = field(default=64, metadata={"help": "P, genotypes (paper: 64); 1 trains one fixed random path (a control)"})
     tournament_batches: int = field(default=50, metadata={"help": "T, minibatches each genotype of a tournament trains (paper: 50)"})
     mutation_rate: float | None = field(default=None, metadata={"help": "per-element mutation probability; None: 1/(L·N) as in the paper"})
     fitness: Literal["accuracy", "loss"] = field(default="accuracy", metadata={"help": "accuracy (paper) or negative loss over the T minibatches"})
-    lr: float | None = field(default=None, metadata={"help": "learning rate of the grid; None: learner.lr"})
-    inference: Literal["sample", "batch"] = field(
-        default="sample",
-        metadata={"help": "without task ids: lowest-entropy path per sample, or per batch (batches drawn from one task)"},
-    )
-    max_tasks: int = field(default=0, metadata={"help": "tasks (heads) the grid has room for; 0: the stream's experiences, at least 16"})
     backbone: bool = field(default=False, metadata={"help": "use the [model] (a frozen feature extractor) as layer 0"})
 
     def check(self) -> None:
-        GridOptions.check(self)  # type: ignore[arg-type]
+        super().check()
         if self.population < 1 or self.tournament_batches < 1:
             raise ValueError("population and tournament_batches must be at least 1")
         if self.mutation_rate is not None and not 0.0 <= self.mutation_rate <= 1.0:
@@ -83,17 +73,9 @@ class PathNet:
     @hookimpl
     def wrap_model(self, model: torch.nn.Module, spec: ModelSpec):
         o = self.options
-        grid = GridOptions(
-            layers=o.layers,
-            modules=o.modules,
-            active=o.active,
-            width=o.width,
-            block=o.block,
-            max_tasks=task_capacity(o.max_tasks, spec.info),
-            lr=o.lr,
-            inference=o.inference,
-            backbone=spec.to_dict() if o.backbone else None,
-        )
+        shape = {f.name: getattr(o, f.name) for f in dataclasses.fields(GridShape)}
+        shape["max_tasks"] = task_capacity(o.max_tasks, spec.info)
+        grid = GridOptions(**shape, backbone=spec.to_dict() if o.backbone else None)
         self.model = PathNetModel(grid, spec.info, backbone=model if o.backbone else None)
         if not o.backbone:
             log.info("pathnet: the grid takes the raw input; model %r is not used (backbone = false)", spec.name)

@@ -3,6 +3,8 @@
     bash bench/avalanche_env.sh                          # once: .venv-avalanche (~6 GB)
     python bench/compare_avalanche.py [--seeds 3] [--quick] [--benchmarks split-digits split-fmnist permuted-fmnist]
     python bench/compare_avalanche.py --render bench/results/avalanche_compare.json   # redraw only
+    python bench/compare_avalanche.py --seeds 3 --benchmarks split-fmnist split-digits --strategies replay \
+        --fills stream experience-end --name avalanche_compare_replay   # replay only, both fills
 
 Same data, model, optimizer, batch size and epochs on both sides:
 
@@ -33,11 +35,13 @@ Stock differences, handled as the issue asks:
   scale: each side runs a λ sweep and is reported at its best λ, next to both ACC-vs-λ curves.
 - Replay: Avalanche's ReplayPlugin fills its memory only at experience end (no replay during the
   first experience; the memory holds past experiences only), experience-balanced; lifelong's
-  replay is reservoir sampling over the stream and replays from the second batch on. Both mix
-  32 memory samples into every batch of 32 once they replay.
+  replay is reservoir sampling over the stream and replays from the second batch on by default
+  (``fill = "stream"``); ``--fills experience-end`` also runs its Avalanche-like fill (memory of
+  past experiences only, folded in at experience end). Both mix 32 memory samples into every batch
+  of 32 once they replay.
 
 Writes bench/results/avalanche_compare.{json,md} and docs/img/avalanche_compare.png
-(``--quick``: avalanche_compare_quick.*).
+(``--quick``: avalanche_compare_quick.*; ``--name NAME``: NAME.*).
 """
 
 from __future__ import annotations
@@ -88,6 +92,9 @@ BENCHMARKS = {
 LAMBDAS = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6]
 LAMBDAS_QUICK = [1.0, 100.0, 1e4, 1e6]
 MEMORIES = [200, 500]
+STRATEGIES = ["bare", "naive", "ewc", "replay"]
+FILLS = ["experience-end", "stream"]  # lifelong's replay fills (the first its default); Avalanche's ReplayPlugin has one
+LEGACY_FILLS = ["stream"]  # results written before --fills existed ran the then default fill, stream
 BATCH_SIZE, LR = 32, 1e-3
 
 
@@ -140,7 +147,7 @@ def lifelong_run(host: PluginHost, data: Path, job: dict) -> dict:
     if job["strategy"] == "ewc":
         raw["strategy"] = {"ewc": {"lambda": job["lambda"], "mode": "separate"}}
     if job["strategy"] == "replay":
-        raw["strategy"] = {"replay": {"memory": job["memory"], "replay_batch": job["batch_size"]}}
+        raw["strategy"] = {"replay": {"memory": job["memory"], "replay_batch": job["batch_size"], "fill": job.get("fill", "stream")}}
     plan = pipeline.build(host, raw, data / "dead_letters.jsonl")
     with np.load(data / "init.npz") as init:  # the weights Avalanche starts from
         for i, p in enumerate(plan.model.parameters()):
@@ -209,20 +216,29 @@ LIFELONG, SAME_TORCH, AVALANCHE = "lifelong", "lifelong-same-torch", "avalanche"
 BARE_HERE, BARE_THERE = "bare-torch-here", "bare-torch"
 
 
-def configurations(lambdas: list[float]) -> list[dict]:
-    return (
-        [{"strategy": "bare"}, {"strategy": "naive"}]
-        + [{"strategy": "ewc", "lambda": lam} for lam in lambdas]
-        + [{"strategy": "replay", "memory": m} for m in MEMORIES]
-    )
+def configurations(lambdas: list[float], strategies: list[str] = STRATEGIES, memories: list[int] = MEMORIES,
+                   fills: list[str] = FILLS[:1]) -> list[dict]:  # noqa: B006 (never mutated)
+    """Jobs per seed. A replay job carries the lifelong fills to run; Avalanche runs it once."""
+    out = [{"strategy": s} for s in ("bare", "naive") if s in strategies]
+    if "ewc" in strategies:
+        out += [{"strategy": "ewc", "lambda": lam} for lam in lambdas]
+    if "replay" in strategies:
+        out += [{"strategy": "replay", "memory": m, "fills": list(fills)} for m in memories]
+    return out
 
 
 def config_key(job: dict) -> str:
     if job["strategy"] == "ewc":
         return f"ewc λ={job['lambda']:g}"
     if job["strategy"] == "replay":
-        return f"replay {job['memory']}"
+        fill = job.get("fill", "stream")
+        return f"replay {job['memory']}" + ("" if fill == "stream" else f", fill {fill}")
     return job["strategy"]
+
+
+def peer_key(key: str) -> str:
+    """The configuration Avalanche ran for a lifelong configuration (its replay has one fill)."""
+    return key.split(", fill ")[0]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -232,17 +248,30 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def ratios(runs: list[dict], num: str, den: str) -> list[float]:
-    """Per (configuration, seed) samples/s ratios num ÷ den, over the runs given."""
+def ratios(runs: list[dict], num: str, den: str, key: str | None = None) -> list[float]:
+    """Per (configuration, seed) samples/s ratios num ÷ den, over the runs given (``key``: num's configuration only).
+
+    The denominator is the same configuration of library ``den`` or, failing that, its peer
+    (Avalanche's one replay for every lifelong fill).
+    """
     sps = {(config_key(r), r["seed"], r["library"]): r["samples_per_second"] for r in runs}
-    return [v / sps[k, s, den] for (k, s, lib), v in sps.items() if lib == num and (k, s, den) in sps]
+    out = []
+    for (k, s, lib), v in sps.items():
+        if lib != num or (key is not None and k != key):
+            continue
+        peer = (k, s, den) if (k, s, den) in sps else (peer_key(k), s, den)
+        if peer in sps:
+            out.append(v / sps[peer])
+    return out
 
 
 def aggregate(runs: list[dict]) -> dict:
     """One benchmark's runs: per configuration and library, mean ± std over seeds; speed ratios."""
     table: dict[str, dict] = {}
     for run in runs:
-        entry = table.setdefault(config_key(run), {"strategy": run["strategy"], "lambda": run.get("lambda"), "memory": run.get("memory")})
+        entry = table.setdefault(
+            config_key(run), {"strategy": run["strategy"], "lambda": run.get("lambda"), "memory": run.get("memory"), "fill": run.get("fill")}
+        )
         entry.setdefault("runs", []).append(run)
     for key, entry in table.items():
         rs = entry.pop("runs")
@@ -250,8 +279,9 @@ def aggregate(runs: list[dict]) -> dict:
             mine = [r for r in rs if r["library"] == lib]
             entry[lib] = {k: mean_std([r[k] for r in mine]) for k in ("acc", "bwt", "samples_per_second")}
             entry[lib].update(seeds=len(mine), torch=mine[0]["torch"])
-        entry["ratio_same_torch"] = mean_std(ratios(rs, SAME_TORCH, AVALANCHE))
-        entry["ratio_main_venv"] = mean_std(ratios(rs, LIFELONG, AVALANCHE))
+        both = [r for r in runs if config_key(r) in (key, peer_key(key))]
+        entry["ratio_same_torch"] = mean_std(ratios(both, SAME_TORCH, AVALANCHE, key))
+        entry["ratio_main_venv"] = mean_std(ratios(both, LIFELONG, AVALANCHE, key))
     if "bare" in table:
         table["bare"]["ratio_torch"] = mean_std(ratios([r for r in runs if r["strategy"] == "bare"], BARE_HERE, BARE_THERE))
     best = {}
@@ -332,7 +362,14 @@ def markdown(result: dict) -> str:
             ours, theirs = configs.get(best.get(LIFELONG)), configs.get(best.get(AVALANCHE))
             label = "ewc, best λ: " + " / ".join(f"{lib} {configs[k]['lambda']:g}" for lib, k in best.items())
             rows.append((label, ours, theirs, ewc_speed | {lib: {"samples_per_second": ewc_speed[lib]} for lib in (LIFELONG, SAME_TORCH, AVALANCHE)}))
-        rows += [(f"replay {m}", configs[f"replay {m}"], configs[f"replay {m}"], configs[f"replay {m}"]) for m in MEMORIES if f"replay {m}" in configs]
+        for m in meta.get("memories", MEMORIES):
+            theirs = configs.get(f"replay {m}", {})
+            fills = meta.get("fills", LEGACY_FILLS)
+            for fill in fills:
+                key = config_key({"strategy": "replay", "memory": m, "fill": fill})
+                if key in configs and LIFELONG in configs[key]:
+                    label = f"replay {m}" + (f", fill {fill}" if fills != LEGACY_FILLS else "")
+                    rows.append((label, configs[key], theirs, {**configs[key], AVALANCHE: theirs.get(AVALANCHE, {})}))
         for label, ours, theirs, speed in rows:
             o, a = (ours or {}).get(LIFELONG), (theirs or {}).get(AVALANCHE)
             sps = lambda lib: fmt_sps(speed.get(lib, {}).get("samples_per_second"))  # noqa: E731
@@ -375,29 +412,46 @@ def plot(result: dict, path: Path) -> None:
     for row, bench in zip(axes, benches):
         agg = result["benchmarks"][bench]
         configs = agg["configs"]
+        groups = [("naive", configs["naive"])] if "naive" in configs else []
+        if agg["ewc_best"]:
+            groups.append(("ewc (all λ)", {lib: {"samples_per_second": agg["ewc_speed"][lib]} for lib in (LIFELONG, SAME_TORCH, AVALANCHE)}))
+        for m in result["meta"].get("memories", MEMORIES):
+            for fill in result["meta"].get("fills", LEGACY_FILLS):
+                key = config_key({"strategy": "replay", "memory": m, "fill": fill})
+                if key in configs:
+                    peer = configs.get(f"replay {m}", {})
+                    groups.append((key.replace(", fill ", "\n"), {**configs[key], AVALANCHE: peer.get(AVALANCHE, {})}))
+        x = np.arange(len(groups))
         ax = row[0]
         sweep = sorted((e for e in configs.values() if e["strategy"] == "ewc"), key=lambda e: e["lambda"])
-        for lib in (LIFELONG, AVALANCHE):
+        if not sweep:  # no EWC in this run: ACC per configuration instead of the λ curves
+            for offset, lib in zip((-0.2, 0.2), (LIFELONG, AVALANCHE)):
+                values = [g.get(lib, {}).get("acc", (0.0, 0.0)) for _, g in groups]
+                ax.bar(x + offset, [v[0] for v in values], 0.4, yerr=[v[1] for v in values], color=colors[lib], label=labels[lib], capsize=2)
+            ax.set_xticks(x, [name for name, _ in groups], fontsize=8)
+            accs = [g[lib]["acc"][0] for _, g in groups for lib in (LIFELONG, AVALANCHE) if lib in g]
+            if accs:
+                ax.set_ylim(max(0.0, min(accs) - 0.1), min(1.0, max(accs) + 0.05))
+            ax.set_ylabel("ACC")
+            ax.set_title(f"{bench}: ACC (mean ± std over seeds)")
+            ax.legend(fontsize=7)
+        for lib in (LIFELONG, AVALANCHE) if sweep else ():
             points = [(e["lambda"], *e[lib]["acc"]) for e in sweep if lib in e]
             if points:
                 lam, mean, std = map(np.array, zip(*points))
                 ax.errorbar(lam, mean, yerr=std, marker="o", capsize=3, color=colors[lib], label=f"EWC, {labels[lib]}")
             if lib in configs.get("naive", {}):
                 ax.axhline(configs["naive"][lib]["acc"][0], color=colors[lib], linestyle=":", label=f"naive, {labels[lib]}")
-        low, high = ax.get_ylim()
-        if high - low < 0.1:  # a flat curve: do not magnify noise in the third decimal
-            ax.set_ylim((low + high) / 2 - 0.05, (low + high) / 2 + 0.05)
-        ax.set_xscale("log")
-        ax.set_xlabel("EWC λ (each library's own scale)")
-        ax.set_ylabel("ACC")
-        ax.set_title(f"{bench}: ACC against EWC λ")
-        ax.legend(fontsize=7)
+        if sweep:
+            low, high = ax.get_ylim()
+            if high - low < 0.1:  # a flat curve: do not magnify noise in the third decimal
+                ax.set_ylim((low + high) / 2 - 0.05, (low + high) / 2 + 0.05)
+            ax.set_xscale("log")
+            ax.set_xlabel("EWC λ (each library's own scale)")
+            ax.set_ylabel("ACC")
+            ax.set_title(f"{bench}: ACC against EWC λ")
+            ax.legend(fontsize=7)
         ax = row[1]
-        groups = [("naive", configs.get("naive", {}))]
-        if agg["ewc_best"]:
-            groups.append(("ewc (all λ)", {lib: {"samples_per_second": agg["ewc_speed"][lib]} for lib in (LIFELONG, SAME_TORCH, AVALANCHE)}))
-        groups += [(f"replay {m}", configs.get(f"replay {m}", {})) for m in MEMORIES]
-        x = np.arange(len(groups))
         for offset, lib in zip((-0.27, 0.0, 0.27), (SAME_TORCH, LIFELONG, AVALANCHE)):
             values = [g.get(lib, {}).get("samples_per_second", (0.0, 0.0)) for _, g in groups]
             values = [(0.0, 0.0) if math.isnan(v[0]) else v for v in values]
@@ -412,13 +466,17 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def notes(threads: int, missing: list[str]) -> list[str]:
+def notes(threads: int, missing: list[str], fills: list[str] = LEGACY_FILLS) -> list[str]:
     """How the comparison is made fair, and what it cannot make equal."""
     out = [
         "Same arrays on both sides: exported from lifelong's readers, read by lifelong's npz reader and by Avalanche's tensors_benchmark (one experience per stream experience, task label 0); the same initial weights (checked before every lifelong run), Adam, batch size and epochs.",
         "Timing excludes evaluation on both sides: lifelong's summary training time (its prequential running loss/accuracy stays on); the sum of Avalanche's strategy.train() calls with eval_every=-1 and an EvaluationPlugin with no metrics and no loggers, Avalanche's fastest configuration. Both include end-of-experience work (EWC's importance/Fisher, Avalanche's buffer update). The accuracy matrix is computed outside the clock by the same plain argmax loop on both sides.",
         "EWC, stock difference 1: Avalanche's importance is the squared gradient of minibatch-mean losses with true labels over the whole experience, averaged over minibatches, and its penalty λ·Σ F·(θ−θ*)² has no ½; lifelong's Fisher is the mean squared per-sample gradient with labels drawn from the model on fisher_samples=1000 samples, with penalty (λ/2)·Σ F·(θ−θ*)². Near convergence a minibatch-mean gradient's square is about 1/batch of the per-sample one, so the same behaviour needs a λ roughly batch/2 = 16× larger in Avalanche. Handled by running the same λ sweep on both and comparing each at its best λ (selected on the reported ACC, the same way for both), with the whole curves in the sweep table and the plot. Both in 'separate' mode; EWC's samples/s and ratio are over the whole sweep.",
-        "Replay, stock difference 2: Avalanche's Replay template (ReplayPlugin, ExperienceBalancedBuffer) fills its memory only at experience end, so it does not replay during the first experience and its memory holds past experiences only; lifelong's replay is reservoir sampling over the stream and replays from the second batch on, so it also trains on 32 extra samples per batch during the first experience. Both then mix 32 memory samples into every batch of 32. lifelong's replay has no fill-at-experience-end mode (not modified here), so it runs stock.",
+        "Replay: Avalanche's Replay template (ReplayPlugin, ExperienceBalancedBuffer) fills its memory only at experience end, so it does not replay during the first experience and its memory holds past experiences only, an equal share per experience. "
+        "lifelong's fills: 'stream' (reservoir sampling over the stream: replays from the second batch on, so it also trains on 32 extra samples per batch during the first experience, and its memory holds the current experience too) and 'experience-end' (its default since it was added: the current experience goes to a staging memory folded into the replayed one at experience end, so only past experiences are replayed and nothing during the first; reservoir policy, so the memory is a uniform sample of the past rather than an equal share per experience, the same thing up to sampling noise for equal-size experiences). "
+        "Both libraries then mix 32 memory samples into every batch of 32. "
+        + f"This run: lifelong with fill = {' and '.join(repr(f) for f in fills)}"
+        + ("; Avalanche's side is one run for both fills." if len(fills) > 1 else "."),
         "samples/s counts stream samples × epochs; replayed samples are not counted on either side.",
         "Two lifelong columns: 'same torch' runs lifelong in the Avalanche venv (torch 2.14.1, installed there by bench/avalanche_env.sh without dependencies): that ratio compares the libraries alone and is the one held against the 1.3× target. 'main venv' is lifelong as installed here (torch 2.13 CPU build). The bare PyTorch loop (same forward/backward/Adam step over the same data, nothing around it) under both torches shows how much of the main-venv ratio is the torch build.",
         f"torch runs {threads} thread(s) in every process (--threads): on this 2-core machine shared with other sessions, 2 threads per process ran 15-30x slower than 1 under load (spinning OpenMP threads). Absolute figures are noisy; configurations rotate which side runs first so that drifting load hits all sides alike.",
@@ -435,12 +493,16 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="subsampled Fashion-MNIST and a shorter λ sweep")
     parser.add_argument("--benchmarks", nargs="+", choices=list(BENCHMARKS), help="default: all whose data is installed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on both sides (1: robust on a shared machine)")
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=STRATEGIES, help="configurations to run (default: all)")
+    parser.add_argument("--memories", nargs="+", type=int, default=MEMORIES, help="replay memory sizes")
+    parser.add_argument("--fills", nargs="+", choices=FILLS, default=FILLS[:1], help="lifelong replay fills to run (Avalanche's replay runs once for all)")
+    parser.add_argument("--name", help="results name (default: avalanche_compare, or avalanche_compare_quick with --quick)")
     parser.add_argument("--render", metavar="RESULT.json", help="only redraw the table and plot of an earlier result")
     args = parser.parse_args()
     if args.render:
         path = Path(args.render)
         result = json.loads(path.read_text())
-        result["notes"] = notes(result["meta"]["threads"], result["meta"].get("missing_in_lifelong", []))
+        result["notes"] = notes(result["meta"]["threads"], result["meta"].get("missing_in_lifelong", []), result["meta"].get("fills", LEGACY_FILLS))
         write(result, path.stem)
         return 0
     torch.set_num_threads(args.threads)
@@ -461,16 +523,19 @@ def main() -> int:
                 data = export(host, bench, seed, args.quick)
                 with np.load(data / "train.npz") as tr, np.load(data / "test.npz") as te:
                     data_info[bench] = {"experiences": len(np.unique(tr["experience"])), "train": len(tr["y"]), "test": len(te["y"])}
-                for i, config in enumerate(configurations(lambdas)):
+                for i, config in enumerate(configurations(lambdas, args.strategies, args.memories, args.fills)):
+                    fills = config.pop("fills", [None])
                     job = {**config, "seed": seed, "epochs": epochs, "batch_size": BATCH_SIZE, "lr": LR, "threads": args.threads, "scenario": scenario}
                     if job["strategy"] == "bare":
-                        sides = [(BARE_HERE, lambda: bare_loop(data, job)), (BARE_THERE, lambda: side.run(data, job))]
+                        sides = [(BARE_HERE, lambda job=job: bare_loop(data, job)), (BARE_THERE, lambda job=job: side.run(data, job))]
                     else:
-                        sides = [(AVALANCHE, lambda: side.run(data, job))]
+                        sides = [(AVALANCHE, lambda job=job: side.run(data, job))]
                         if job["strategy"] not in missing:
-                            sides.append((LIFELONG, lambda: lifelong_run(host, data, job)))
-                            if same_torch:
-                                sides.append((SAME_TORCH, lambda: side.run(data, {**job, "library": "lifelong"})))
+                            for fill in fills:  # replay: one lifelong run per fill
+                                mine = job if fill is None else {**job, "fill": fill}
+                                sides.append((LIFELONG, lambda mine=mine: lifelong_run(host, data, mine)))
+                                if same_torch:
+                                    sides.append((SAME_TORCH, lambda mine=mine: side.run(data, {**mine, "library": "lifelong"})))
                     k = i % len(sides)  # rotate who goes first, so drifting load hits every side alike
                     for library, fn in sides[k:] + sides[:k]:
                         run = {**fn(), "library": library, "benchmark": bench, "seed": seed}
@@ -494,7 +559,9 @@ def main() -> int:
             "quick": args.quick,
             "threads": args.threads,
             "lambdas": lambdas,
-            "memories": MEMORIES,
+            "memories": args.memories,
+            "strategies": args.strategies,
+            "fills": args.fills,
             "batch_size": BATCH_SIZE,
             "lr": LR,
             "torch_lifelong": torch.__version__,
@@ -506,10 +573,10 @@ def main() -> int:
         },
         "data": data_info,
         "benchmarks": by_bench,
-        "notes": notes(args.threads, missing),
+        "notes": notes(args.threads, missing, args.fills),
         "runs": runs,
     }
-    write(result, "avalanche_compare" + ("_quick" if args.quick else ""))
+    write(result, args.name or "avalanche_compare" + ("_quick" if args.quick else ""))
     print(markdown(result))
     return 0
 

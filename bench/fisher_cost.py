@@ -1,10 +1,12 @@
 """EWC consolidation cost: the per-sample Fisher over N samples against one training epoch over them.
 
 At every boundary EWC estimates the diagonal Fisher on ``fisher_samples`` (default 1,000) samples
-with ``lifelong_strategies.ewc.fisher_diagonal`` (closed form for Linear layers, ``torch.func``
-per-sample gradients for every other parameter). This times it, with sampled labels (``fisher =
-"true"``) and with the stream's labels (``"empirical"``), against one training epoch over the same
-N samples (forward, cross-entropy, backward, Adam step; batch 32 and 256), for:
+with ``lifelong_strategies.ewc.fisher_diagonal`` (closed forms for Linear, Conv2d and BatchNorm
+layers from one forward and one backward per chunk, the true Fisher's labels drawn from that
+forward's logits; ``torch.func`` per-sample gradients for any other parameter). This times it,
+with sampled labels (``fisher = "true"``) and with the stream's labels (``"empirical"``), against
+one training epoch over the same N samples (forward, cross-entropy, backward, Adam step; batch 32
+and 256), for:
 
 - ``mlp`` [256, 256] on Digits-size inputs (1×8×8, scikit-learn's digits),
 - ``mlp`` [256, 256] on Fashion-MNIST-size inputs (1×28×28, the first N training images),

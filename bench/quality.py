@@ -22,9 +22,11 @@ replay(200)+ewc (the default pipeline's composition), lwf, l2 — every option a
 except EWC's λ on Permuted-FMNIST (see ``BENCHMARKS``).
 
     python bench/quality.py [--seeds 3] [--quick] [--benchmarks split-fmnist permuted-fmnist split-digits]
+        [--strategies LABEL ...] [--name NAME]
 
 Writes bench/results/quality.{json,md} and docs/img/quality.png (``--quick``: quality_quick.*, a
-smoke run: one seed, 200 training / 100 test images per FMNIST class, 1 epoch; its numbers mean nothing).
+smoke run: one seed, 200 training / 100 test images per FMNIST class, 1 epoch; its numbers mean nothing;
+``--name NAME``: NAME.*).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import functools
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -45,6 +48,7 @@ import torch
 
 from lifelong import config, pipeline
 from lifelong.host import PluginHost
+from lifelong_strategies.replay import ReplayOptions
 from common import load_average
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -292,6 +296,7 @@ def main() -> int:
     parser.add_argument("--benchmarks", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
     parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--name", help="results name (default: quality, or quality_quick with --quick)")
     args = parser.parse_args()
     seeds = 1 if args.quick and args.seeds == 3 else args.seeds
     cached_fashion_mnist()
@@ -332,7 +337,7 @@ def main() -> int:
                     "wall_seconds": sum(r["wall_seconds"] for r in results),
                 }
     elapsed = time.perf_counter() - started
-    command = "python bench/quality.py " + " ".join(sys.argv[1:])
+    command = "python bench/quality.py " + shlex.join(sys.argv[1:])  # quoted: strategy labels have spaces
     meta = {
         "command": command.strip(),
         "quick": args.quick,
@@ -352,12 +357,13 @@ def main() -> int:
             for b in args.benchmarks
         },
         "strategies": {s: STRATEGIES[s] for s in args.strategies},
+        "replay_fill": ReplayOptions().fill,  # the plugin default the replay rows ran with
         "elapsed_seconds": elapsed,
         "load_average_before": load_before,
         "load_average_after": load_average(),
     }
     targets = check_targets(rows, seeds)
-    name = "quality_quick" if args.quick else "quality"
+    name = args.name or ("quality_quick" if args.quick else "quality")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(
         json.dumps({"meta": meta, "rows": rows, "targets": targets, "runs": runs}, indent=2)
@@ -388,7 +394,7 @@ def main() -> int:
         "",
         (
             "Strategy options are the plugin defaults unless listed: replay `memory` as named (reservoir, "
-            '`replay_batch` 32); ewc `fisher = "true"`, `fisher_samples` 1000, `gamma` 1.0, λ per benchmark '
+            f'`replay_batch` 32, `fill = "{meta["replay_fill"]}"`); ewc `fisher = "true"`, `fisher_samples` 1000, `gamma` 1.0, λ per benchmark '
             "below; lwf α 1, T 2; l2 λ 0.03; replay 200 + ewc is the default pipeline's composition."
         ),
         "",

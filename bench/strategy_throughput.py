@@ -102,6 +102,7 @@ def overrides(strategies: list[str], batch_size: int, device: str, epochs: int) 
         "tracking.trackers=[]",
         f"strategy.replay.memory={MEMORY}",
         f"strategy.replay.replay_batch={REPLAY_BATCH}",
+        "strategy.replay.fill='stream'",  # the hand-written loop replays from a memory filled on the stream
         f"strategy.ewc.lambda={EWC_LAMBDA}",
         "strategy.ewc.mode='separate'",
         f"strategy.ewc.fisher_samples={FISHER_SAMPLES}",

@@ -25,7 +25,8 @@ SUPPORTED: dict[str, str] = {
 
 _REPLAY_HINT = (
     "use lifelong's own `replay` strategy (learner.strategies = [\"replay\"], options in [strategy.replay]), "
-    "which replays from a memory filled batch by batch on the stream; it composes with this adapter"
+    "which by default (fill = \"experience-end\") replays past experiences only, as Avalanche's ReplayPlugin "
+    "does, from a memory on the training device; it composes with this adapter"
 )
 _LOADER = "replaces Avalanche's training DataLoader (strategy.dataloader / adapted_dataset) and so needs the template's own loop"
 

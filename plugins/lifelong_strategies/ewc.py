@@ -16,9 +16,10 @@ at the end of experience ``k``.
 
 The Fisher is the mean over samples of the squared per-sample gradient of ``−log p(y|x)`` (not
 squared minibatch gradients), with the model in eval mode (BatchNorm running statistics, no
-dropout): in closed form for Linear layers (one matmul per layer, see ``_linear_fisher``), and
-with ``torch.func`` (``vmap`` of ``grad`` over ``functional_call``) in memory-bounded chunks for
-every other parameter. ``fisher = "true"`` draws ``y`` from the model's predictive distribution
+dropout): in closed form for Linear, Conv2d and BatchNorm layers, from one forward and one
+backward per chunk (see ``_closed_form_fisher``; the true Fisher draws its labels from that same
+forward's logits), and with ``torch.func`` (``vmap`` of ``grad`` over ``functional_call``) in
+memory-bounded chunks for every other parameter. ``fisher = "true"`` draws ``y`` from the model's predictive distribution
 (the Fisher information of the model); ``"empirical"`` uses the stream labels. The samples are a
 uniform reservoir (Vitter's algorithm R) of the experience's stream batches (first pass only, so
 extra epochs do not count a sample twice), kept on the training device (``fisher_samples`` inputs
@@ -48,7 +49,10 @@ from lifelong_strategies.anchors import Named, QuadraticAnchor, trainable
 # Per-sample gradients of one chunk hold chunk × parameters numbers. On a CPU they are kept near
 # cache size (16 MiB in float32), measured faster than larger chunks; accelerators get 32× that.
 GRADIENT_ELEMENTS = 2**22
-CHUNK = 1024  # samples per chunk when every parameter has the closed form (memory: activations only)
+# The closed forms keep each covered layer's input and output for a chunk: up to 64 MiB of them on a
+# CPU (about 140 28×28 images through the cnn), 32× that on accelerators.
+ACTIVATION_ELEMENTS = 2**24
+CHUNK = 1024  # samples per chunk at most
 
 
 @dataclass
@@ -78,8 +82,9 @@ def fisher_diagonal(
     """Mean over samples of the squared per-sample gradient of ``−log p(y|x)``, by parameter name.
 
     With ``y`` None the labels are drawn from the model's own predictive distribution (the true
-    Fisher); with ``y`` given they are those labels (the empirical Fisher). Linear layers use the
-    closed form of :func:`_linear_fisher`; every other parameter gets its per-sample gradients from
+    Fisher), from the logits of the forward pass the closed forms use anyway; with ``y`` given they
+    are those labels (the empirical Fisher). Linear, Conv2d and BatchNorm layers use the closed forms
+    of :func:`_closed_form_fisher`; every other parameter gets its per-sample gradients from
     ``torch.func`` (``vmap`` of ``grad`` over ``functional_call``).
     """
     params = trainable(model)
@@ -90,22 +95,18 @@ def fisher_diagonal(
     was_training = model.training
     model.eval()  # BatchNorm running statistics, no dropout: samples are independent
     try:
-        linears = _closed_form_linears(model, x[:2], None if task is None else task[:2])
-        covered = {name for names in linears.values() for name in names if name}
+        scale = 1 if x.device.type == "cpu" else 32
+        forms, per_sample = _closed_forms(model, x[:2], None if task is None else task[:2])
+        covered = {name for names in forms.values() for name in names if name}
         rest = {name: p.detach() for name, p in params.items() if name not in covered}
-        budget = GRADIENT_ELEMENTS * (1 if x.device.type == "cpu" else 32)
-        chunk = max(1, budget // sum(p.numel() for p in rest.values())) if rest else CHUNK
+        chunk = min(CHUNK, max(1, ACTIVATION_ELEMENTS * scale // max(per_sample, 1)))
+        if rest:
+            chunk = min(chunk, max(1, GRADIENT_ELEMENTS * scale // sum(p.numel() for p in rest.values())))
         for start in range(0, n, chunk):
             xs = x[start : start + chunk]
             ts = None if task is None else task[start : start + chunk]
-            if y is None:
-                with torch.no_grad():
-                    probs = F.softmax(forward(model, xs, ts), dim=1)
-                ys = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-            else:
-                ys = y[start : start + chunk]
-            if linears:
-                _linear_fisher(model, linears, xs, ys, ts, fisher)
+            ys = None if y is None else y[start : start + chunk]
+            ys = _closed_form_fisher(model, forms, xs, ys, ts, fisher, generator, GRADIENT_ELEMENTS * scale)
             if rest:
                 _per_sample_fisher(model, rest, xs, ys, ts, fisher)
     finally:
@@ -129,64 +130,146 @@ def _per_sample_fisher(model, params: Named, x, y, task, fisher: Named) -> None:
         fisher[name].add_(g.square().sum(0))
 
 
-def _linear_fisher(model, linears: dict, x, y, task, fisher: Named) -> None:
-    """Add Σ_n g_n² over the chunk for Linear layers, without materialising per-sample gradients.
+def _closed_form_fisher(model, forms: dict, x, y, task, fisher: Named, generator, budget: int) -> torch.Tensor:
+    """One forward (and one backward) over the chunk; adds Σ_n g_n² of every layer in ``forms``.
 
-    A sample's gradient of a Linear weight is the outer product ``δ_n·a_nᵀ`` of the gradient at the
-    layer's output and its input, so ``Σ_n (δ_n·a_nᵀ)² = (δ²)ᵀ·(a²)``: one matmul. The ``δ_n`` are
-    the rows of one batched backward of the summed loss, since samples do not interact in eval mode.
-    (Per-sample gradients by ``vmap`` cost N × parameters memory traffic: 8–13× a training epoch
-    on an MLP, measured; this costs less than one epoch.)
+    Returns the labels: ``y``, or labels drawn from this forward's logits when ``y`` is None.
+
+    Every closed form layer computes ``out = f(θ, a)`` from its input ``a``, so a sample's gradient
+    of its parameters follows from ``a_n`` and ``δ_n``, the gradient of the loss at the layer's
+    output for that sample; the ``δ_n`` are the rows of one batched backward of the summed loss
+    (samples do not interact in eval mode), taken at the layers' outputs only (no parameter
+    gradient is computed by autograd):
+
+    - Linear: ``g_n = δ_n·a_nᵀ``, so ``Σ_n g_n² = (δ²)ᵀ·(a²)``: one matmul, per-sample gradients
+      never materialised (by ``vmap`` they cost N × parameters memory traffic: 8–13× a training
+      epoch on an MLP, measured; this costs less than one epoch);
+    - Conv2d: ``g_n = δ_n·unfold(a_n)ᵀ`` (δ_n as output channels × positions), a batched matmul per
+      group, in sub-chunks of ``budget`` numbers; bias ``Σ_positions δ_n``;
+    - BatchNorm in eval mode (running statistics: an affine map per channel): weight
+      ``Σ_positions δ_n·â_n`` with ``â = (a − mean)/√(var + ε)``, bias ``Σ_positions δ_n``.
     """
-    inputs, outputs = [], []
+    saved: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def keep(module, args, out):
-        inputs.append(args[0].detach())  # the Fisher must not join the autograd graph (see above)
-        outputs.append(out)
+        saved[module] = (args[0].detach(), out)  # the Fisher must not join the autograd graph (see above)
 
-    handles = [module.register_forward_hook(keep) for module in linears]
+    handles = [module.register_forward_hook(keep) for module in forms]
     try:
-        loss = F.cross_entropy(forward(model, x, task), y, reduction="sum")
+        with torch.set_grad_enabled(bool(forms)):
+            logits = forward(model, x, task)
     finally:
         for handle in handles:
             handle.remove()
-    deltas = torch.autograd.grad(loss, outputs, allow_unused=True)
-    for (weight, bias), a, d in zip(linears.values(), inputs, deltas):
-        if d is None:  # the layer does not reach the loss (an unused head)
-            continue
-        d2 = d.square()
-        fisher[weight].addmm_(d2.T, a.square())
-        if bias:
-            fisher[bias].add_(d2.sum(0))
+    if y is None:  # the true Fisher: labels from the model's predictive distribution
+        y = torch.multinomial(F.softmax(logits.detach(), dim=1), 1, generator=generator).squeeze(1)
+    if not forms:
+        return y
+    loss = F.cross_entropy(logits, y, reduction="sum")
+    modules = list(forms)
+    deltas = torch.autograd.grad(loss, [saved[m][1] for m in modules], allow_unused=True)
+    with torch.no_grad():
+        for module, d in zip(modules, deltas):
+            if d is None:  # the layer does not reach the loss (an unused head)
+                continue
+            a = saved[module][0]
+            weight, bias = forms[module]
+            if isinstance(module, torch.nn.Linear):
+                d2 = d.square()
+                if weight:
+                    fisher[weight].addmm_(d2.T, a.square())
+                if bias:
+                    fisher[bias].add_(d2.sum(0))
+                continue
+            d = d.flatten(2) if d.dim() > 2 else d.unsqueeze(2)  # (samples, channels, positions)
+            if bias:
+                fisher[bias].add_(d.sum(2).square().sum(0))
+            if not weight:
+                continue
+            if isinstance(module, torch.nn.Conv2d):
+                _conv_weight_fisher(module, a, d, fisher[weight], budget)
+            else:  # BatchNorm
+                a = a.flatten(2) if a.dim() > 2 else a.unsqueeze(2)
+                a_hat = (a - module.running_mean[:, None]) * torch.rsqrt(module.running_var + module.eps)[:, None]
+                fisher[weight].add_((d * a_hat).sum(2).square().sum(0))
+    return y
 
 
-def _closed_form_linears(model: torch.nn.Module, x: torch.Tensor, task: torch.Tensor | None) -> dict:
-    """``{module: (weight name, bias name or None)}`` for the Linear layers :func:`_linear_fisher` is exact for.
+def _conv_weight_fisher(conv: torch.nn.Conv2d, a: torch.Tensor, d: torch.Tensor, out: torch.Tensor, budget: int) -> None:
+    """Add Σ_n g_n² of a Conv2d weight: ``g_n = δ_n·unfold(a_n)ᵀ`` per group, in sub-chunks of ``budget``.
 
-    A probe forward checks each is called once, on a (samples, features) input, and that its
-    parameters are trainable and not shared with another module; the others go to ``torch.func``.
+    ``a``: the layer's input (samples, C, H, W); ``d``: the loss gradient at its output (samples,
+    out channels, positions).
+    """
+    groups, channels = conv.groups, d.shape[1]
+    k = conv.weight[0].numel()  # (in channels / groups) × kernel positions
+    step = max(1, budget // (groups * k * d.shape[2] + channels * k))
+    for i in range(0, a.shape[0], step):
+        u = F.unfold(a[i : i + step], conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (s, C·kh·kw, L)
+        s, _, positions = u.shape
+        delta = d[i : i + step].reshape(s, groups, channels // groups, positions)
+        g = torch.matmul(delta, u.view(s, groups, k, positions).transpose(-1, -2))  # (s, groups, out / groups, k)
+        out.add_(g.square().sum(0).view_as(out))  # (groups, out / groups, k) is the weight's layout
+
+
+BATCHNORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+
+
+def _closed_forms(model: torch.nn.Module, x: torch.Tensor, task: torch.Tensor | None) -> tuple[dict, int]:
+    """``{module: (weight name or None, bias name or None)}`` for the layers :func:`_closed_form_fisher` is exact for.
+
+    Returns them with the numbers their inputs and outputs hold per sample. A probe forward checks
+    that each is called once, on an input whose first dimension is the batch (Linear: (samples,
+    features); Conv2d: (samples, channels, H, W) with zero padding given as numbers; BatchNorm: using
+    running statistics), that neither its input nor its output is changed in place later (an in-place
+    activation would move the gradient taken at the output), and that its trainable parameters are
+    not shared with another module; the others go to ``torch.func``.
     """
     names = {id(p): n for n, p in trainable(model).items()}
     uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     calls: dict[torch.nn.Module, list] = {}
-    candidates = [m for m in model.modules() if type(m) is torch.nn.Linear and id(m.weight) in names]
-    handles = [m.register_forward_hook(lambda m, args, out: calls.setdefault(m, []).append(args[0].shape)) for m in candidates]
+
+    def record(module, args, out):
+        a = args[0] if args else None
+        if isinstance(a, torch.Tensor) and isinstance(out, torch.Tensor):
+            calls.setdefault(module, []).append((a, out, a._version, out._version))
+        else:
+            calls.setdefault(module, []).append(None)
+
+    candidates = [
+        m for m in model.modules()
+        if type(m) in (torch.nn.Linear, torch.nn.Conv2d, *BATCHNORMS)
+        and any(p is not None and id(p) in names for p in (m.weight, m.bias))
+    ]
+    handles = [m.register_forward_hook(record) for m in candidates]
     try:
         with torch.no_grad():
             forward(model, x, task)
     finally:
         for handle in handles:
             handle.remove()
-    linears = {}
+    forms, per_sample = {}, 0
     for m in candidates:
-        shapes = calls.get(m, [])
-        bias = m.bias
-        if len(shapes) != 1 or len(shapes[0]) != 2 or shapes[0][0] != x.shape[0]:
+        seen = calls.get(m, [])
+        if len(seen) != 1 or seen[0] is None:
             continue
-        if uses[id(m.weight)] != 1 or (bias is not None and uses[id(bias)] != 1):
+        a, out, a_version, out_version = seen[0]
+        if a._version != a_version or out._version != out_version:
             continue
-        linears[m] = (names[id(m.weight)], names.get(id(bias)) if bias is not None else None)
-    return linears
+        if a.dim() == 0 or out.dim() == 0 or a.shape[0] != x.shape[0] or out.shape[0] != x.shape[0]:
+            continue
+        if type(m) is torch.nn.Linear and a.dim() != 2:
+            continue
+        if type(m) is torch.nn.Conv2d and (a.dim() != 4 or m.padding_mode != "zeros" or isinstance(m.padding, str)):
+            continue
+        if type(m) in BATCHNORMS and (m.running_mean is None or m.running_var is None or a.dim() < 2):
+            continue
+        params = [p for p in (m.weight, m.bias) if p is not None and id(p) in names]
+        if any(uses[id(p)] != 1 for p in params):
+            continue
+        forms[m] = tuple(names.get(id(p)) if p is not None else None for p in (m.weight, m.bias))
+        per_sample += (a.numel() + out.numel()) // x.shape[0]
+    return forms, per_sample
 
 
 class Reservoir:

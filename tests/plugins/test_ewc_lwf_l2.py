@@ -33,13 +33,39 @@ class Shared(nn.Module):
         return self.out(torch.tanh(self.mid(torch.tanh(self.mid(torch.tanh(self.inp(x)))))))
 
 
+def convs():
+    """Conv2d and BatchNorm variants for the closed forms, and three layers they must leave to torch.func."""
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=2),  # closed form: grouped, strided
+        nn.BatchNorm2d(4),  # torch.func: its output is changed in place by the next ReLU
+        nn.ReLU(inplace=True),
+        nn.Conv2d(4, 4, 2, dilation=2, padding=(1, 0), bias=False),  # closed form: dilated, uneven padding, no bias
+        nn.BatchNorm2d(4),  # closed form
+        nn.Tanh(),
+        nn.Conv2d(4, 3, 3, padding="same"),  # torch.func: padding given by name
+        nn.Flatten(),
+        nn.Linear(3 * 4 * 2, 5),
+        nn.BatchNorm1d(5),  # closed form, on (samples, features)
+        nn.Tanh(),
+        nn.Linear(5, 3),
+    )
+
+
 def models():
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
     cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 3 * 3, 3))
     cnn(torch.randn(16, 1, 5, 5))  # non-trivial running statistics, used in eval mode
+    conv = convs()
+    conv(torch.randn(16, 2, 7, 7))
     heads = MLP(MLPOptions(hidden=[6]), StreamInfo(input_shape=(5,), num_classes=3, scenario="task", num_tasks=2))
-    return {"mlp": (mlp, (5,), False), "cnn": (cnn, (1, 5, 5), False), "shared": (Shared(), (5,), False), "heads": (heads, (5,), True)}
+    return {
+        "mlp": (mlp, (5,), False),
+        "cnn": (cnn, (1, 5, 5), False),
+        "convs": (conv, (2, 7, 7), False),
+        "shared": (Shared(), (5,), False),
+        "heads": (heads, (5,), True),
+    }
 
 
 def per_sample_grads(model, x, y, task):
@@ -63,7 +89,7 @@ def inputs(shape, task_aware, n=12):
 # -- the Fisher ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "shared", "heads"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "convs", "shared", "heads"])
 def test_empirical_fisher_equals_the_mean_of_squared_per_sample_gradients(name):
     model, shape, task_aware = models()[name]
     x, y, task = inputs(shape, task_aware)
@@ -74,7 +100,7 @@ def test_empirical_fisher_equals_the_mean_of_squared_per_sample_gradients(name):
         torch.testing.assert_close(f, expected, rtol=1e-4, atol=1e-8)
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "heads"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "convs", "heads"])
 def test_true_fisher_is_the_expectation_over_the_models_own_labels(name):
     """Sampled labels make the true Fisher a Monte-Carlo estimate of Σ_c p(c|x)·g_c², averaged over
     x; computed exactly by brute force over every class, every entry must lie within 5 standard
@@ -98,6 +124,17 @@ def test_true_fisher_is_the_expectation_over_the_models_own_labels(name):
         assert ((f - exact).abs() <= 5 * stderr + 1e-6).all(), n
     again = fisher_diagonal(model, xs, None, ts, torch.Generator().manual_seed(0))
     assert all(torch.equal(estimate[n], again[n]) for n in estimate)
+
+
+def test_the_closed_forms_cover_linear_conv_and_batchnorm_layers_where_they_are_exact():
+    from lifelong_strategies.ewc import _closed_forms
+
+    model, shape, _ = models()["convs"]
+    forms, _ = _closed_forms(model.eval(), torch.randn(2, *shape), None)
+    assert sorted(int(name.split(".")[0]) for names in forms.values() for name in names if name) == [0, 0, 3, 4, 4, 8, 8, 9, 9, 11, 11]
+    model, shape, _ = models()["cnn"]  # every parameter of the cnn: no torch.func at all
+    forms, _ = _closed_forms(model.eval(), torch.randn(2, *shape), None)
+    assert {name for names in forms.values() for name in names} == set(dict(model.named_parameters()))
 
 
 def test_the_fisher_restores_training_mode():

@@ -48,7 +48,7 @@ def test_reservoir_keeps_every_sample_of_the_stream_with_equal_probability():
     stream, memory, batch, runs, bins = 10_000, 1_000, 100, 20, 100
     hits = []
     for seed in range(runs):
-        replay = started(Replay(ReplayOptions(memory=memory)), seed=seed)
+        replay = started(Replay(ReplayOptions(fill="stream", memory=memory)), seed=seed)
         for start in range(0, stream, batch):
             replay.after_step(ids(start, start + batch), None, first_pass=True)
         assert replay.filled == memory and len(set(stored_ids(replay).tolist())) == memory
@@ -67,7 +67,7 @@ def test_reservoir_resolves_collisions_within_a_batch_like_the_sequential_algori
     stream, memory, batch = 1_000, 5, 200
     hits = []
     for seed in range(300):
-        replay = started(Replay(ReplayOptions(memory=memory)), seed=seed)
+        replay = started(Replay(ReplayOptions(fill="stream", memory=memory)), seed=seed)
         for start in range(0, stream, batch):
             replay.after_step(ids(start, start + batch), None, first_pass=True)
         hits.append(stored_ids(replay))
@@ -77,7 +77,7 @@ def test_reservoir_resolves_collisions_within_a_batch_like_the_sequential_algori
 
 
 def test_memory_never_exceeds_its_size_and_replays_at_most_what_it_holds():
-    replay = started(Replay(ReplayOptions(memory=50, replay_batch=0)))
+    replay = started(Replay(ReplayOptions(fill="stream", memory=50, replay_batch=0)))
     assert replay.augment_batch(ids(0, 32)) is None  # nothing stored yet
     replay.after_step(ids(0, 20), None, first_pass=True)
     size = replay.memory_bytes  # the samples are allocated, all 50 + 1 scratch row, at the first write
@@ -95,7 +95,7 @@ def test_memory_never_exceeds_its_size_and_replays_at_most_what_it_holds():
 
 
 def test_class_balanced_shares_the_memory_evenly_among_the_classes_seen():
-    replay = started(Replay(ReplayOptions(memory=200, policy="class-balanced")))
+    replay = started(Replay(ReplayOptions(fill="stream", memory=200, policy="class-balanced")))
     start = 0
     for label in range(10):  # class-incremental: one class at a time
         for _ in range(6):
@@ -123,9 +123,14 @@ def test_water_level_matches_a_brute_force_search():
         assert leftover < (counts > best).sum()
 
 
+@pytest.mark.parametrize("fill", ["stream", "experience-end"])
 @pytest.mark.parametrize("policy", ["reservoir", "class-balanced"])
-def test_storing_and_sampling_never_read_a_tensor_on_the_host(policy):
-    replay = started(Replay(ReplayOptions(memory=64, policy=policy)))
+def test_storing_and_sampling_never_read_a_tensor_on_the_host(policy, fill):
+    replay = started(Replay(ReplayOptions(memory=64, policy=policy, fill=fill)))
+    if fill == "experience-end":  # a memory to replay from, then the per-batch work of the next experience
+        for start in range(0, 320, 32):
+            replay.after_step(ids(start, start + 32, y=torch.arange(32) % 10), None, first_pass=True)
+        replay.on_experience_end()
     batches = [ids(start, start + 32, y=torch.arange(32) % 10) for start in range(0, 320, 32)]
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for batch in batches:
@@ -137,7 +142,7 @@ def test_storing_and_sampling_never_read_a_tensor_on_the_host(policy):
 
 
 def test_class_balanced_lets_a_rare_class_keep_everything():
-    replay = started(Replay(ReplayOptions(memory=300, policy="class-balanced")), info=StreamInfo((1,), 3))
+    replay = started(Replay(ReplayOptions(fill="stream", memory=300, policy="class-balanced")), info=StreamInfo((1,), 3))
     labels = torch.cat([torch.zeros(1000), torch.ones(50), torch.full((500,), 2)]).long()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     labels = labels[order]
@@ -150,7 +155,7 @@ def test_class_balanced_lets_a_rare_class_keep_everything():
 
 def test_class_balanced_counts_each_task_head_separately():
     info = StreamInfo((1,), 2, scenario="task", num_tasks=2)
-    replay = started(Replay(ReplayOptions(memory=40, policy="class-balanced")), info=info)
+    replay = started(Replay(ReplayOptions(fill="stream", memory=40, policy="class-balanced")), info=info)
     for task in range(2):
         for start in range(0, 200, 20):
             y = torch.arange(20) % 2
@@ -162,11 +167,11 @@ def test_class_balanced_counts_each_task_head_separately():
 
 @pytest.mark.parametrize("policy", ["reservoir", "class-balanced"])
 def test_replay_state_round_trips_and_resumes_identically(policy):
-    live = started(Replay(ReplayOptions(memory=64, policy=policy)))
+    live = started(Replay(ReplayOptions(fill="stream", memory=64, policy=policy)))
     for start in range(0, 640, 32):
         live.after_step(ids(start, start + 32, y=torch.arange(32) % 4), None, first_pass=True)
     state = checkpoint.to_cpu(live.state_dict())
-    resumed = Replay(ReplayOptions(memory=64, policy=policy))
+    resumed = Replay(ReplayOptions(fill="stream", memory=64, policy=policy))
     resumed.load_state_dict(state)  # before the run starts: applied once the buffer exists
     started(resumed, seed=123)
     assert resumed.seen == live.seen and torch.equal(stored_ids(resumed), stored_ids(live))
@@ -175,7 +180,111 @@ def test_replay_state_round_trips_and_resumes_identically(policy):
         strategy.after_step(nxt, None, first_pass=True)
     assert torch.equal(stored_ids(resumed), stored_ids(live))  # the random stream is carried too
     with pytest.raises(ValueError, match="more than memory"):
-        started(Replay(ReplayOptions(memory=10, policy=policy))).load_state_dict(state)
+        started(Replay(ReplayOptions(fill="stream", memory=10, policy=policy))).load_state_dict(state)
+
+
+# -- fill = "experience-end" --------------------------------------------------------------------
+
+
+def experiences(replay, sizes, batch=32, labels_per_experience=2, check=None):
+    """Feed consecutive experiences of ``sizes`` samples (labels 2e, 2e + 1 in experience e), ending each."""
+    start = 0
+    for e, size in enumerate(sizes):
+        for s in range(start, start + size, batch):
+            b = ids(s, min(s + batch, start + size), y=labels_per_experience * e + torch.arange(min(batch, start + size - s)) % labels_per_experience)
+            if check is not None:
+                check(e, start, replay.augment_batch(b))
+            replay.after_step(b, None, first_pass=True)
+        replay.on_experience_end()
+        start += size
+    return start
+
+
+@pytest.mark.parametrize("policy", ["reservoir", "class-balanced"])
+def test_experience_end_fill_never_replays_the_current_experience(policy):
+    replay = started(Replay(ReplayOptions(memory=50, replay_batch=16, policy=policy, fill="experience-end")))
+    drawn = []
+
+    def check(e, start, batch):
+        if e == 0:
+            assert batch is None  # nothing is replayed before the first boundary
+            return
+        assert len(batch) == 16 and batch.x.max() < start  # past experiences only
+        drawn.append(batch.y)
+
+    stream = experiences(replay, [100, 60, 300, 40], check=check)
+    assert replay.seen == stream and replay.filled == 50 and replay.stage_seen == 0
+    # by the end every experience (labels 0-7) has been replayed and is in memory
+    assert set(torch.cat(drawn).tolist()) == set(range(6))
+    assert set(replay.buffer.y[:50].tolist()) == set(range(8))
+    if policy == "class-balanced":
+        counts = torch.bincount(replay.buffer.y[:50], minlength=8)
+        assert counts.max() - counts.min() <= 1, counts.tolist()
+    # the stream fill replays the current experience as it goes
+    stream_fill = started(Replay(ReplayOptions(fill="stream", memory=50, replay_batch=16, policy=policy)))
+    current = []
+    experiences(stream_fill, [100, 60], check=lambda e, start, b: current.append(b is not None and bool((b.x >= start).any())))
+    assert any(current)
+
+
+def test_experience_end_fill_keeps_a_uniform_sample_of_the_whole_stream():
+    # Reservoir folded at each boundary: every sample seen is in memory with probability memory / seen,
+    # whatever experience it came from (experiences of unequal sizes, memory full after the first).
+    sizes, memory, runs, bins = [2000, 500, 3000, 1500], 200, 40, 70
+    stream = sum(sizes)
+    hits = []
+    for seed in range(runs):
+        replay = started(Replay(ReplayOptions(memory=memory, fill="experience-end")), seed=seed)
+        experiences(replay, sizes, batch=100)
+        assert replay.filled == memory and len(set(stored_ids(replay).tolist())) == memory
+        hits.append(stored_ids(replay))
+    hits = torch.cat(hits)
+    assert positional_pvalue(hits, stream, bins) > 1e-3
+    # power: an experience-balanced memory (an equal share per experience) fails it
+    per = memory // len(sizes)
+    starts = torch.tensor([0, *sizes]).cumsum(0)
+    balanced = torch.cat([starts[i] + torch.randperm(n, generator=torch.Generator().manual_seed(0))[:per]
+                          for i, n in enumerate(sizes) for _ in range(runs)])
+    assert positional_pvalue(balanced, stream, bins) < 1e-12
+    # and a memory not yet full keeps everything
+    small = started(Replay(ReplayOptions(memory=memory, fill="experience-end")))
+    experiences(small, [64, 96])
+    assert sorted(stored_ids(small).tolist()) == list(range(160))
+
+
+@pytest.mark.parametrize("policy", ["reservoir", "class-balanced"])
+def test_experience_end_state_round_trips_mid_experience(policy):
+    options = ReplayOptions(memory=64, policy=policy, fill="experience-end")
+    live = started(Replay(options))
+    experiences(live, [320, 200])
+    for start in range(520, 700, 30):  # half-way into the third experience: the staging memory is in use
+        live.after_step(ids(start, start + 30, y=4 + torch.arange(30) % 2), None, first_pass=True)
+    state = checkpoint.to_cpu(live.state_dict())
+    assert state["fill"] == "experience-end" and state["stage_seen"] == 180 and len(state["stage"]["y"]) == 64
+    resumed = Replay(options)
+    resumed.load_state_dict(state)
+    started(resumed, seed=123)
+    assert (resumed.seen, resumed.stage_seen) == (live.seen, live.stage_seen)
+    assert torch.equal(stored_ids(resumed), stored_ids(live))
+    assert torch.equal(resumed.stage.x[:64], live.stage.x[:64])
+    for strategy in (live, resumed):
+        strategy.after_step(ids(700, 730, y=4 + torch.arange(30) % 2), None, first_pass=True)
+        strategy.on_experience_end()
+        assert strategy.augment_batch(ids(0, 8)).x.max() >= 520  # the folded experience is replayed now
+    assert torch.equal(stored_ids(resumed), stored_ids(live))  # the random stream is carried too
+    # continued with fill = "stream", the staged samples join the memory at once
+    stream = Replay(ReplayOptions(fill="stream", memory=64, policy=policy))
+    stream.load_state_dict(state)
+    started(stream)
+    assert stream.seen == 700 and stream.filled == 64 and stored_ids(stream).max() >= 520
+
+
+def test_the_stream_fill_in_the_pipeline(run):
+    summary, runner = run(["learner.strategies=['replay']", "strategy.replay.memory=200", "strategy.replay.fill='stream'"])
+    strategy = runner.plan.strategies["replay"]
+    assert summary["acc"] > 0.5  # naive: 0.12, the default fill 0.86 (see below)
+    assert strategy.seen == summary["samples_seen"] and strategy.filled == 200 and strategy.stage is None
+    assert torch.bincount(strategy.buffer.y[:200], minlength=10).min() > 0
 
 
 def test_joint_replays_every_past_sample_once_per_epoch():
@@ -205,12 +314,14 @@ def test_replay_beats_naive_and_joint_beats_replay_on_class_incremental_split_di
     naive, _ = run()
     replay, runner = run(["learner.strategies=['replay']", "strategy.replay.memory=200"])
     joint, _ = run(["learner.strategies=['joint']"])
-    # measured (seed 0, 5 epochs): naive 0.12, replay(200) 0.75, joint 0.90
+    # measured (seed 0, 5 epochs): naive 0.12, replay(200) 0.86 (fill "stream": 0.75), joint 0.90
     assert naive["acc"] < 0.3
     assert replay["acc"] > naive["acc"] + 0.35
     assert joint["acc"] >= replay["acc"] and joint["acc"] > 0.8
     strategy = runner.plan.strategies["replay"]
-    # stored once despite 5 epochs; the memory holds every class by the end
+    # stored once despite 5 epochs; the memory holds every class by the end (the default fill,
+    # experience-end, folded the last experience in at its boundary)
+    assert strategy.options.fill == "experience-end" and strategy.stage_seen == 0
     assert strategy.seen == replay["samples_seen"] and strategy.filled == 200
     assert torch.bincount(strategy.buffer.y[:200], minlength=10).min() > 0
 

@@ -183,7 +183,8 @@ class LifecycleSpecs:
         """Once, after the last generation: finish pending work and return what to add to the summary.
 
         ``summary`` is the run summary so far (metrics, accuracy matrix, ``heatmap`` path).
-        A tracker returns a dict that the kernel stores under ``summary["trackers"][<name>]``.
+        A tracker returns a dict that the kernel stores under ``summary["trackers"][<name>]``; the
+        model's own hooks (``lifecycle_hooks()``) under ``summary["model"]``.
         Generation records are read after this hook, so background writers must be drained here.
         """
 

@@ -432,11 +432,16 @@ class Runner:
             summary["heatmap"] = str(report.heatmap(summary, path)) if summary["accuracy_matrix"] else None
             errors = [f"checkpoint: {e}" for e in self.writer.close()] if self.writer is not None else []
             summary["trackers"] = {}
-            # Called one by one (in pluggy's order) so each result stays attached to its tracker's name.
+            # Called one by one (in pluggy's order) so each result stays attached to its tracker's name;
+            # what the model's own hooks report goes under "model".
             for impl in reversed(self.hooks.on_run_end.get_hookimpls()):
                 result = impl.function(summary=summary)
                 if result:
-                    summary["trackers"][impl.plugin_name.split(":", 1)[1]] = result
+                    kind, name = impl.plugin_name.split(":", 1)
+                    if kind == "model":
+                        summary["model"] = result
+                    else:
+                        summary["trackers"][name] = result
             if heatmap_path is None:
                 summary["heatmap"] = None
         for generation, entry in zip(self.generations, summary["generations"]):

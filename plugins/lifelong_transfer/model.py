@@ -1,0 +1,321 @@
+"""A pretrained backbone with a new head, trained by one of three strategies (or ``auto``).
+
+A :class:`Backbone` is a pretrained network without its classifier: ``adapt`` (cheap, parameter-free
+input adaptation), ``units`` (its blocks, input side first: the granularity of freezing) and
+``features`` (adapted input → one feature vector per sample). :class:`TransferModel` puts a
+:class:`~lifelong_models.heads.TaskHeads` on it (one head, or one per task) and uses the kernel's
+optional model members:
+
+==================  =======================================  ======================================
+strategy            ``prepare`` (once per sample)             ``forward`` (every step)
+==================  =======================================  ======================================
+feature-extractor   adapt + every block + pooling: features   dropout + head
+fine-tune-top       adapt + the frozen blocks, when the       the remaining blocks + head
+                    backbone allows caching them and no
+                    gradual unfreezing is asked (else: the
+                    backbone's cheap adaptation only)
+fine-tune-all       the backbone's cheap adaptation only      adapt + every block + head
+auto                the backbone's cheap adaptation only      as the strategy it picks
+==================  =======================================  ======================================
+
+Image backbones adapt inside ``forward`` under fine-tuning (a resized 224×224 copy of every test
+image kept on the device would cost 600 kB per image); text backbones tokenize in ``prepare``.
+Frozen blocks have ``requires_grad`` off and stay in eval mode (BatchNorm statistics and dropout
+frozen) whatever ``train()`` is called with; with ``train_bn = false`` (default) every backbone
+BatchNorm stays in eval mode. ``param_groups`` gives the head ``lr`` and the backbone
+``lr × backbone_lr_scale`` (× ``layer_decay`` per block below the top).
+
+``auto`` is decided by :mod:`lifelong_transfer.auto` inside the run (see ``TransferHooks``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+
+from lifelong import hookimpl
+from lifelong.types import ModelSpec, StreamInfo
+from lifelong_models.heads import TaskHeads
+from lifelong_transfer import auto
+from lifelong_transfer.options import FineTuneOptions
+
+FEATURES = -1  # ``cached`` value: prepare computes the whole backbone
+
+
+class Backbone(nn.Module):
+    """A pretrained network without its classifier; subclasses fill in the members below."""
+
+    units: nn.ModuleList  # freezable blocks, input side first; every backbone parameter lives in one
+    dim: int  # feature size
+    default_frozen: int  # fine-tune-top's frozen blocks when frozen_blocks = -1
+    cacheable_prefix: bool = False  # whether prefix()/features(start=k) exist (frozen lower blocks cached by prepare)
+    adapt_in_prepare: bool = False  # True: adapt runs in prepare under every strategy (tokenizers)
+
+    def adapt(self, x: torch.Tensor) -> torch.Tensor:
+        """Stream input → the backbone's input (parameter-free, deterministic)."""
+        raise NotImplementedError
+
+    def features(self, a: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """(N, dim) features of adapted input ``a`` (or of units[start-1]'s output when start > 0)."""
+        raise NotImplementedError
+
+    def prefix(self, a: torch.Tensor, stop: int) -> torch.Tensor:
+        """The output of units[:stop] on adapted input ``a`` (only when ``cacheable_prefix``)."""
+        raise NotImplementedError
+
+    def raw_probe(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, d) "no transfer" features of what ``prepare`` hands on under auto: auto's baseline probe."""
+        x = x.float().flatten(1)
+        return x
+
+
+class TransferModel(nn.Module):
+    """A backbone and a new head; see the module docstring. ``forward(x)`` or ``forward(x, task)``."""
+
+    def __init__(self, backbone: Backbone, options: FineTuneOptions, info: StreamInfo, spec: ModelSpec):
+        super().__init__()
+        self.backbone = backbone
+        self.head = TaskHeads(backbone.dim, info.num_classes, info.num_tasks)
+        self.drop = nn.Dropout(options.dropout)
+        self.options = options
+        self.info = info
+        self.model_spec = spec  # auto writes its decision into spec.options["strategy"]
+        n = len(backbone.units)
+        top = options.frozen_blocks if options.frozen_blocks >= 0 else backbone.default_frozen
+        if top > n:
+            raise ValueError(f"frozen_blocks is {top} but this backbone has {n} blocks")
+        self.top_frozen = top  # fine-tune-top's frozen block count
+        self.strategy = options.strategy  # "auto" until the decision
+        self.decision: dict[str, Any] | None = None
+        self.cached = 0
+        if self.strategy == "feature-extractor" and options.cache:
+            self.cached = FEATURES
+        elif self.strategy == "fine-tune-top" and backbone.cacheable_prefix and options.cache and not options.unfreeze_per_boundary:
+            self.cached = top
+        self.frozen = n
+        self._collect: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = [] if self.strategy == "auto" else None
+        self._stash: torch.Tensor | None = None
+        self._set_frozen(self._frozen_for(self.strategy))
+
+    # -- strategy state --------------------------------------------------------------------
+    def _frozen_for(self, strategy: str) -> int:
+        n = len(self.backbone.units)
+        return {"fine-tune-top": self.top_frozen, "fine-tune-all": 0}.get(strategy, n)
+
+    def _set_frozen(self, frozen: int) -> None:
+        self.frozen = frozen
+        for i, unit in enumerate(self.backbone.units):
+            unit.requires_grad_(i >= frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> TransferModel:
+        super().train(mode)
+        if mode:
+            for unit in self.backbone.units[: self.frozen]:
+                unit.eval()
+            if not self.options.train_bn:
+                for module in self.backbone.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
+        return self
+
+    def set_strategy(self, strategy: str) -> None:
+        """Switch to ``strategy`` in the middle of a run (auto's decision): only freezing changes."""
+        self.strategy = strategy
+        self._set_frozen(self._frozen_for(strategy))
+        self.model_spec.options["strategy"] = strategy
+
+    def unfreeze(self, blocks: int) -> int:
+        """Unfreeze up to ``blocks`` more blocks, top first (gradual unfreezing); returns how many."""
+        lowest = max(self.cached if self.cached > 0 else 0, self.frozen - blocks)
+        count = self.frozen - lowest
+        if count > 0:
+            self._set_frozen(lowest)
+        return count
+
+    # -- the kernel's optional members -----------------------------------------------------
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        backbone = self.backbone
+        if self.cached == FEATURES:
+            return backbone.features(backbone.adapt(x))
+        if self.cached > 0:
+            return backbone.prefix(backbone.adapt(x), self.cached)
+        return backbone.adapt(x) if backbone.adapt_in_prepare else x
+
+    def forward(self, x: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+        if self.cached == FEATURES:
+            features = x
+        else:
+            features = self.features_of(x)
+            if self._collect is not None and self.training:
+                self._stash = features.detach()
+        return self.head(self.drop(features), task)
+
+    def features_of(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features of a prepared input (when prepare does not compute them)."""
+        a = x if (self.cached > 0 or self.backbone.adapt_in_prepare) else self.backbone.adapt(x)
+        return self.backbone.features(a, start=self.cached)
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        groups: list[dict[str, Any]] = [{"params": list(self.head.parameters()), "lr": lr, "name": "head"}]
+        units = self.backbone.units
+        n = len(units)
+        if self.cached == FEATURES:
+            return groups
+        if self.strategy == "auto" or self.options.unfreeze_per_boundary:
+            # Blocks that may be unfrozen later are in the optimizer from the start (no gradient while frozen).
+            first = max(self.cached, 0)
+        else:
+            first = self.frozen
+        scale = self.options.backbone_lr_scale
+        if first >= n or scale == 0:
+            return groups
+        if self.options.layer_decay == 1.0:
+            params = [p for unit in units[first:] for p in unit.parameters()]
+            groups.append({"params": params, "lr": lr * scale, "name": "backbone"})
+        else:
+            for i in range(n - 1, first - 1, -1):
+                decay = self.options.layer_decay ** (n - 1 - i)
+                groups.append({"params": list(units[i].parameters()), "lr": lr * scale * decay, "name": f"backbone.{i}"})
+        return groups
+
+    def lifecycle_hooks(self) -> TransferHooks:
+        return TransferHooks(self)
+
+
+def say(message: str) -> None:
+    """One line on stderr (the progress bar's stream), so the decision is seen in the console."""
+    print(f"lifelong-transfer: {message}", file=sys.stderr, flush=True)
+
+
+class TransferHooks:
+    """The model's lifecycle hooks: auto's warm-up and decision, and gradual unfreezing at boundaries.
+
+    **auto** (see :mod:`lifelong_transfer.auto`). Data size: ``expected_samples``, else the reader's
+    batch count × ``learner.batch_size`` (known at ``on_run_start``), per class. Similarity: until
+    the decision the model trains as a feature extractor (frozen backbone, new head), and the
+    backbone features and labels of the first ``warmup_samples`` stream samples (at most half the
+    expected stream) are kept; then linear probes compare those features with the raw inputs. The
+    decision falls at the end of the warm-up window, at the first step of a second epoch, or at the
+    first boundary, whichever comes first, and only changes which blocks train: every block is in
+    the optimizer from the start. It is printed, written into the model spec (so every generation
+    is rebuilt with the strategy it trained with), added to the next metrics as
+    ``transfer/strategy`` (0 feature-extractor, 1 fine-tune-top, 2 fine-tune-all),
+    ``transfer/similarity``, ``transfer/probe_backbone``, ``transfer/probe_raw`` and
+    ``transfer/samples_per_class``, and returned by ``on_run_end``.
+    """
+
+    def __init__(self, model: TransferModel):
+        self.model = model
+        self.target = model.options.warmup_samples
+        self.samples_per_class: float | None = None
+        self._report_pending = False
+        self.unfrozen: list[dict[str, int]] = []
+
+    @hookimpl
+    def on_run_start(self, run) -> None:
+        model = self.model
+        if model.strategy != "auto":
+            return
+        expected = model.options.expected_samples
+        if not expected:
+            batch_size = int(run.config.get("learner", {}).get("batch_size", 0) or 0)
+            expected = (run.info.num_batches or 0) * batch_size
+        classes = run.info.num_classes * max(run.info.num_tasks, 1)
+        self.samples_per_class = expected / classes if expected else None
+        if expected:
+            self.target = max(1, min(model.options.warmup_samples, expected // 2))
+        warmup = getattr(run, "warmup", None)  # a kernel that hands models a warm-up window (proposed)
+        if warmup is not None:
+            training = model.training
+            model.eval()
+            with torch.no_grad():
+                x = model.prepare(warmup.x.to(run.device))
+                model._stash = model.features_of(x)
+                self._add(x, warmup.y.to(run.device))
+            model.train(training)
+            self._decide()
+
+    def _add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Keep the stashed backbone features, the raw-probe features and the labels of a stream batch."""
+        model = self.model
+        stash = model._stash
+        if model._collect is None or stash is None or stash.shape[0] < len(y):
+            return
+        model._collect.append((stash[: len(y)], model.backbone.raw_probe(x[: len(y)]).detach(), y.detach()))
+        model._stash = None
+
+    @hookimpl
+    def after_step(self, batch, outputs, first_pass: bool) -> None:
+        model = self.model
+        if model._collect is None:
+            return
+        if not first_pass:
+            self._decide()
+            return
+        self._add(batch.x, batch.y)
+        if sum(len(c[2]) for c in model._collect) >= self.target:
+            self._decide()
+
+    def _decide(self) -> None:
+        model = self.model
+        collected, model._collect, model._stash = model._collect or [], None, None
+        if collected:
+            features = torch.cat([c[0] for c in collected]).float().cpu()
+            raw = torch.cat([c[1] for c in collected]).float().cpu()
+            labels = torch.cat([c[2] for c in collected]).cpu()
+        else:
+            features = raw = labels = None
+        options = model.options
+        decision = auto.decide(
+            self.samples_per_class,
+            features,
+            raw,
+            labels,
+            large_per_class=options.large_per_class,
+            margin=options.similarity_margin,
+        )
+        model.decision = decision
+        model.set_strategy(decision["strategy"])
+        self._report_pending = True
+        say("auto picked " + auto.describe(decision))
+
+    @hookimpl
+    def on_experience_end(self, experience, model) -> None:
+        own = self.model
+        if own._collect is not None:
+            self._decide()
+        per = own.options.unfreeze_per_boundary
+        if per and own.strategy == "fine-tune-top":
+            count = own.unfreeze(per)
+            if count:
+                self.unfrozen.append({"boundary": experience.index, "blocks": count, "frozen": own.frozen})
+                say(f"boundary {experience.index}: unfroze {count} block(s), {own.frozen} still frozen")
+
+    @hookimpl(tryfirst=True)
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        # tryfirst: the keys are added before trackers read the dict (see docs/transfer.md, "logging").
+        if not self._report_pending or self.model.decision is None:
+            return
+        self._report_pending = False
+        metrics.update(auto.metrics(self.model.decision))
+
+    @hookimpl
+    def on_run_end(self, summary: dict[str, Any]) -> dict[str, Any] | None:
+        model = self.model
+        result: dict[str, Any] = {"strategy": model.strategy, "frozen_blocks": model.frozen, "blocks": len(model.backbone.units)}
+        notes = []
+        if model.decision is not None:
+            result["auto"] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in model.decision.items()}
+            notes.append("auto picked " + auto.describe(model.decision))
+        if self.unfrozen:
+            result["unfrozen"] = self.unfrozen
+            notes.append(f"unfroze {sum(u['blocks'] for u in self.unfrozen)} block(s) at boundaries, {model.frozen} still frozen")
+        out: dict[str, Any] = {"transfer": result}
+        if notes:
+            out["message"] = "transfer: " + "; ".join(notes)  # the CLI prints a result's message
+        return out

@@ -1,0 +1,323 @@
+"""The ``text`` reader: labelled texts streamed from a JSONL or CSV file, as zero-padded UTF-8 bytes.
+
+Format: JSON Lines (one object per line) or CSV with a header line (``format = "auto"`` decides by
+the extension: ``.jsonl``/``.ndjson``/``.json`` are JSON Lines, anything else CSV). The ``text`` field
+holds the text, ``label`` the class (a string or an integer, compared as text after trimming), the
+optional ``experience`` field a non-negative integer experience id. Other fields are ignored.
+
+Each sample is the text's UTF-8 bytes, cut at ``max_bytes`` on a character boundary and zero-padded,
+in a uint8 tensor of shape (N, max_bytes): text models tokenize in their ``prepare`` (see
+:mod:`lifelong_transfer.text` for why bytes). NUL characters in a text become spaces (NUL is
+the padding).
+
+Everything else follows the ``csv`` reader (:mod:`lifelong_streams.csv_reader`): batches of
+``batch_size`` in file order, cut where the experience changes; offsets are 1-based line numbers
+(the CSV header is line 1); ``classes`` in head order or scanned from the file; the task scenario
+scans the experience field for the number of heads; held-out data from ``test_path`` (read
+upfront; its experience ids in first-seen order are the accuracy matrix's columns) or a
+``test_fraction`` chosen by hash of (seed, line), handed over once the stream has moved past the
+experience. Bad records — unparseable JSON or CSV, a line that is not a JSON object, a missing,
+non-text or empty text, a missing or empty label or one not in ``classes``, a bad experience id —
+go to the dead-letter file with the reason, the file, the line number and the raw line.
+
+>>> import tempfile, json
+>>> from lifelong.readers import DeadLetters, ReaderContext
+>>> path = tempfile.mkdtemp() + "/reviews.jsonl"
+>>> rows = [{"text": "great", "label": "pos"}, {"text": "", "label": "neg"}, {"text": "awful", "label": "neg"}]
+>>> _ = open(path, "w").write("\\n".join(json.dumps(r) for r in rows))
+>>> context = ReaderContext(batch_size=8, seed=0, dead_letter=DeadLetters(path + ".dl"))
+>>> reader = text_reader(TextOptions(path=path, max_bytes=8), context)
+>>> batch = next(iter(reader))
+>>> reader.info().class_names, batch.x.dtype, batch.x.shape, bytes(batch.x[0].tolist()), batch.y.tolist()
+(['neg', 'pos'], torch.uint8, torch.Size([2, 8]), b'great\\x00\\x00\\x00', [1, 0])
+>>> context.dead_letter.count
+1
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import torch
+
+from lifelong.errors import ConfigError, UserError
+from lifelong.readers import ReaderContext
+from lifelong.types import Batch, StreamInfo
+from lifelong_streams.csv_reader import held_out, read_header, records
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
+@dataclass
+class TextOptions:
+    path: str = field(default="", metadata={"help": "the JSONL or CSV file (required)"})
+    format: Literal["auto", "jsonl", "csv"] = field(default="auto", metadata={"help": "auto: by extension (.jsonl/.ndjson/.json: JSON Lines, else CSV)"})
+    text: str = field(default="text", metadata={"help": "field holding the text"})
+    label: str = field(default="label", metadata={"help": "field holding the class"})
+    experience: str = field(default="", metadata={"help": "experience id field (non-negative integers); empty: all experience 0"})
+    test_path: str = field(default="", metadata={"help": "held-out file in the same format, read upfront; empty: hold out test_fraction"})
+    test_fraction: float = field(default=0.0, metadata={"help": "share of records held out for evaluation, chosen by hash of (seed, line)"})
+    scenario: Literal["class", "task", "domain"] = field(default="class", metadata={"help": "class, task (task id = experience id) or domain incremental"})
+    classes: list[str] | None = field(default=None, metadata={"help": "label values in head order; default: scan the file upfront"})
+    max_bytes: int = field(default=512, metadata={"help": "UTF-8 bytes kept per text (cut on a character boundary, zero-padded)"})
+    delimiter: str = field(default=",", metadata={"help": "CSV field delimiter, one character"})
+
+    def check(self) -> None:
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        if self.test_path and self.test_fraction:
+            raise ValueError("set test_path or test_fraction, not both")
+        if len(self.delimiter) != 1:
+            raise ValueError(f"delimiter must be one character, got {self.delimiter!r}")
+        if self.classes is not None and (not self.classes or len(set(self.classes)) != len(self.classes)):
+            raise ValueError(f"classes must list distinct label values, got {self.classes}")
+        if self.scenario == "task" and not self.experience:
+            raise ValueError("the task scenario takes its task ids from the experience field: set experience")
+        if len({self.text, self.label, self.experience} - {""}) != (3 if self.experience else 2):
+            raise ValueError("text, label and experience must name different fields")
+        if self.max_bytes < 1:
+            raise ValueError(f"max_bytes must be positive, got {self.max_bytes}")
+
+
+class BadRecord(Exception):
+    """A record for the dead letters; the message is the reason."""
+
+
+def encode(text: str, max_bytes: int) -> np.ndarray:
+    """``text`` as UTF-8, cut at ``max_bytes`` on a character boundary and zero-padded (uint8)."""
+    data = text.replace("\x00", " ").encode("utf-8")
+    if len(data) > max_bytes:
+        data = data[:max_bytes].decode("utf-8", errors="ignore").encode("utf-8")
+    out = np.zeros(max_bytes, dtype=np.uint8)
+    out[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return out
+
+
+def _label_text(value: Any, name: str) -> str:
+    if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
+        raise BadRecord(f"label field {name!r} is {json.dumps(value)}, not a class name or number")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    if not text:
+        raise BadRecord(f"label field {name!r} is empty")
+    return text
+
+
+def _experience(value: Any, name: str) -> int:
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise BadRecord(f"experience field {name!r} is not an integer: {value!r}") from None
+    if isinstance(value, bool) or not number.is_integer() or number < 0:
+        raise BadRecord(f"experience field {name!r} is not a non-negative integer: {value!r}")
+    return int(number)
+
+
+def _label_order(labels: set[str]) -> list[str]:
+    try:
+        return sorted(labels, key=float)
+    except ValueError:
+        return sorted(labels)
+
+
+class TextStream:
+    """The reader; see the module docstring."""
+
+    def __init__(self, options: TextOptions, context: ReaderContext):
+        if not options.path:
+            raise ConfigError("stream.path", "missing: name the JSONL or CSV file to read")
+        self.options = options
+        self.context = context
+        self.source = str(Path(options.path).expanduser())
+        self.task = options.scenario == "task"
+        self._check_file(self.source)
+        classes, max_experience = self._scan()
+        self.class_list = classes
+        self.classes = {name: i for i, name in enumerate(classes)}
+        self.num_tasks = max_experience + 1 if self.task else 1
+        self._lock = threading.Lock()
+        self._held: dict[int, list[tuple[np.ndarray, int]]] = {}
+        self._ready: dict[int, Batch] = {}
+        self._fixed: dict[int, Batch] = {}
+        if options.test_path:
+            test_source = str(Path(options.test_path).expanduser())
+            self._check_file(test_source)
+            self._fixed = self._read_test(test_source)
+        self._info = StreamInfo(
+            input_shape=(options.max_bytes,),
+            num_classes=len(classes),
+            scenario=options.scenario,
+            num_tasks=self.num_tasks,
+            experiences=list(self._fixed) if options.test_path else None,
+            class_names=list(classes),
+        )
+
+    # -- files -------------------------------------------------------------------------------
+    def _jsonl(self, source: str) -> bool:
+        if self.options.format != "auto":
+            return self.options.format == "jsonl"
+        return Path(source).suffix.lower() in JSONL_SUFFIXES
+
+    def _check_file(self, source: str) -> None:
+        if not Path(source).is_file():
+            raise UserError(f"text file {source!r} does not exist (stream.path or stream.test_path)")
+        if self._jsonl(source):
+            return
+        header = read_header(source, self.options.delimiter)
+        for name in (self.options.text, self.options.label, self.options.experience):
+            if name and name not in header:
+                raise UserError(f"{source!r} has no column {name!r} (columns: {', '.join(header)})")
+
+    def _records(self, source: str) -> Iterator[tuple[int, str, dict[str, Any] | None, str]]:
+        """(line, raw text, fields or None, error) of every record."""
+        if not self._jsonl(source):
+            header = read_header(source, self.options.delimiter)
+            for record in records(source, self.options.delimiter):
+                if record.fields is None:
+                    yield record.line, record.raw, None, record.error
+                elif len(record.fields) != len(header):
+                    yield record.line, record.raw, None, f"expected {len(header)} fields, got {len(record.fields)}"
+                else:
+                    yield record.line, record.raw, dict(zip(header, record.fields)), ""
+            return
+        with open(source, encoding="utf-8-sig", errors="replace") as f:
+            for line, raw in enumerate(f, start=1):
+                raw = raw.rstrip("\r\n")
+                if not raw.strip():
+                    continue
+                try:
+                    value = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    yield line, raw, None, f"unparseable JSON: {exc}"
+                    continue
+                if not isinstance(value, dict):
+                    yield line, raw, None, f"expected a JSON object, got {type(value).__name__}"
+                    continue
+                yield line, raw, value, ""
+
+    def _fields(self, fields: dict[str, Any] | None, error: str) -> tuple[str, str, int]:
+        if fields is None:
+            raise BadRecord(error)
+        o = self.options
+        if o.text not in fields:
+            raise BadRecord(f"text field {o.text!r} is missing")
+        text = fields[o.text]
+        if not isinstance(text, str):
+            raise BadRecord(f"text field {o.text!r} is {type(text).__name__}, not text")
+        if not text.strip():
+            raise BadRecord(f"text field {o.text!r} is empty")
+        if o.label not in fields:
+            raise BadRecord(f"label field {o.label!r} is missing")
+        label = _label_text(fields[o.label], o.label)
+        exp = 0
+        if o.experience:
+            if o.experience not in fields:
+                raise BadRecord(f"experience field {o.experience!r} is missing")
+            exp = _experience(fields[o.experience], o.experience)
+        return text, label, exp
+
+    def _scan(self) -> tuple[list[str], int]:
+        given = self.options.classes
+        if given is not None and not self.task:
+            return list(given), 0
+        labels: set[str] = set()
+        max_experience = -1
+        for _, _, fields, error in self._records(self.source):
+            try:
+                _, label, exp = self._fields(fields, error)
+            except BadRecord:
+                continue
+            if given is None or label in given:
+                labels.add(label)
+                max_experience = max(max_experience, exp)
+        if max_experience < 0:
+            raise UserError(f"text file {self.source!r} has no valid records, so its classes cannot be known")
+        return (list(given) if given is not None else _label_order(labels)), max_experience
+
+    def _parse(self, line: int, raw: str, fields: dict[str, Any] | None, error: str, source: str):
+        try:
+            text, label, exp = self._fields(fields, error)
+            if label not in self.classes:
+                raise BadRecord(f"label {label!r} in field {self.options.label!r} is not one of the classes")
+            if self.task and exp >= self.num_tasks:
+                raise BadRecord(f"experience id {exp} has no task head (the training file has {self.num_tasks} tasks)")
+        except BadRecord as bad:
+            self.context.dead_letter(str(bad), source, line, raw)
+            return None
+        return encode(text, self.options.max_bytes), self.classes[label], exp
+
+    def _read_test(self, source: str) -> dict[int, Batch]:
+        rows: dict[int, list[tuple[np.ndarray, int]]] = {}
+        for line, raw, fields, error in self._records(source):
+            parsed = self._parse(line, raw, fields, error, source)
+            if parsed is not None:
+                x, y, exp = parsed
+                rows.setdefault(exp, []).append((x, y))
+        return {exp: self._batch(data, exp, source) for exp, data in rows.items()}
+
+    def _batch(self, rows: list[tuple[np.ndarray, int]], exp: int, source: str, start: int = 0, stop: int = 0) -> Batch:
+        x = torch.from_numpy(np.stack([r[0] for r in rows]))
+        y = torch.tensor([r[1] for r in rows], dtype=torch.long)
+        task = torch.full((len(rows),), exp, dtype=torch.long) if self.task else None
+        return Batch(x=x, y=y, experience=exp, task=task, source=source, start=start, stop=stop)
+
+    # -- the reader protocol -----------------------------------------------------------------
+    def info(self) -> StreamInfo:
+        return self._info
+
+    def __iter__(self) -> Iterator[Batch]:
+        with self._lock:
+            self._held, self._ready = {}, {}
+        fraction, seed, size = self.options.test_fraction, self.context.seed, self.context.batch_size
+        rows: list[tuple[np.ndarray, int]] = []
+        start = last = 0
+        current: int | None = None
+        for line, raw, fields, error in self._records(self.source):
+            parsed = self._parse(line, raw, fields, error, self.source)
+            if parsed is None:
+                continue
+            x, y, exp = parsed
+            if exp != current:
+                if current is not None:
+                    self._finish(current)
+                if rows:
+                    yield self._batch(rows, current, self.source, start, last + 1)  # type: ignore[arg-type]
+                    rows = []
+                current = exp
+            if fraction and held_out(seed, line, fraction):
+                self._held.setdefault(exp, []).append((x, y))
+                continue
+            if not rows:
+                start = line
+            rows.append((x, y))
+            last = line
+            if len(rows) == size:
+                yield self._batch(rows, exp, self.source, start, last + 1)
+                rows = []
+        if current is not None:
+            self._finish(current)
+        if rows:
+            yield self._batch(rows, current, self.source, start, last + 1)  # type: ignore[arg-type]
+
+    def _finish(self, exp: int) -> None:
+        held = self._held.get(exp)
+        if held:
+            batch = self._batch(held, exp, self.source)
+            with self._lock:
+                self._ready[exp] = batch
+
+    def test_set(self, experience: int) -> Batch | None:
+        if experience in self._fixed:
+            return self._fixed[experience]
+        with self._lock:
+            return self._ready.get(experience)
+
+
+def text_reader(options: TextOptions, context: ReaderContext) -> TextStream:
+    return TextStream(options, context)

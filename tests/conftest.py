@@ -46,3 +46,16 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subproc
 @pytest.fixture
 def run(tmp_path):
     return lambda overrides=(), path=None, host=None: run_pipeline(tmp_path, list(overrides), path, host)
+
+
+@pytest.fixture(scope="module")
+def naive(tmp_path_factory):
+    """``naive(setting)``: the summary of a naive run with those overrides, run once per setting and module."""
+    cache = {}
+
+    def get(setting):
+        if tuple(setting) not in cache:
+            cache[tuple(setting)], _ = run_pipeline(tmp_path_factory.mktemp("naive"), [*setting, "learner.strategies=['naive']"])
+        return cache[tuple(setting)]
+
+    return get

@@ -222,18 +222,6 @@ PERMUTED_DOMAINS = ["stream.reader='permuted-digits'", "stream.scenario='domain'
 SPLIT_CLASSES = ["stream.scenario='class'"]
 
 
-@pytest.fixture(scope="module")
-def naive(tmp_path_factory):
-    cache = {}
-
-    def get(setting):
-        if tuple(setting) not in cache:
-            cache[tuple(setting)], _ = run_pipeline(tmp_path_factory.mktemp("naive"), [*setting, "learner.strategies=['naive']"])
-        return cache[tuple(setting)]
-
-    return get
-
-
 # Seed 0, five epochs (the default pipeline's). Measured over seeds 0–3 before choosing the margins:
 # on permuted-digits task-IL naive has ACC 0.80–0.85, BWT −0.13…−0.20, and each of these is above it
 # in every seed (ACC +0.01…+0.12, BWT +0.05…+0.18); the replay-like plugins on class-IL split digits

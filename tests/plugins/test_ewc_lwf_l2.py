@@ -425,19 +425,6 @@ def test_state_round_trips_through_a_checkpoint_with_all_three_composed(run, tmp
 PERMUTED = ["stream.reader='permuted-digits'"]
 
 
-@pytest.fixture(scope="module")
-def naive(tmp_path_factory):
-    """Naive runs, once per setting for the whole module."""
-    cache = {}
-
-    def get(setting):
-        if tuple(setting) not in cache:
-            cache[tuple(setting)], _ = run_pipeline(tmp_path_factory.mktemp("naive"), [*setting, "learner.strategies=['naive']"])
-        return cache[tuple(setting)]
-
-    return get
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "setting, strategy",

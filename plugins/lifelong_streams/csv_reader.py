@@ -50,19 +50,16 @@ the column), the file as source, the line number as offset and the raw line as r
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Literal
 
 import numpy as np
-import torch
 
 from lifelong.errors import ConfigError, UserError
 from lifelong.readers import ReaderContext
-from lifelong.types import Batch, StreamInfo
+from lifelong_streams.records import BadRecord, RecordStream, check_options, label_order
 
 
 @dataclass
@@ -77,22 +74,9 @@ class CsvOptions:
     delimiter: str = field(default=",", metadata={"help": "field delimiter, one character"})
 
     def check(self) -> None:
-        if not 0.0 <= self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
-        if self.test_path and self.test_fraction:
-            raise ValueError("set test_path or test_fraction, not both")
-        if len(self.delimiter) != 1:
-            raise ValueError(f"delimiter must be one character, got {self.delimiter!r}")
-        if self.classes is not None and (not self.classes or len(set(self.classes)) != len(self.classes)):
-            raise ValueError(f"classes must list distinct label values, got {self.classes}")
-        if self.scenario == "task" and not self.experience:
-            raise ValueError("the task scenario takes its task ids from the experience column: set experience")
+        check_options(self, "column")
         if self.label == self.experience:
             raise ValueError(f"label and experience name the same column {self.label!r}")
-
-
-class BadRecord(Exception):
-    """A record that goes to the dead letters; the message is the reason."""
 
 
 @dataclass
@@ -247,20 +231,7 @@ def records(source: str, delimiter: str) -> Iterator[Record]:
                 yield Record(line, raw, fields)
 
 
-def held_out(seed: int, line: int, fraction: float) -> bool:
-    """Whether a line belongs to the test set: a stable hash (unlike ``hash()``) of seed and line."""
-    digest = hashlib.blake2b(f"{seed}:{line}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") < fraction * 2**64
-
-
-def _label_order(labels: set[str]) -> list[str]:
-    try:
-        return sorted(labels, key=float)
-    except ValueError:
-        return sorted(labels)
-
-
-class CsvStream:
+class CsvStream(RecordStream):
     """The reader; see the module docstring for the format and behaviour."""
 
     def __init__(self, options: CsvOptions, context: ReaderContext):
@@ -274,20 +245,8 @@ class CsvStream:
         classes, max_experience = self._scan()
         self.classes = {name: i for i, name in enumerate(classes)}
         self.num_tasks = max_experience + 1 if self.task else 1
-        self._lock = threading.Lock()  # test sets are written on the reader thread, read on the training thread
-        self._held: dict[int, list[tuple[np.ndarray, int]]] = {}
-        self._ready: dict[int, Batch] = {}
-        self._fixed: dict[int, Batch] = {}
-        if options.test_path:
-            self._fixed = self._read_test(str(Path(options.test_path).expanduser()))
-        self._info = StreamInfo(
-            input_shape=(len(self.columns.features),),
-            num_classes=len(classes),
-            scenario=options.scenario,
-            num_tasks=self.num_tasks,
-            experiences=list(self._fixed) if options.test_path else None,
-            class_names=list(classes),
-        )
+        test_source = str(Path(options.test_path).expanduser()) if options.test_path else ""
+        self._set_up((len(self.columns.features),), classes, test_source)
 
     def _scan(self) -> tuple[list[str], int]:
         """The classes (given, or every label of a valid row) and the largest experience id (task scenario)."""
@@ -308,89 +267,24 @@ class CsvStream:
             max_experience = max(max_experience, exp)
         if max_experience < 0:
             raise UserError(f"csv file {self.source!r} has no valid rows, so its classes cannot be known")
-        return (list(given) if given is not None else _label_order(labels)), max_experience
+        return (list(given) if given is not None else label_order(labels)), max_experience
 
-    def _read_test(self, source: str) -> dict[int, Batch]:
-        columns = Columns.from_header(
-            read_header(source, self.options.delimiter), self.options, source, [self.columns.names[i] for i in self.columns.features]
-        )
-        rows: dict[int, list[tuple[np.ndarray, int]]] = {}
+    def _parsed(self, source: str) -> Iterator[tuple[int, np.ndarray, int, int]]:
+        columns = self.columns
+        if source != self.source:  # the test file: its own header, the training file's feature order
+            header = read_header(source, self.options.delimiter)
+            columns = Columns.from_header(header, self.options, source, [self.columns.names[i] for i in self.columns.features])
         for record in records(source, self.options.delimiter):
-            parsed = self._parse(record, columns, source)
-            if parsed is not None:
-                x, y, exp = parsed
-                rows.setdefault(exp, []).append((x, y))
-        return {exp: self._batch(data, exp, source) for exp, data in rows.items()}
-
-    def _parse(self, record: Record, columns: Columns, source: str) -> tuple[np.ndarray, int, int] | None:
-        """The record's features, class index and experience id, or None after dead-lettering it."""
-        try:
-            if record.fields is None:
-                raise BadRecord(record.error)
-            x, y, exp = columns.parse(record.fields, self.classes)
-            if exp >= self.num_tasks and self.task:
-                raise BadRecord(f"experience id {exp} has no task head (the training file has {self.num_tasks} tasks)")
-        except BadRecord as bad:
-            self.context.dead_letter(str(bad), source, record.line, record.raw)
-            return None
-        return x, y, exp  # type: ignore[return-value]
-
-    def _batch(self, rows: list[tuple[np.ndarray, int]], exp: int, source: str, start: int = 0, stop: int = 0) -> Batch:
-        x = torch.from_numpy(np.stack([r[0] for r in rows]).astype(np.float32))
-        y = torch.tensor([r[1] for r in rows], dtype=torch.long)
-        task = torch.full((len(rows),), exp, dtype=torch.long) if self.task else None
-        return Batch(x=x, y=y, experience=exp, task=task, source=source, start=start, stop=stop)
-
-    def info(self) -> StreamInfo:
-        return self._info
-
-    def __iter__(self) -> Iterator[Batch]:
-        with self._lock:
-            self._held, self._ready = {}, {}
-        fraction, seed, size = self.options.test_fraction, self.context.seed, self.context.batch_size
-        rows: list[tuple[np.ndarray, int]] = []
-        start = last = 0
-        current: int | None = None
-        for record in records(self.source, self.options.delimiter):
-            parsed = self._parse(record, self.columns, self.source)
-            if parsed is None:
+            try:
+                if record.fields is None:
+                    raise BadRecord(record.error)
+                x, y, exp = columns.parse(record.fields, self.classes)
+                if exp >= self.num_tasks and self.task:
+                    raise BadRecord(f"experience id {exp} has no task head (the training file has {self.num_tasks} tasks)")
+            except BadRecord as bad:
+                self.context.dead_letter(str(bad), source, record.line, record.raw)
                 continue
-            x, y, exp = parsed
-            if exp != current:
-                if current is not None:
-                    self._finish(current)  # before its last batch, so it is ready when the boundary comes
-                if rows:
-                    yield self._batch(rows, current, self.source, start, last + 1)  # type: ignore[arg-type]
-                    rows = []
-                current = exp
-            if fraction and held_out(seed, record.line, fraction):
-                self._held.setdefault(exp, []).append((x, y))
-                continue
-            if not rows:
-                start = record.line
-            rows.append((x, y))
-            last = record.line
-            if len(rows) == size:
-                yield self._batch(rows, exp, self.source, start, last + 1)
-                rows = []
-        if current is not None:
-            self._finish(current)
-        if rows:
-            yield self._batch(rows, current, self.source, start, last + 1)  # type: ignore[arg-type]
-
-    def _finish(self, exp: int) -> None:
-        """The stream moved past ``exp``: its held-out rows so far become its test set."""
-        held = self._held.get(exp)
-        if held:
-            batch = self._batch(held, exp, self.source)
-            with self._lock:
-                self._ready[exp] = batch
-
-    def test_set(self, experience: int) -> Batch | None:
-        if experience in self._fixed:
-            return self._fixed[experience]
-        with self._lock:
-            return self._ready.get(experience)
+            yield record.line, x, y, exp  # type: ignore[misc]
 
 
 def csv_reader(options: CsvOptions, context: ReaderContext) -> CsvStream:

@@ -37,18 +37,16 @@ go to the dead-letter file with the reason, the file, the line number and the ra
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import numpy as np
-import torch
 
 from lifelong.errors import ConfigError, UserError
 from lifelong.readers import ReaderContext
-from lifelong.types import Batch, StreamInfo
-from lifelong_streams.csv_reader import held_out, read_header, records
+from lifelong_streams.csv_reader import read_header, records
+from lifelong_streams.records import BadRecord, RecordStream, check_options, label_order
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
@@ -68,24 +66,11 @@ class TextOptions:
     delimiter: str = field(default=",", metadata={"help": "CSV field delimiter, one character"})
 
     def check(self) -> None:
-        if not 0.0 <= self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
-        if self.test_path and self.test_fraction:
-            raise ValueError("set test_path or test_fraction, not both")
-        if len(self.delimiter) != 1:
-            raise ValueError(f"delimiter must be one character, got {self.delimiter!r}")
-        if self.classes is not None and (not self.classes or len(set(self.classes)) != len(self.classes)):
-            raise ValueError(f"classes must list distinct label values, got {self.classes}")
-        if self.scenario == "task" and not self.experience:
-            raise ValueError("the task scenario takes its task ids from the experience field: set experience")
+        check_options(self, "field")
         if len({self.text, self.label, self.experience} - {""}) != (3 if self.experience else 2):
             raise ValueError("text, label and experience must name different fields")
         if self.max_bytes < 1:
             raise ValueError(f"max_bytes must be positive, got {self.max_bytes}")
-
-
-class BadRecord(Exception):
-    """A record for the dead letters; the message is the reason."""
 
 
 def encode(text: str, max_bytes: int) -> np.ndarray:
@@ -119,15 +104,10 @@ def _experience(value: Any, name: str) -> int:
     return int(number)
 
 
-def _label_order(labels: set[str]) -> list[str]:
-    try:
-        return sorted(labels, key=float)
-    except ValueError:
-        return sorted(labels)
-
-
-class TextStream:
+class TextStream(RecordStream):
     """The reader; see the module docstring."""
+
+    x_dtype = np.uint8
 
     def __init__(self, options: TextOptions, context: ReaderContext):
         if not options.path:
@@ -141,22 +121,10 @@ class TextStream:
         self.class_list = classes
         self.classes = {name: i for i, name in enumerate(classes)}
         self.num_tasks = max_experience + 1 if self.task else 1
-        self._lock = threading.Lock()
-        self._held: dict[int, list[tuple[np.ndarray, int]]] = {}
-        self._ready: dict[int, Batch] = {}
-        self._fixed: dict[int, Batch] = {}
-        if options.test_path:
-            test_source = str(Path(options.test_path).expanduser())
+        test_source = str(Path(options.test_path).expanduser()) if options.test_path else ""
+        if test_source:
             self._check_file(test_source)
-            self._fixed = self._read_test(test_source)
-        self._info = StreamInfo(
-            input_shape=(options.max_bytes,),
-            num_classes=len(classes),
-            scenario=options.scenario,
-            num_tasks=self.num_tasks,
-            experiences=list(self._fixed) if options.test_path else None,
-            class_names=list(classes),
-        )
+        self._set_up((options.max_bytes,), classes, test_source)
 
     # -- files -------------------------------------------------------------------------------
     def _jsonl(self, source: str) -> bool:
@@ -238,85 +206,20 @@ class TextStream:
                 max_experience = max(max_experience, exp)
         if max_experience < 0:
             raise UserError(f"text file {self.source!r} has no valid records, so its classes cannot be known")
-        return (list(given) if given is not None else _label_order(labels)), max_experience
+        return (list(given) if given is not None else label_order(labels)), max_experience
 
-    def _parse(self, line: int, raw: str, fields: dict[str, Any] | None, error: str, source: str):
-        try:
-            text, label, exp = self._fields(fields, error)
-            if label not in self.classes:
-                raise BadRecord(f"label {label!r} in field {self.options.label!r} is not one of the classes")
-            if self.task and exp >= self.num_tasks:
-                raise BadRecord(f"experience id {exp} has no task head (the training file has {self.num_tasks} tasks)")
-        except BadRecord as bad:
-            self.context.dead_letter(str(bad), source, line, raw)
-            return None
-        return encode(text, self.options.max_bytes), self.classes[label], exp
-
-    def _read_test(self, source: str) -> dict[int, Batch]:
-        rows: dict[int, list[tuple[np.ndarray, int]]] = {}
+    def _parsed(self, source: str) -> Iterator[tuple[int, np.ndarray, int, int]]:
         for line, raw, fields, error in self._records(source):
-            parsed = self._parse(line, raw, fields, error, source)
-            if parsed is not None:
-                x, y, exp = parsed
-                rows.setdefault(exp, []).append((x, y))
-        return {exp: self._batch(data, exp, source) for exp, data in rows.items()}
-
-    def _batch(self, rows: list[tuple[np.ndarray, int]], exp: int, source: str, start: int = 0, stop: int = 0) -> Batch:
-        x = torch.from_numpy(np.stack([r[0] for r in rows]))
-        y = torch.tensor([r[1] for r in rows], dtype=torch.long)
-        task = torch.full((len(rows),), exp, dtype=torch.long) if self.task else None
-        return Batch(x=x, y=y, experience=exp, task=task, source=source, start=start, stop=stop)
-
-    # -- the reader protocol -----------------------------------------------------------------
-    def info(self) -> StreamInfo:
-        return self._info
-
-    def __iter__(self) -> Iterator[Batch]:
-        with self._lock:
-            self._held, self._ready = {}, {}
-        fraction, seed, size = self.options.test_fraction, self.context.seed, self.context.batch_size
-        rows: list[tuple[np.ndarray, int]] = []
-        start = last = 0
-        current: int | None = None
-        for line, raw, fields, error in self._records(self.source):
-            parsed = self._parse(line, raw, fields, error, self.source)
-            if parsed is None:
+            try:
+                text, label, exp = self._fields(fields, error)
+                if label not in self.classes:
+                    raise BadRecord(f"label {label!r} in field {self.options.label!r} is not one of the classes")
+                if self.task and exp >= self.num_tasks:
+                    raise BadRecord(f"experience id {exp} has no task head (the training file has {self.num_tasks} tasks)")
+            except BadRecord as bad:
+                self.context.dead_letter(str(bad), source, line, raw)
                 continue
-            x, y, exp = parsed
-            if exp != current:
-                if current is not None:
-                    self._finish(current)
-                if rows:
-                    yield self._batch(rows, current, self.source, start, last + 1)  # type: ignore[arg-type]
-                    rows = []
-                current = exp
-            if fraction and held_out(seed, line, fraction):
-                self._held.setdefault(exp, []).append((x, y))
-                continue
-            if not rows:
-                start = line
-            rows.append((x, y))
-            last = line
-            if len(rows) == size:
-                yield self._batch(rows, exp, self.source, start, last + 1)
-                rows = []
-        if current is not None:
-            self._finish(current)
-        if rows:
-            yield self._batch(rows, current, self.source, start, last + 1)  # type: ignore[arg-type]
-
-    def _finish(self, exp: int) -> None:
-        held = self._held.get(exp)
-        if held:
-            batch = self._batch(held, exp, self.source)
-            with self._lock:
-                self._ready[exp] = batch
-
-    def test_set(self, experience: int) -> Batch | None:
-        if experience in self._fixed:
-            return self._fixed[experience]
-        with self._lock:
-            return self._ready.get(experience)
+            yield line, encode(text, self.options.max_bytes), self.classes[label], exp
 
 
 def text_reader(options: TextOptions, context: ReaderContext) -> TextStream:

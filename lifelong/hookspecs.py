@@ -70,6 +70,10 @@ class RegistrationSpecs:
           component with these options (an initializer that continues from a stored generation).
         - ``lifecycle_hooks()``: an object implementing lifecycle hooks for this run (gradual
           unfreezing at boundaries), registered beside the strategies.
+        - ``warmup_samples``: how many of the first stream samples the model wants to see before
+          the run starts (a decision that depends on the data, such as transfer's ``auto``). The
+          kernel reads them ahead, hands them to ``on_run_start`` as ``run.warmup`` (on the CPU,
+          not prepared) and then streams them like any other samples.
         """
 
     @hookspec
@@ -119,7 +123,8 @@ class LifecycleSpecs:
         """Once, after the model, optimizer and device are ready and before the first batch.
 
         ``run`` gives ``model``, ``optimizer``, ``device``, ``info`` (StreamInfo), ``config``
-        (the resolved pipeline as a dict) and ``seed``. Strategies keep what they need.
+        (the resolved pipeline as a dict), ``seed`` and ``warmup`` (the first stream samples when
+        the model asked for them, else None). Strategies keep what they need.
         """
 
     @hookspec

@@ -8,6 +8,7 @@ generation → trackers.
 
 from __future__ import annotations
 
+import itertools
 import random
 import tempfile
 import time
@@ -328,34 +329,52 @@ class Runner:
         observe = getattr(span_detector, "observe", None)
         return bool(observe(values)) if observe is not None else False
 
+    def _warmup(self, batches: Any) -> list[Batch]:
+        """The first stream batches holding the model's ``warmup_samples``, read before the run starts."""
+        wanted = int(getattr(self.model, "warmup_samples", 0) or 0)
+        taken: list[Batch] = []
+        while sum(len(b) for b in taken) < wanted:
+            batch = next(batches, None)
+            if batch is None:
+                break
+            taken.append(batch)
+        return taken
+
     def train_seconds_now(self) -> float:
         return self.train_seconds + (time.perf_counter() - self._clock if self._clock is not None else 0.0)
 
     def execute(self) -> dict[str, Any]:
         plan = self.plan
         wall_start = time.perf_counter()
-        self.hooks.on_run_start(
-            run=Run(
-                model=self.model,
-                optimizer=self.optimizer,
-                device=self.device,
-                info=plan.info,
-                model_spec=plan.model_spec,
-                config=plan.resolved,
-                seed=plan.learner.seed,
-                plugin_versions=plan.plugin_versions,
+        stream = Prefetcher(plan.reader, pin=self.device.type == "cuda")
+        batches = iter(stream)
+        try:
+            warmup = self._warmup(batches)
+            self.hooks.on_run_start(
+                run=Run(
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    device=self.device,
+                    info=plan.info,
+                    model_spec=plan.model_spec,
+                    config=plan.resolved,
+                    seed=plan.learner.seed,
+                    plugin_versions=plan.plugin_versions,
+                    warmup=Batch.concat(warmup) if warmup else None,
+                )
             )
-        )
+        except BaseException:
+            stream.close()
+            raise
         initial = self._evaluate_known()
         keep = plan.learner.epochs > 1
         has_prepare = getattr(self.model, "prepare", None) is not None
         log_every = plan.learner.log_every
         detector = plan.detector
         span = _Span()
-        stream = Prefetcher(plan.reader, pin=self.device.type == "cuda")
         self._clock = time.perf_counter()
         try:
-            for batch in stream:
+            for batch in itertools.chain(warmup, batches):  # the warm-up samples are streamed like any others
                 self._streaming = batch.experience
                 if batch.experience not in self.columns:
                     self.columns.append(batch.experience)

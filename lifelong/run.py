@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from lifelong.types import ModelSpec, StreamInfo
+from lifelong.types import Batch, ModelSpec, StreamInfo
 
 
 @dataclass
@@ -22,3 +22,4 @@ class Run:
     config: dict[str, Any]
     seed: int
     plugin_versions: dict[str, str | None]
+    warmup: Batch | None = None  # the first stream samples, when the model asked for them (warmup_samples)

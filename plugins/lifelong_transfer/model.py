@@ -91,17 +91,27 @@ class TransferModel(nn.Module):
         self.top_frozen = top  # fine-tune-top's frozen block count
         self.strategy = options.strategy  # "auto" until the decision
         self.decision: dict[str, Any] | None = None
-        self.cached = 0
-        if self.strategy == "feature-extractor" and options.cache:
-            self.cached = FEATURES
-        elif self.strategy == "fine-tune-top" and backbone.cacheable_prefix and options.cache and not options.unfreeze_per_boundary:
-            self.cached = top
+        self.cached = self._cache_level(self.strategy)
         self.frozen = n
         self._collect: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = [] if self.strategy == "auto" else None
         self._stash: torch.Tensor | None = None
         self._set_frozen(self._frozen_for(self.strategy))
 
     # -- strategy state --------------------------------------------------------------------
+    def _cache_level(self, strategy: str) -> int:
+        """What ``prepare`` computes under ``strategy``: the features, the frozen prefix, or nothing (0)."""
+        options = self.options
+        if strategy == "feature-extractor" and options.cache:
+            return FEATURES
+        if strategy == "fine-tune-top" and self.backbone.cacheable_prefix and options.cache and not options.unfreeze_per_boundary:
+            return self.top_frozen
+        return 0
+
+    @property
+    def warmup_samples(self) -> int:
+        """The kernel's warm-up window: auto decides on it before anything is prepared, so it can still cache."""
+        return self.options.warmup_samples if self._collect is not None else 0
+
     def _frozen_for(self, strategy: str) -> int:
         n = len(self.backbone.units)
         return {"fine-tune-top": self.top_frozen, "fine-tune-all": 0}.get(strategy, n)
@@ -123,9 +133,12 @@ class TransferModel(nn.Module):
                         module.eval()
         return self
 
-    def set_strategy(self, strategy: str) -> None:
-        """Switch to ``strategy`` in the middle of a run (auto's decision): only freezing changes."""
+    def set_strategy(self, strategy: str, cache: bool = False) -> None:
+        """Switch to ``strategy`` (auto's decision): freezing changes, and with ``cache`` (nothing was
+        prepared yet: a decision at run start) also what ``prepare`` caches."""
         self.strategy = strategy
+        if cache:
+            self.cached = self._cache_level(strategy)
         self._set_frozen(self._frozen_for(strategy))
         self.model_spec.options["strategy"] = strategy
 
@@ -196,13 +209,14 @@ class TransferHooks:
     """The model's lifecycle hooks: auto's warm-up and decision, and gradual unfreezing at boundaries.
 
     **auto** (see :mod:`lifelong_transfer.auto`). Data size: ``expected_samples``, else the reader's
-    batch count × ``learner.batch_size`` (known at ``on_run_start``), per class. Similarity: until
-    the decision the model trains as a feature extractor (frozen backbone, new head), and the
-    backbone features and labels of the first ``warmup_samples`` stream samples (at most half the
-    expected stream) are kept; then linear probes compare those features with the raw inputs. The
-    decision falls at the end of the warm-up window, at the first step of a second epoch, or at the
-    first boundary, whichever comes first, and only changes which blocks train: every block is in
-    the optimizer from the start. It is printed, written into the model spec (so every generation
+    batch count × ``learner.batch_size`` (known at ``on_run_start``), per class. Similarity: linear
+    probes compare backbone features with the raw inputs on a warm-up window. The kernel hands the
+    window to ``on_run_start`` (``run.warmup``, asked for by ``TransferModel.warmup_samples``), so
+    the decision falls before anything is prepared and may cache. Without one (the model driven by
+    hand), the model trains as a feature extractor and keeps the first ``warmup_samples`` stream
+    samples (at most half the expected stream); the decision then falls at the end of that window,
+    at the first step of a second epoch, or at the first boundary, whichever comes first, and
+    only changes which blocks train. Every block is in the optimizer from the start. It is printed, written into the model spec (so every generation
     is rebuilt with the strategy it trained with), added to the next metrics as
     ``transfer/strategy`` (0 feature-extractor, 1 fine-tune-top, 2 fine-tune-all),
     ``transfer/similarity``, ``transfer/probe_backbone``, ``transfer/probe_raw`` and
@@ -229,7 +243,7 @@ class TransferHooks:
         self.samples_per_class = expected / classes if expected else None
         if expected:
             self.target = max(1, min(model.options.warmup_samples, expected // 2))
-        warmup = getattr(run, "warmup", None)  # a kernel that hands models a warm-up window (proposed)
+        warmup = run.warmup  # the kernel read it ahead because warmup_samples asked for it
         if warmup is not None:
             training = model.training
             model.eval()
@@ -238,7 +252,7 @@ class TransferHooks:
                 model._stash = model.features_of(x)
                 self._add(x, warmup.y.to(run.device))
             model.train(training)
-            self._decide()
+            self._decide(at_start=True)
 
     def _add(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Keep the stashed backbone features, the raw-probe features and the labels of a stream batch."""
@@ -261,7 +275,8 @@ class TransferHooks:
         if sum(len(c[2]) for c in model._collect) >= self.target:
             self._decide()
 
-    def _decide(self) -> None:
+    def _decide(self, at_start: bool = False) -> None:
+        """Decide, and switch: with ``at_start`` nothing has been prepared yet, so the choice may cache."""
         model = self.model
         collected, model._collect, model._stash = model._collect or [], None, None
         if collected:
@@ -280,7 +295,7 @@ class TransferHooks:
             margin=options.similarity_margin,
         )
         model.decision = decision
-        model.set_strategy(decision["strategy"])
+        model.set_strategy(decision["strategy"], cache=at_start)
         self._report_pending = True
         say("auto picked " + auto.describe(decision))
 

@@ -49,3 +49,15 @@ def test_wrap_model_replaces_the_model_and_its_spec(run):
     # The optimizer was built after wrapping: it holds the wrapped model's parameters.
     optimized = {id(p) for group in runner.optimizer.param_groups for p in group["params"]}
     assert optimized == {id(p) for p in runner.model.parameters()}
+
+
+def test_a_warmup_window_reaches_run_start_before_anything_is_prepared_and_is_still_trained_on(run):
+    summary, runner = run(["model.name=featurized", "model.warmup=70", "learner.batch_size=32"], host=host())
+    log = runner.model.log
+    assert log.warmup is not None and len(log.warmup) == 96  # whole batches: 3 × 32 ≥ 70
+    assert log.warmup.x.shape[1:] == (1, 8, 8)  # raw stream samples, not prepared ones
+    assert log.prepared_at_start == 0  # nothing was prepared before the model saw the window
+    plain, _ = run(["model.name=featurized"], host=host())
+    # the window is streamed like any other samples: same samples, same training, same results
+    assert summary["samples_seen"] == plain["samples_seen"] == 1347
+    assert summary["accuracy_matrix"] == plain["accuracy_matrix"]

@@ -210,6 +210,11 @@ def test_auto_picks_each_strategy_by_size_and_measured_similarity(run, tmp_path,
     assert decision["warmup_samples"] == 96  # 90 rounded up to whole batches of 32
     assert decision["similar"] is (data is stripes)
     assert model.frozen == {"feature-extractor": 18, "fine-tune-top": 12, "fine-tune-all": 0}[strategy]
+    # Decided at run start on the kernel's warm-up window, before anything was prepared: it caches
+    # what the chosen strategy allows (the features, the frozen prefix, nothing).
+    assert model.cached == {"feature-extractor": FEATURES, "fine-tune-top": 12, "fine-tune-all": 0}[strategy]
+    if strategy == "feature-extractor":
+        assert next(iter(runner.test_sets.values())).x.shape[1:] == (model.backbone.dim,)
     # Reported: on stderr, in the spec every generation is rebuilt from, and in the summary.
     assert f"auto picked {strategy}" in capsys.readouterr().err
     assert runner.plan.model_spec.options["strategy"] == strategy

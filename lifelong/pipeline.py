@@ -246,7 +246,7 @@ class Runner:
 
     def _prepared_test_set(self, data: Batch) -> Batch:
         """A test set through the model's ``prepare`` once, kept on the device for every evaluation."""
-        if getattr(self.model, "prepare", None) is None:
+        if getattr(self.model, "prepare", None) is None or len(data) == 0:
             return data
         bs = self.plan.learner.eval_batch_size
         chunks = [

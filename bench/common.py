@@ -7,6 +7,16 @@ import os
 import torch
 
 
+# The benchmarks' shared model and optimizer: MLP [256, 256], Adam at lr 1e-3, batch 32.
+MLP_ADAM = [
+    "model.name='mlp'",
+    "model.hidden=[256, 256]",
+    "learner.optimizer='adam'",
+    "learner.lr=0.001",
+    "learner.batch_size=32",
+]
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued device work, so a timer measures it (a no-op on the CPU)."""
     if device.type == "cuda":

@@ -49,18 +49,14 @@ import torch
 from lifelong import config, pipeline
 from lifelong.host import PluginHost
 from lifelong_strategies.replay import ReplayOptions
-from common import load_average
+from common import MLP_ADAM, load_average
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 IMAGES = ROOT / "docs" / "img"
 
 COMMON = [
-    "model.name='mlp'",
-    "model.hidden=[256, 256]",
-    "learner.optimizer='adam'",
-    "learner.lr=0.001",
-    "learner.batch_size=32",
+    *MLP_ADAM,
     "learner.progress=false",
     "tracking.trackers=[]",
 ]

@@ -93,8 +93,6 @@ class TransferModel(nn.Module):
         self.decision: dict[str, Any] | None = None
         self.cached = self._cache_level(self.strategy)
         self.frozen = n
-        self._collect: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = [] if self.strategy == "auto" else None
-        self._stash: torch.Tensor | None = None
         self._set_frozen(self._frozen_for(self.strategy))
 
     # -- strategy state --------------------------------------------------------------------
@@ -110,7 +108,7 @@ class TransferModel(nn.Module):
     @property
     def warmup_samples(self) -> int:
         """The kernel's warm-up window: auto decides on it before anything is prepared, so it can still cache."""
-        return self.options.warmup_samples if self._collect is not None else 0
+        return self.options.warmup_samples if self.strategy == "auto" else 0
 
     def _frozen_for(self, strategy: str) -> int:
         n = len(self.backbone.units)
@@ -133,12 +131,11 @@ class TransferModel(nn.Module):
                         module.eval()
         return self
 
-    def set_strategy(self, strategy: str, cache: bool = False) -> None:
-        """Switch to ``strategy`` (auto's decision): freezing changes, and with ``cache`` (nothing was
-        prepared yet: a decision at run start) also what ``prepare`` caches."""
+    def set_strategy(self, strategy: str) -> None:
+        """Switch to ``strategy`` (auto's decision, at run start: nothing is prepared yet, so what
+        ``prepare`` caches may change with the freezing)."""
         self.strategy = strategy
-        if cache:
-            self.cached = self._cache_level(strategy)
+        self.cached = self._cache_level(strategy)
         self._set_frozen(self._frozen_for(strategy))
         self.model_spec.options["strategy"] = strategy
 
@@ -160,12 +157,7 @@ class TransferModel(nn.Module):
         return backbone.adapt(x) if backbone.adapt_in_prepare else x
 
     def forward(self, x: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
-        if self.cached == FEATURES:
-            features = x
-        else:
-            features = self.features_of(x)
-            if self._collect is not None and self.training:
-                self._stash = features.detach()
+        features = x if self.cached == FEATURES else self.features_of(x)
         return self.head(self.drop(features), task)
 
     def features_of(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,23 +202,18 @@ class TransferHooks:
 
     **auto** (see :mod:`lifelong_transfer.auto`). Data size: ``expected_samples``, else the reader's
     batch count × ``learner.batch_size`` (known at ``on_run_start``), per class. Similarity: linear
-    probes compare backbone features with the raw inputs on a warm-up window. The kernel hands the
-    window to ``on_run_start`` (``run.warmup``, asked for by ``TransferModel.warmup_samples``), so
-    the decision falls before anything is prepared and may cache. Without one (the model driven by
-    hand), the model trains as a feature extractor and keeps the first ``warmup_samples`` stream
-    samples (at most half the expected stream); the decision then falls at the end of that window,
-    at the first step of a second epoch, or at the first boundary, whichever comes first, and
-    only changes which blocks train. Every block is in the optimizer from the start. It is printed, written into the model spec (so every generation
-    is rebuilt with the strategy it trained with), added to the next metrics as
-    ``transfer/strategy`` (0 feature-extractor, 1 fine-tune-top, 2 fine-tune-all),
-    ``transfer/similarity``, ``transfer/probe_backbone``, ``transfer/probe_raw`` and
-    ``transfer/samples_per_class``, and returned by ``on_run_end``.
+    probes compare backbone features with the raw inputs on the kernel's warm-up window
+    (``run.warmup``, asked for by ``TransferModel.warmup_samples``), so the decision falls at run
+    start, before anything is prepared, and the chosen strategy caches as it would if named. Every
+    block is in the optimizer from the start (it was built before the decision). The decision is
+    printed, written into the model spec (so every generation is rebuilt with the strategy it
+    trained with), added to the next metrics as ``transfer/strategy`` (0 feature-extractor,
+    1 fine-tune-top, 2 fine-tune-all), ``transfer/similarity``, ``transfer/probe_backbone``,
+    ``transfer/probe_raw`` and ``transfer/samples_per_class``, and returned by ``on_run_end``.
     """
 
     def __init__(self, model: TransferModel):
         self.model = model
-        self.target = model.options.warmup_samples
-        self.samples_per_class: float | None = None
         self._report_pending = False
         self.unfrozen: list[dict[str, int]] = []
 
@@ -240,70 +227,30 @@ class TransferHooks:
             batch_size = int(run.config.get("learner", {}).get("batch_size", 0) or 0)
             expected = (run.info.num_batches or 0) * batch_size
         classes = run.info.num_classes * max(run.info.num_tasks, 1)
-        self.samples_per_class = expected / classes if expected else None
-        if expected:
-            self.target = max(1, min(model.options.warmup_samples, expected // 2))
-        warmup = run.warmup  # the kernel read it ahead because warmup_samples asked for it
-        if warmup is not None:
+        samples_per_class = expected / classes if expected else None
+        features = raw = labels = None
+        if run.warmup is not None:  # None only for an empty stream: the similarity stays unknown
             training = model.training
             model.eval()
             with torch.no_grad():
-                x = model.prepare(warmup.x.to(run.device))
-                model._stash = model.features_of(x)
-                self._add(x, warmup.y.to(run.device))
+                x = model.prepare(run.warmup.x.to(run.device))
+                features = model.features_of(x).float().cpu()
+                raw = model.backbone.raw_probe(x).float().cpu()
             model.train(training)
-            self._decide(at_start=True)
-
-    def _add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Keep the stashed backbone features, the raw-probe features and the labels of a stream batch."""
-        model = self.model
-        stash = model._stash
-        if model._collect is None or stash is None or stash.shape[0] < len(y):
-            return
-        model._collect.append((stash[: len(y)], model.backbone.raw_probe(x[: len(y)]).detach(), y.detach()))
-        model._stash = None
-
-    @hookimpl
-    def after_step(self, batch, outputs, first_pass: bool) -> None:
-        model = self.model
-        if model._collect is None:
-            return
-        if not first_pass:
-            self._decide()
-            return
-        self._add(batch.x, batch.y)
-        if sum(len(c[2]) for c in model._collect) >= self.target:
-            self._decide()
-
-    def _decide(self, at_start: bool = False) -> None:
-        """Decide, and switch: with ``at_start`` nothing has been prepared yet, so the choice may cache."""
-        model = self.model
-        collected, model._collect, model._stash = model._collect or [], None, None
-        if collected:
-            features = torch.cat([c[0] for c in collected]).float().cpu()
-            raw = torch.cat([c[1] for c in collected]).float().cpu()
-            labels = torch.cat([c[2] for c in collected]).cpu()
-        else:
-            features = raw = labels = None
+            labels = run.warmup.y.cpu()
         options = model.options
         decision = auto.decide(
-            self.samples_per_class,
-            features,
-            raw,
-            labels,
-            large_per_class=options.large_per_class,
-            margin=options.similarity_margin,
+            samples_per_class, features, raw, labels,
+            large_per_class=options.large_per_class, margin=options.similarity_margin,
         )
         model.decision = decision
-        model.set_strategy(decision["strategy"], cache=at_start)
+        model.set_strategy(decision["strategy"])
         self._report_pending = True
         say("auto picked " + auto.describe(decision))
 
     @hookimpl
     def on_experience_end(self, experience, model) -> None:
         own = self.model
-        if own._collect is not None:
-            self._decide()
         per = own.options.unfreeze_per_boundary
         if per and own.strategy == "fine-tune-top":
             count = own.unfreeze(per)

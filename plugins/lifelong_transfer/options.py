@@ -55,7 +55,7 @@ class FineTuneOptions:
         },
     )
     warmup_samples: int = field(
-        default=256, metadata={"help": "auto: stream samples (at most half the expected stream) probed before deciding"}
+        default=256, metadata={"help": "auto: the first stream samples, read ahead by the kernel, probed before deciding"}
     )
 
     def check(self) -> None:

@@ -249,7 +249,7 @@ def test_auto_rule_is_the_four_quadrants_and_unknown_similarity_is_the_middle():
 
 @needs_vision
 def test_auto_decides_at_run_start_when_the_kernel_hands_it_a_warmup_window():
-    """Forward compatible with a kernel that passes ``run.warmup`` (see docs/transfer.md): no in-run warm-up then."""
+    """The decision needs nothing but ``run.warmup`` (the hooks driven by hand, outside the pipeline)."""
     from types import SimpleNamespace
 
     model = _build("efficientnet-lite0", {"resolution": 32, "strategy": "auto", "expected_samples": 300}, StreamInfo((1, 16, 16), 3))

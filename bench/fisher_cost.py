@@ -42,7 +42,7 @@ from lifelong_strategies.ewc import fisher_diagonal
 
 from lifelong.errors import UserError
 from lifelong.types import StreamInfo
-from common import load_average, sync
+from common import load_average, save_figure, sync
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -167,9 +167,7 @@ def plot(rows: list[dict], meta: dict, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> int:

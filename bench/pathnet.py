@@ -46,7 +46,7 @@ from lifelong.run import Run
 from lifelong.types import Batch, ModelSpec, StreamInfo
 from lifelong_pathnet import PathNet, PathNetOptions
 from lifelong_pathnet.grid import GridOptions, build_grid
-from common import load_average
+from common import load_average, save_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -353,9 +353,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("speed-up (control / PathNet after A)")
     ax.set_title("PathNet transfer: minibatches to the target accuracy on B (dots: seeds, red: mean)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> int:

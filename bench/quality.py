@@ -49,7 +49,7 @@ import torch
 from lifelong import config, pipeline
 from lifelong.host import PluginHost
 from lifelong_strategies.replay import ReplayOptions
-from common import MLP_ADAM, load_average
+from common import MLP_ADAM, load_average, save_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -231,9 +231,7 @@ def plot(rows: dict[str, dict[str, dict]], meta: dict[str, Any], path: Path) -> 
     axes[0][0].set_ylabel(f"ACC (mean ± std over {meta['seeds']} seeds)")
     fig.suptitle("Final average accuracy (ACC) per strategy; grey: lower and upper bounds", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_matrices(runs: dict[str, dict[str, list[dict]]], path: Path) -> None:
@@ -277,8 +275,7 @@ def plot_matrices(runs: dict[str, dict[str, list[dict]]], path: Path) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> int:

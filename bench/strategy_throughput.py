@@ -61,7 +61,7 @@ from lifelong_strategies.ewc import fisher_diagonal
 from lifelong import config, pipeline
 from lifelong.host import PluginHost
 from lifelong.learner import build_optimizer
-from common import load_average, sync
+from common import load_average, save_figure, sync
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -294,9 +294,7 @@ def plot(rows: list[dict], meta: dict, path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(f"Strategy throughput on {meta['device']}, {meta['workload']}", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> int:

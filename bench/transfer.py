@@ -35,7 +35,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_average  # noqa: E402
+from common import load_average, save_figure  # noqa: E402
 
 from lifelong import config, pipeline  # noqa: E402
 from lifelong.host import PluginHost  # noqa: E402
@@ -299,9 +299,7 @@ def plot(results: dict, path: Path) -> None:
         axes[2].axis("off")
     fig.suptitle(f"Fashion-MNIST: EfficientNet-Lite0 ({results['resolution']} px) vs CNN from scratch, one CPU thread")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

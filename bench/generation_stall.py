@@ -155,7 +155,6 @@ def one_run(host: PluginHost, hidden: str, device: str, uri: str | None, tmp: Pa
     try:
         summary = runner.execute()
         start = time.perf_counter()
-        summary = runner.finish(summary)
         finish_s = time.perf_counter() - start
     finally:
         probe.close()

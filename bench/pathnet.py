@@ -42,13 +42,17 @@ import torch
 from lifelong import config, hookimpl, pipeline
 from lifelong.host import PluginHost
 from lifelong.learner import Learner
-from lifelong.run import Run
+from lifelong import plan as plan_module
+from lifelong.components import Components
+from lifelong.config import LearnerOptions
+from lifelong.run import Run, Session
 from lifelong.types import Batch, ModelSpec, StreamInfo
 from lifelong_pathnet import PathNet, PathNetOptions
 from lifelong_pathnet.grid import GridOptions, build_grid
 from common import load_average, save_figure
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.fixtures.generation_log
 RESULTS = ROOT / "bench" / "results"
 IMAGES = ROOT / "docs" / "img"
 
@@ -64,7 +68,8 @@ BASELINES = {
     "replay 200": ["learner.strategies=['replay']", "strategy.replay.memory=200"],
     "ewc": ["learner.strategies=['ewc']"],
 }
-COMMON = ["learner.progress=false", "tracking.trackers=[]", "learner.batch_size=32"]
+# The generation log keeps every generation for the bit-identity check (the kernel keeps none).
+COMMON = ["learner.progress=false", "tracking.trackers=['generation-log']", "learner.batch_size=32"]
 BENCHMARKS = {
     "split-digits": ["stream.reader='split-digits'", "stream.experiences=5", "learner.epochs=20"],
     "split-fmnist": [
@@ -79,9 +84,9 @@ DIGIT_PAIRS = [((0, 1), (2, 3)), ((2, 3), (4, 5)), ((6, 7), (8, 9))]
 def execute(overrides: list[str]) -> tuple[dict[str, Any], pipeline.Runner]:
     raw = config.load(None, [*COMMON, *overrides])
     with tempfile.TemporaryDirectory() as tmp:
-        plan = pipeline.build(PluginHost(), raw, Path(tmp) / "dead.jsonl")
+        plan = pipeline.build(PluginHost(plugins=["tests.fixtures.generation_log"]), raw, Path(tmp) / "dead.jsonl")
         runner = pipeline.Runner(plan)
-        return runner.finish(runner.execute()), runner
+        return runner.execute(), runner
 
 
 def logits(model: torch.nn.Module, data: Batch) -> torch.Tensor:
@@ -99,7 +104,7 @@ def forgetting(seeds: int) -> list[dict[str, Any]]:
             matrix = summary["accuracy_matrix"]
             max_change = max(abs(row[i] - matrix[i][i]) for i in range(len(matrix)) for row in matrix[i:])
             identical = []
-            for gen in runner.generations:
+            for gen in runner.plan.trackers["generation-log"].generations:
                 rebuilt = build_grid(GridOptions(**gen.model_spec.options), gen.model_spec.info)
                 rebuilt.load_state_dict(gen.state)
                 exp = gen.experience.experience_ids[0]
@@ -140,10 +145,11 @@ class Trainee:
         self.strategy = PathNet(options)
         model, spec = self.strategy.wrap_model(model=None, spec=ModelSpec("none", {}, info))
         optimizer = torch.optim.SGD(model.param_groups(lr), lr=lr)
-        pm = pipeline._lifecycle_manager({"pathnet": self.strategy}, {})
+        pm = plan_module._lifecycle_manager({"pathnet": self.strategy}, {})
         self.log = AccuracyLog()
         pm.register(self.log)
-        run = Run(model, optimizer, torch.device("cpu"), info, spec, {"learner": {"strategies": ["pathnet"]}}, seed, {})
+        learner = LearnerOptions(strategies=["pathnet"], seed=seed)
+        run = Run(model, optimizer, torch.device("cpu"), info, spec, learner, Session("bench"), Components.default(), {})
         pm.hook.on_run_start(run=run)
         self.hooks = pm.hook
         self.model = model
@@ -164,7 +170,7 @@ class Trainee:
         return budget
 
     def end_task(self) -> None:
-        self.hooks.on_experience_end(experience=None, model=self.model)
+        self.hooks.on_boundary(experience=None, model=self.model)
 
 
 def transfer(seeds: int, options: PathNetOptions) -> list[dict[str, Any]]:
@@ -247,7 +253,7 @@ def cost(repeats: int) -> list[dict[str, Any]]:
         for label, extra in variants.items():
             raw = config.load(None, [*COMMON, *base, *extra])
             with tempfile.TemporaryDirectory() as tmp:
-                plan = pipeline.build(PluginHost(), raw, Path(tmp) / "dead.jsonl")
+                plan = pipeline.build(PluginHost(plugins=["tests.fixtures.generation_log"]), raw, Path(tmp) / "dead.jsonl")
                 runner = pipeline.Runner(plan)
                 start = time.process_time()
                 summary = runner.execute()

@@ -75,7 +75,6 @@ def execute(overrides: list[str]) -> tuple[dict, float, object]:
         runner = pipeline.Runner(plan)
         summary = runner.execute()
         wall = time.perf_counter() - started
-        summary = runner.finish(summary)
     return summary, wall, runner
 
 

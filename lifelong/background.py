@@ -38,6 +38,10 @@ class BackgroundWriter:
             finally:
                 self._queue.task_done()
 
+    def busy(self) -> bool:
+        """Whether a submitted call has not finished yet."""
+        return self._queue.unfinished_tasks > 0
+
     def drain(self) -> list[str]:
         """Wait until every submitted call has run; return the errors so far."""
         self._queue.join()

@@ -7,6 +7,7 @@ the problem; they never print a traceback.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -41,38 +42,53 @@ def main(ctx: click.Context, plugins: tuple[str, ...], blocked: tuple[str, ...])
 @click.argument("pipeline_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one pipeline value (repeatable).")
 @click.option("--summary", "summary_path", type=click.Path(dir_okay=False), help="Write the run summary as JSON here (and the heatmap beside it).")
-@click.option("--dead-letters", "dead_letter_path", default="dead_letters.jsonl", show_default=True, type=click.Path(dir_okay=False), help="Where bad records go.")
+@click.option("--dead-letters", "dead_letter_path", default="dead_letters.jsonl", show_default=True, type=click.Path(dir_okay=False), help="Where bad records go (each line names its run).")
+@click.option("--resume", is_flag=True, help="Continue the session checkpointed in [checkpoint] dir from its newest valid checkpoint.")
 @click.pass_context
-def run(ctx: click.Context, pipeline_file: str | None, overrides: tuple[str, ...], summary_path: str | None, dead_letter_path: str) -> None:
+def run(
+    ctx: click.Context,
+    pipeline_file: str | None,
+    overrides: tuple[str, ...],
+    summary_path: str | None,
+    dead_letter_path: str,
+    resume: bool,
+) -> None:
     """Run PIPELINE_FILE (TOML), or the built-in Split-Digits pipeline when none is given."""
     from lifelong import config, pipeline, report
+    from lifelong.errors import Interrupted
     from lifelong.progress import progress_bar
 
     try:
         raw = config.load(pipeline_file, list(overrides))
-        plan = pipeline.build(_host(ctx), raw, dead_letter_path)
+        plan = pipeline.build(_host(ctx), raw, dead_letter_path, resume=resume)
     except UserError as exc:
         _fail(str(exc))
     source = pipeline_file or "the built-in default pipeline"
-    click.echo(f"lifelong: running {source} on {plan.device}", err=True)
+    verb = "resuming" if resume else "running"
+    click.echo(f"lifelong: {verb} {source} on {plan.device} (session {plan.session.id})", err=True)
+    heatmap = Path(summary_path).with_suffix(".png") if summary_path else None
     try:
-        with progress_bar(plan) as bar:
-            runner = pipeline.Runner(plan, progress=bar)
-            summary = runner.execute()
-        heatmap = Path(summary_path).with_suffix(".png") if summary_path else None
-        summary = runner.finish(summary, heatmap)
+        with progress_bar(plan, initial=plan.session.step) as bar:
+            summary = pipeline.Runner(plan, progress=bar).execute(heatmap)
     except UserError as exc:
         _fail(str(exc))
+    except Interrupted as exc:
+        click.echo(f"lifelong: {exc}", err=True)
+        sys.exit(128 + getattr(signal, exc.signal_name, signal.SIGTERM).value)
     click.echo(report.table(summary))
     for name, result in summary.get("trackers", {}).items():
         if isinstance(result, dict) and result.get("message"):
             click.echo(f"{name}: {result['message']}")
     for error in summary.get("errors", []):
         click.echo(f"warning: {error}", err=True)
+    if summary.get("checkpoint"):
+        click.echo(f"checkpoint: {summary['checkpoint']}")
     if summary_path:
         Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
         Path(summary_path).write_text(json.dumps(summary, indent=2, default=str))
         click.echo(f"summary: {summary_path}")
+        if summary.get("heatmap"):
+            click.echo(f"heatmap: {summary['heatmap']}")
 
 
 @main.command()
@@ -100,6 +116,10 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"    {comp['kind']} {comp['name']}: {comp['help']}")
             for opt in comp["options"]:
                 click.echo(f"        {opt['name']} ({opt['type']}) = {opt['default']!r}  {opt['help']}")
+    for section, rows in described.get("kernel_options", {}).items():
+        click.echo(f"kernel [{section}]")
+        for opt in rows:
+            click.echo(f"        {opt['name']} ({opt['type']}) = {opt['default']!r}  {opt['help']}")
     if described["blocked"]:
         click.echo(f"blocked: {', '.join(described['blocked'])}")
 

@@ -1,8 +1,10 @@
 """Pipeline files: TOML parsing, ``--set`` overrides, defaults, and validation of the kernel's sections.
 
-A pipeline file replaces each section it names with its own; sections it omits come from the
-built-in default pipeline (``default_pipeline.toml``), except ``[learner]`` and ``[checkpoint]``,
-which merge key by key over their defaults. Component sections (``[stream]``, ``[model]``,
+A pipeline file replaces each section it names with its own; component sections it omits come from
+the built-in default pipeline (``default_pipeline.toml``). ``[learner]`` and ``[checkpoint]`` are
+the kernel's own: in a pipeline file they start from the options' defaults (the table below, in
+docs/plugins.md), not from the built-in demo's values, so a file that omits ``epochs`` gets 1.
+``--set`` overrides merge key by key into whatever the file or the default gave. Component sections (``[stream]``, ``[model]``,
 ``[boundary]``, ``[strategy.NAME]``, ``[tracking.NAME]``) are validated against the schema their
 component registered (see :mod:`lifelong.pipeline`).
 """
@@ -19,9 +21,9 @@ from typing import Any, Literal
 from lifelong import options as opts
 from lifelong.errors import ConfigError, UserError
 
-REPLACED_SECTIONS = ("stream", "model", "boundary", "tracking")
-MERGED_SECTIONS = ("learner", "checkpoint")
-KNOWN_SECTIONS = (*REPLACED_SECTIONS, *MERGED_SECTIONS, "strategy")
+COMPONENT_SECTIONS = ("stream", "model", "boundary", "tracking")
+KERNEL_SECTIONS = ("learner", "checkpoint")
+KNOWN_SECTIONS = (*COMPONENT_SECTIONS, *KERNEL_SECTIONS, "strategy")
 
 
 @dataclass
@@ -30,17 +32,22 @@ class LearnerOptions:
     epochs: int = field(default=1, metadata={"help": "passes over each experience; 1 for a true stream"})
     batch_size: int = field(default=32, metadata={"help": "stream samples per optimizer update"})
     lr: float = field(default=0.001, metadata={"help": "learning rate"})
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd"] = field(default="adam", metadata={"help": "adam, adamw or sgd"})
     momentum: float = field(default=0.0, metadata={"help": "SGD momentum"})
-    weight_decay: float = 0.0
+    weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay of the optimizer (decoupled for adamw)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "seeds python, numpy and torch, and every strategy's generator"})
     log_every: int = field(default=20, metadata={"help": "batches between host reads of running metrics"})
-    eval_batch_size: int = 1024
+    eval_batch_size: int = field(default=1024, metadata={"help": "samples per forward pass when evaluating held-out sets"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar on stderr"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch; 0: torch's default (one per core)"})
+    max_batches: int = field(default=0, metadata={"help": "end the run after this many stream batches in all (counting those before a resume); 0: the whole stream"})
+    deterministic: bool = field(default=False, metadata={"help": "torch.use_deterministic_algorithms: bit-identical resumes on any device (on the CPU they are already)"})
+    continue_strategies: bool = field(default=True, metadata={"help": "when the model continues from a stored generation or checkpoint, restore its strategies' state too (if the strategy list matches)"})
 
     def check(self) -> None:
+        if self.max_batches < 0:
+            raise ValueError(f"max_batches must be 0 (no limit) or positive, got {self.max_batches}")
         for name in ("epochs", "batch_size", "log_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -54,7 +61,18 @@ class LearnerOptions:
 
 @dataclass
 class CheckpointOptions:
-    dir: str = field(default="", metadata={"help": "directory for an atomic checkpoint at every generation; empty: none"})
+    dir: str = field(default="", metadata={"help": "directory of the session's checkpoints (one at every generation, and as below); empty: none"})
+    every_batches: int = field(default=0, metadata={"help": "also checkpoint every this many stream batches; 0: only at generations"})
+    every_seconds: float = field(default=0.0, metadata={"help": "also checkpoint when this many seconds passed since the last one; 0: never by time"})
+    keep: int = field(default=3, metadata={"help": "checkpoints kept; older ones are removed"})
+
+    def check(self) -> None:
+        if self.every_batches < 0:
+            raise ValueError(f"every_batches must be 0 or positive, got {self.every_batches}")
+        if not self.every_seconds >= 0:  # also refuses NaN
+            raise ValueError(f"every_seconds must be 0 or positive, got {self.every_seconds}")
+        if self.keep < 1:
+            raise ValueError(f"keep must be at least 1, got {self.keep}")
 
 
 def default_pipeline() -> dict[str, Any]:
@@ -81,10 +99,10 @@ def read_pipeline(path: str | Path | None) -> dict[str, Any]:
             raise ConfigError(section, f"unknown section (known sections: {', '.join(KNOWN_SECTIONS)})")
         if not isinstance(value, dict):
             raise ConfigError(section, f"expected a table, got {value!r}")
-        if section in MERGED_SECTIONS:
-            merged.setdefault(section, {}).update(value)
-        else:
-            merged[section] = copy.deepcopy(value)
+        merged[section] = copy.deepcopy(value)
+    for section in KERNEL_SECTIONS:
+        if section not in data:
+            merged.pop(section, None)  # the options' defaults, not the demo's
     return merged
 
 

@@ -1,4 +1,4 @@
-"""Generates docs/plugins.md from the hookspecs and the built-in plugins' registrations.
+"""Generates docs/plugins.md from the hookspecs, the kernel's options and the built-in plugins' registrations.
 
 ``python -m lifelong.docgen > docs/plugins.md``; a test fails when the file differs, so the
 reference always says what the code does.
@@ -10,7 +10,7 @@ import inspect
 import json
 
 from lifelong import hookspecs
-from lifelong.host import KINDS, PluginHost
+from lifelong.host import KINDS, PluginHost, kernel_options
 
 INTRO = """\
 # Plugins and hooks
@@ -20,18 +20,19 @@ built-in plugins; `tests/test_docs.py` fails when this file and the code disagre
 
 A plugin is a module that implements hooks with `@lifelong.hookimpl`. It is found through the
 `lifelong` entry-point group of an installed distribution, or loaded by import path with
-`lifelong --plugin MODULE …` or `LIFELONG_PLUGINS=MODULE,…`; `--block NAME` or
-`LIFELONG_BLOCK_PLUGINS=NAME,…` keeps one out. `lifelong plugins [--json]` lists what was found.
+`lifelong --plugin MODULE …` or `LIFELONG_PLUGINS=MODULE,…` (the current directory is on the
+import path, as with `python -m`); `--block NAME` or `LIFELONG_BLOCK_PLUGINS=NAME,…` keeps one
+out. `lifelong plugins [--json]` lists what was found.
 
 A third-party strategy in one module:
 
 ```python
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from lifelong import hookimpl
 
 @dataclass
 class ClipOptions:
-    max_norm: float = 1.0
+    max_norm: float = field(default=1.0, metadata={"help": "largest gradient norm; larger ones are scaled down"})
 
 class Clip:
     def __init__(self, options: ClipOptions):
@@ -48,8 +49,17 @@ def register_strategies(register):
 ```
 
 and in its `pyproject.toml`: `[project.entry-points.lifelong] clip = "my_module"`. Then
-`strategies = ["replay", "clip"]` in a pipeline composes it with the others.
+`strategies = ["replay", "clip"]` in a pipeline composes it with the others. An option's
+`metadata={"help": …}` is the text `lifelong plugins` and this reference show for it.
 """
+
+KERNEL_INTRO = """\
+The options of the kernel itself, in the pipeline sections `[learner]` and `[checkpoint]`
+(`lifelong plugins --json` lists them under `kernel_options`). In a pipeline file these sections
+start from the defaults below; `lifelong run` without a file runs the built-in default pipeline
+(`lifelong/default_pipeline.toml`), whose own values are listed under each table. `--set`
+overrides merge key by key into either."""
+
 
 KIND_TITLES = {
     "reader": "Readers (`[stream] reader = …`)",
@@ -70,25 +80,45 @@ def _hook_section(title: str, spec_class: type) -> list[str]:
     return lines
 
 
+def _options_table(described: list[dict]) -> list[str]:
+    """The markdown table of an options schema, from :func:`lifelong.options.describe` rows."""
+    if not described:
+        return []
+    lines = ["| option | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for opt in described:
+        default = "`null`" if opt["default"] is None else f"`{json.dumps(opt['default'])}`"
+        lines.append(f"| `{opt['name']}` | {opt['type'].replace('|', '/')} | {default} | {opt['help']} |")
+    return lines + [""]
+
+
+def _kernel_section() -> list[str]:
+    from lifelong.config import default_pipeline
+
+    lines = ["## Kernel options", "", KERNEL_INTRO, ""]
+    defaults = default_pipeline()
+    for section, described in kernel_options().items():
+        lines += [f"### `[{section}]`", ""] + _options_table(described)
+        overridden = defaults.get(section) or {}
+        if overridden:
+            values = ", ".join(f"`{key} = {json.dumps(value)}`" for key, value in overridden.items())
+            lines += [f"The built-in default pipeline (no file) sets {values}.", ""]
+    return lines
+
+
 def render(host: PluginHost | None = None) -> str:
     host = host or PluginHost(entry_points=True)
     builtin = {name for name, rec in host.records.items() if rec.source == "built-in"}
     lines = [INTRO, inspect.cleandoc(hookspecs.__doc__ or ""), ""]
     lines += _hook_section("Registration hooks", hookspecs.RegistrationSpecs)
     lines += _hook_section("Lifecycle hooks", hookspecs.LifecycleSpecs)
+    lines += _kernel_section()
     lines += ["## Built-in components", ""]
     for kind in KINDS:
         components = [c for c in host.components[kind].values() if c.plugin in builtin]
         lines += [f"### {KIND_TITLES[kind]}", ""]
         for comp in sorted(components, key=lambda c: c.name):
             lines += [f"#### `{comp.name}` (plugin `{comp.plugin}`)", "", comp.help, ""]
-            described = comp.describe()["options"]
-            if described:
-                lines += ["| option | type | default | meaning |", "| --- | --- | --- | --- |"]
-                for opt in described:
-                    default = "`null`" if opt["default"] is None else f"`{json.dumps(opt['default'])}`"
-                    lines.append(f"| `{opt['name']}` | {opt['type'].replace('|', '/')} | {default} | {opt['help']} |")
-                lines.append("")
+            lines += _options_table(comp.describe()["options"])
     unavailable = [r for r in host.records.values() if r.source == "built-in" and not r.available]
     if unavailable:
         raise SystemExit(f"cannot document unavailable built-in plugins: {[r.name for r in unavailable]}")

@@ -15,6 +15,19 @@ other; they answer these hooks and the kernel combines the answers as each docst
 per-batch hooks (``augment_batch``, ``extra_loss``, ``before_optimizer_step``, ``after_step``) run on
 the training thread for every batch: they must not synchronise with the device (no ``.item()``,
 ``.cpu()``, printing tensors) nor do blocking I/O.
+
+**Order.** Every lifecycle hook calls its implementations in one fixed order: the model's own hooks
+(``lifecycle_hooks()``) first, then the strategies in ``learner.strategies`` order, then the
+trackers in ``tracking.trackers`` order; ``tryfirst``/``trylast`` move an implementation to the
+front or the back (``before_optimizer_step`` masks are ``trylast``). Results that are lists
+(``augment_batch``, ``extra_loss``) come in that order.
+
+**The session.** A run is ``validate → open → stream/learn → (checkpoint)* → close | fail``:
+``validate`` is called before anything is opened; from ``on_run_start`` on, exactly one of
+``on_run_end`` and ``on_run_failed`` follows, for any exception and for SIGTERM/SIGINT. A run
+resumed with ``--resume`` is the same session in a new process: ``on_run_start`` is called again,
+with ``run.session.resumed`` set, and every component's ``load_state_dict`` then receives the
+state its ``state_dict`` gave at the checkpoint (strategies, the boundary detector).
 """
 
 from __future__ import annotations
@@ -52,7 +65,9 @@ class RegistrationSpecs:
     def register_models(self, register: Register) -> None:
         """Register models and initializers (from scratch, from a backbone, from a generation).
 
-        Factory: ``factory(options, info: StreamInfo) -> torch.nn.Module``. The module's
+        Factory: ``factory(options, info: StreamInfo) -> torch.nn.Module``; a factory that builds
+        other registered models (an initializer, a wrapper) declares a keyword parameter
+        ``components`` and receives the run's :class:`lifelong.components.Components`. The module's
         ``forward(x)`` returns logits of shape (N, info.num_classes); in the task-incremental
         scenario (``info.num_tasks > 1``) it is called as ``forward(x, task)`` with a per-sample task
         id tensor and returns the logits of each sample's own head.
@@ -73,7 +88,11 @@ class RegistrationSpecs:
         - ``warmup_samples``: how many of the first stream samples the model wants to see before
           the run starts (a decision that depends on the data, such as transfer's ``auto``). The
           kernel reads them ahead, hands them to ``on_run_start`` as ``run.warmup`` (on the CPU,
-          not prepared) and then streams them like any other samples.
+          not prepared) and then streams them like any other samples. A resumed run has no warm-up.
+        - ``continues`` and ``continued_state``: set by initializers that continue from a stored
+          generation (``{"ref", "session", "generation"}`` and ``{"strategies": {name: state}}``);
+          the kernel records ``continues`` as the first generation's parent and restores the
+          strategies' state when ``learner.continue_strategies`` is on and the lists match.
         """
 
     @hookspec
@@ -101,7 +120,8 @@ class RegistrationSpecs:
 
         Factory: ``factory(options) -> detector`` with ``before_batch(batch) -> bool`` (True: a
         boundary lies before this batch) and optionally ``observe(metrics: dict) -> bool`` (called
-        with host-side running metrics every ``learner.log_every`` batches; True: boundary now).
+        with host-side running metrics every ``learner.log_every`` batches; True: boundary now) and
+        ``state_dict()`` / ``load_state_dict(state)`` so checkpoints carry it.
         """
 
 
@@ -119,12 +139,25 @@ class LifecycleSpecs:
         """
 
     @hookspec
-    def on_run_start(self, run: Run) -> None:
-        """Once, after the model, optimizer and device are ready and before the first batch.
+    def validate(self, run: Run) -> None:
+        """Once, after every component is built and before anything is opened (trackers, files, devices).
 
-        ``run`` gives ``model``, ``optimizer``, ``device``, ``info`` (StreamInfo), ``config``
-        (the resolved pipeline as a dict), ``seed`` and ``warmup`` (the first stream samples when
-        the model asked for them, else None). Strategies keep what they need.
+        Raise :class:`lifelong.errors.UserError` (or ValueError) for a combination this component
+        cannot run — e.g. PathNet with a strategy it does not compose with — so it exits with status
+        2 before a tracker has recorded anything. ``run`` is the typed context of
+        :class:`lifelong.run.Run`; its ``optimizer`` is None (it does not exist yet).
+        """
+
+    @hookspec
+    def on_run_start(self, run: Run) -> None:
+        """Once per process, after the model, optimizer and device are ready and before the first batch.
+
+        ``run`` (:class:`lifelong.run.Run`) gives ``model``, ``optimizer``, ``device``, ``info``
+        (StreamInfo), ``learner`` (typed kernel options), ``seed``, ``strategies``, ``session`` (its
+        ``id`` and whether it was ``resumed``), ``components`` (builds registered models), ``config``
+        (the resolved pipeline, to record, not to read) and ``warmup`` (the first stream samples when
+        the model asked for them, else None). Strategies keep what they need. On a resume, state is
+        loaded with ``load_state_dict`` right after this hook.
         """
 
     @hookspec
@@ -161,11 +194,23 @@ class LifecycleSpecs:
         """
 
     @hookspec
-    def on_experience_end(self, experience: Experience, model: torch.nn.Module) -> None:
-        """At a boundary, before evaluation: consolidate (EWC Fisher, LwF teacher, anchors).
+    def on_boundary(self, experience: Experience, model: torch.nn.Module) -> None:
+        """At every boundary, before evaluation: consolidate (EWC Fisher, LwF teacher, anchors, frozen paths).
 
-        Called on every strategy; each consolidates its own state, so order does not matter.
+        A boundary is wherever the detector puts one: an experience change, a window, a drift.
+        ``experience`` describes the span of stream since the previous boundary. Called in the
+        order above: the model's own hooks first (gradual unfreezing), then each strategy, which
+        consolidates its own state only.
         """
+
+    @hookspec(
+        warn_on_impl=DeprecationWarning(
+            "on_experience_end is deprecated: it fires at every boundary (windows and drift too); "
+            "implement on_boundary, which the kernel calls first with the same arguments"
+        )
+    )
+    def on_experience_end(self, experience: Experience, model: torch.nn.Module) -> None:
+        """Deprecated name of ``on_boundary``; still called, right after it, for older plugins."""
 
     @hookspec
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
@@ -195,8 +240,10 @@ class LifecycleSpecs:
 
     @hookspec
     def on_run_failed(self, error: BaseException) -> None:
-        """Once, instead of ``on_run_end``, when the run stops on an exception (or Ctrl-C).
+        """Once, instead of ``on_run_end``, when the run stops on an exception or a signal.
 
-        Trackers close what they opened (e.g. mark the MLflow run FAILED) and must not raise; the
-        kernel re-raises ``error`` afterwards.
+        ``error`` is :class:`lifelong.errors.Interrupted` when SIGTERM or SIGINT stopped the run
+        gracefully (the batch finished and a checkpoint was written, when checkpointing is on):
+        trackers close with a "killed" status, not a failure. Implementations close what they
+        opened and must not raise; the kernel re-raises ``error`` afterwards.
         """

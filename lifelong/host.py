@@ -2,9 +2,14 @@
 
 Plugins come from three places, in this order: the ``lifelong`` entry-point group (first-party
 plugins register exactly like third-party ones), modules named with ``--plugin`` and modules in the
-``LIFELONG_PLUGINS`` environment variable (comma-separated). ``--block NAME`` or
+``LIFELONG_PLUGINS`` environment variable (comma-separated). Modules named with ``--plugin`` or
+``LIFELONG_PLUGINS`` are imported with the current directory on ``sys.path`` (first, as
+``python -m`` does), so ``lifelong --plugin mymodule`` finds ``./mymodule.py``. ``--block NAME`` or
 ``LIFELONG_BLOCK_PLUGINS`` keeps a plugin out. A plugin that fails to import (an optional dependency
-is missing) does not break the host: it is listed as unavailable with the reason and a hint.
+is missing) does not break the host: it is listed as unavailable with the reason and a hint: the
+extra that provides the dependency (``pip install '.[extra]'`` from the lifelong checkout for
+lifelong's own plugins, which are not published on a package index), ``pip install`` for another
+missing dependency, or, for a ``--plugin`` module that is itself not found, where it was looked for.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import importlib
 import importlib.metadata as md
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -72,17 +78,61 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _extra_requirement(dist: md.Distribution, top: str) -> tuple[str, str] | None:
+    """(extra, requirement) of ``dist``'s optional dependency that provides the module ``top``."""
+    for req in dist.requires or []:
+        match = re.match(r"^\s*([A-Za-z0-9_.\-]+)([^;]*);.*extra\s*==\s*['\"]([^'\"]+)['\"]", req)
+        if not match:
+            continue
+        name = _normalise(match.group(1))
+        # the module is the distribution's name (mlxtend) or its first word (avalanche of avalanche-lib)
+        if name.replace("-", "") == top.replace("-", "") or name.startswith(top + "-"):
+            return match.group(3), f"{match.group(1)}{match.group(2).strip()}"
+    return None
+
+
 def _install_hint(dist: md.Distribution | None, missing: str | None) -> str:
-    """Point at the extra of ``dist`` that provides ``missing``, else at the module itself."""
+    """Point at the extra of ``dist`` that provides ``missing``, else at the module itself.
+
+    lifelong is installed from its checkout, not from a package index, so an extra of lifelong
+    itself is ``pip install '.[extra]'`` run in the checkout (or the requirement on its own).
+    """
     if not missing:
         return ""
     top = _normalise(missing.split(".")[0])
     if dist is not None:
-        for req in dist.requires or []:
-            match = re.match(r"^\s*([A-Za-z0-9_.\-]+).*extra\s*==\s*['\"]([^'\"]+)['\"]", req)
-            if match and _normalise(match.group(1)).replace("-", "") == top.replace("-", ""):
-                return f"pip install '{dist.metadata['Name']}[{match.group(2)}]'"
+        found = _extra_requirement(dist, top)
+        if found is not None:
+            extra, requirement = found
+            name = dist.metadata["Name"]
+            if _normalise(name) == "lifelong":
+                return f"pip install '.[{extra}]' in the lifelong checkout (or pip install '{requirement}')"
+            return f"pip install '{name}[{extra}]'"
     return f"pip install {missing.split('.')[0]}"
+
+
+def _not_found_hint(module: str) -> str:
+    """The hint for a ``--plugin`` / ``LIFELONG_PLUGINS`` module that is itself not importable."""
+    first = module.split(".")[0]
+    return (
+        f"module {module!r} was not found on the Python path, which includes the current directory "
+        f"({os.getcwd()}): check the name, run lifelong where {first}.py (or the package {first}/) is, "
+        f"or install the distribution that provides it"
+    )
+
+
+def _with_cwd_on_path() -> None:
+    """The current directory first on ``sys.path``, as ``python -m`` puts it (once)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def kernel_options() -> dict[str, list[dict[str, Any]]]:
+    """Rows (:func:`lifelong.options.describe`) of the kernel's own sections, ``[learner]`` and ``[checkpoint]``."""
+    from lifelong.config import CheckpointOptions, LearnerOptions  # lazily: config is the kernel's, not the host's
+
+    return {"learner": opts.describe(LearnerOptions), "checkpoint": opts.describe(CheckpointOptions)}
 
 
 class PluginHost:
@@ -98,7 +148,10 @@ class PluginHost:
             self.pm.set_blocked(name)
         if entry_points:
             self._load_entry_points()
-        for module in [*plugins, *_split_env("LIFELONG_PLUGINS")]:
+        by_path = [*plugins, *_split_env("LIFELONG_PLUGINS")]
+        if by_path:
+            _with_cwd_on_path()
+        for module in by_path:
             self._load_module(module, module, "path", None)
         self._collect()
 
@@ -122,7 +175,11 @@ class PluginHost:
         except ImportError as exc:
             record.available = False
             record.reason = f"{type(exc).__name__}: {exc}"
-            record.hint = _install_hint(dist, getattr(exc, "name", None))
+            missing = getattr(exc, "name", None)
+            if source == "path" and missing and (module == missing or module.startswith(missing + ".")):
+                record.hint = _not_found_hint(module)  # the named module itself, not a dependency
+            else:
+                record.hint = _install_hint(dist, missing)
             return
         if record.version is None:
             record.version = getattr(plugin, "__version__", None)
@@ -175,4 +232,4 @@ class PluginHost:
                 entry["reason"] = record.reason
                 entry["hint"] = record.hint
             plugins.append(entry)
-        return {"plugins": plugins, "blocked": self.blocked}
+        return {"plugins": plugins, "blocked": self.blocked, "kernel_options": kernel_options()}

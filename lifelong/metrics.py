@@ -10,13 +10,18 @@ generations over T experiences (one generation per experience), following Lopez-
 
 and forgetting as in Chaudhry et al. (2018, "Riemannian Walk"): the mean over i < T-1 of
 max_{l<T-1} R[l][i] − R[T-1][i]. Entries may be None where an experience's held-out data was not
-known yet at that generation; a metric whose terms are all unknown is None. BWT and FWT need one
-generation per experience (a square matrix) and are None otherwise (window or detector boundaries).
+known yet at that generation; a metric whose terms are all unknown is None.
+
+BWT, FWT and forgetting compare generation i with experience i, so they mean something only when
+generations align with experiences: exactly one generation per experience column, generation j
+trained on experience ``columns[j]`` alone (:func:`aligned`). Otherwise (window or drift
+boundaries, a generation spanning two experiences) :func:`summarize` reports them as None, even
+when the matrix happens to be square; ACC is always reported.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -64,8 +69,24 @@ def forgetting(matrix: Matrix) -> float | None:
     return _mean(terms)
 
 
-def summarize(matrix: Matrix, initial: list[float | None]) -> dict[str, float | None]:
-    return {"acc": acc(matrix), "bwt": bwt(matrix), "fwt": fwt(matrix, initial), "forgetting": forgetting(matrix)}
+def aligned(spans: list[list[int]], columns: list[int]) -> bool:
+    """True iff generations align with experiences: one generation per experience column, and
+    generation j was trained on exactly experience ``columns[j]`` (``spans[j] == [columns[j]]``).
+
+    ``spans[j]`` is the list of experience ids generation j was trained on, ``columns`` the
+    experience ids of the accuracy matrix's columns, in order.
+    """
+    return len(spans) == len(columns) and all(list(span) == [column] for span, column in zip(spans, columns))
+
+
+def summarize(matrix: Matrix, initial: list[float | None], aligned: bool = True) -> dict[str, float | None]:
+    """ACC, BWT, FWT and forgetting; BWT, FWT and forgetting are None unless ``aligned`` (see :func:`aligned`)."""
+    return {
+        "acc": acc(matrix),
+        "bwt": bwt(matrix) if aligned else None,
+        "fwt": fwt(matrix, initial) if aligned else None,
+        "forgetting": forgetting(matrix) if aligned else None,
+    }
 
 
 class RunningMetrics:
@@ -88,6 +109,21 @@ class RunningMetrics:
         self._loss.add_(loss.detach(), alpha=n)
         self._correct.add_((outputs.argmax(dim=1) == targets).sum())
         self._n += n
+
+    def state_dict(self) -> dict[str, Any]:
+        """The window sums and the run's totals, for checkpoints (the window tensors as CPU copies)."""
+        return {
+            "loss": self._loss.detach().to("cpu", copy=True),
+            "correct": self._correct.detach().to("cpu", copy=True),
+            "n": self._n,
+            "total_correct": self._total_correct,
+            "total_n": self._total_n,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._loss.copy_(state["loss"])
+        self._correct.copy_(state["correct"])
+        self._n, self._total_correct, self._total_n = int(state["n"]), int(state["total_correct"]), int(state["total_n"])
 
     def read(self) -> dict[str, float]:
         """Window means since the last read plus the whole-run prequential accuracy; resets the window."""

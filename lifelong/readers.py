@@ -1,4 +1,22 @@
-"""What the kernel gives readers (batch size, seed, the dead-letter file) and how it consumes them."""
+"""What the kernel gives readers (batch size, seed, the dead-letter file) and how it consumes them.
+
+The reader contract, including the position contract that makes a run resumable:
+
+- ``info() -> StreamInfo`` before the first batch;
+- ``__iter__() -> Iterator[Batch]``: the training stream, in order; it runs on the kernel's
+  reader thread;
+- ``test_set(experience) -> Batch | None``: held-out data of an experience, or None while it is
+  not known yet;
+- **resumable readers** also stamp every batch with ``Batch.position`` — plain JSON data saying
+  where the stream stands right after that batch — and offer ``seek(position)``: called once,
+  before ``__iter__``, it makes the stream start right after the batch that carried ``position``,
+  producing exactly the batches an uninterrupted run would have produced next. A position must
+  account for every record before it: records trained on, held out for testing, or sent to the
+  dead letters (the kernel checkpoints the dead-letter file's length with the position of the
+  batch the reader yielded after writing them). ``csv`` seeks by byte offset and line, ``npz`` and
+  the benchmarks by record index. A reader without ``seek`` makes ``lifelong run --resume`` and
+  checkpointing refuse with a clear message.
+"""
 
 from __future__ import annotations
 
@@ -20,20 +38,30 @@ class Reader(Protocol):
     def test_set(self, experience: int) -> Batch | None: ...
 
 
-class DeadLetters:
-    """Bad records, one JSON line each: the reason, the source and the offset, and the raw record.
+def can_seek(reader: Any) -> bool:
+    return callable(getattr(reader, "seek", None))
 
-    The file is created on the first bad record only, so clean runs leave nothing behind.
+
+class DeadLetters:
+    """Bad records, one JSON line each: the run, the reason, the source and the offset, and the raw record.
+
+    Every line carries ``run``, the session id, so several runs may share one file and each
+    summary's count matches the lines of its own run. The file is created on the first bad record
+    only, so clean runs leave nothing behind. ``mark()`` is the file's length and this run's count
+    at a point of the stream; ``restore(mark)`` (on resume) cuts the file back there, since the
+    records after it are read, and dead-lettered, again.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, run: str = ""):
         self.path = Path(path)
+        self.run = run
         self.count = 0
         self._lock = threading.Lock()
         self._file = None
 
     def __call__(self, reason: str, source: str, offset: int | str, record: Any = None) -> None:
-        line = json.dumps({"reason": reason, "source": source, "offset": offset, "record": record}, default=str)
+        entry = {"run": self.run, "reason": reason, "source": source, "offset": offset, "record": record}
+        line = json.dumps(entry, default=str)
         with self._lock:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +70,32 @@ class DeadLetters:
             self._file.flush()
             self.count += 1
 
+    def mark(self) -> dict[str, int]:
+        with self._lock:
+            size = self._file.tell() if self._file is not None else (self.path.stat().st_size if self.path.is_file() else 0)
+            return {"bytes": size, "count": self.count}
+
+    def restore(self, mark: dict[str, int]) -> None:
+        """Drop this run's lines written after ``mark``; lines of other runs sharing the file stay."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            if self.path.is_file() and self.path.stat().st_size > mark["bytes"]:
+                with self.path.open("rb+") as f:
+                    f.seek(mark["bytes"])
+                    others = [line for line in f.read().splitlines(keepends=True) if not self._ours(line)]
+                    f.seek(mark["bytes"])
+                    f.truncate()
+                    f.writelines(others)
+            self.count = int(mark["count"])
+
+    def _ours(self, line: bytes) -> bool:
+        try:
+            return json.loads(line).get("run") == self.run
+        except (ValueError, AttributeError):
+            return False
+
     def close(self) -> None:
         with self._lock:
             if self._file is not None:
@@ -49,7 +103,7 @@ class DeadLetters:
                 self._file = None
 
     def summary(self) -> dict[str, Any]:
-        return {"count": self.count, "file": str(self.path) if self.count else None}
+        return {"count": self.count, "file": str(self.path) if self.count else None, "run": self.run}
 
 
 @dataclass
@@ -61,18 +115,29 @@ class ReaderContext:
     dead_letter: DeadLetters = field(default_factory=lambda: DeadLetters("dead_letters.jsonl"))
 
 
+@dataclass
+class Fetched:
+    """A batch as the training thread receives it, with the dead-letter mark taken when it was read."""
+
+    batch: Batch
+    dead_letters: dict[str, int] | None
+
+
 class Prefetcher:
     """Iterates a reader on its own thread so parsing and file I/O stay off the training thread.
 
     Exceptions raised by the reader are re-raised in the consumer, at the batch where they happened.
     With ``pin`` (training on CUDA) batches are copied to page-locked memory here, so the training
-    thread's ``non_blocking`` copy to the device is truly asynchronous.
+    thread's ``non_blocking`` copy to the device is truly asynchronous. Each batch comes with the
+    dead-letter mark taken right after the reader produced it (see the position contract above).
+    The consumer polls, so ``stopping()`` (a signal asked the run to stop) ends a wait for a batch.
     """
 
     _END = object()
 
-    def __init__(self, reader: Reader, depth: int = 8, pin: bool = False):
+    def __init__(self, reader: Reader, depth: int = 8, pin: bool = False, dead_letters: DeadLetters | None = None):
         self._pin = pin
+        self._dead_letters = dead_letters
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, args=(reader,), name="lifelong-reader", daemon=True)
@@ -81,11 +146,12 @@ class Prefetcher:
     def _fill(self, reader: Reader) -> None:
         try:
             for batch in reader:
+                mark = self._dead_letters.mark() if self._dead_letters is not None else None
                 if self._pin:
                     batch = _pinned(batch)
                 while not self._stop.is_set():
                     try:
-                        self._queue.put(batch, timeout=0.1)
+                        self._queue.put(Fetched(batch, mark), timeout=0.1)
                         break
                     except queue.Full:
                         continue
@@ -95,14 +161,23 @@ class Prefetcher:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             self._queue.put(exc)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def fetched(self, stopping: Any = None) -> Iterator[Fetched]:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if stopping is not None and stopping():
+                    return
+                continue
             if item is self._END:
                 return
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    def __iter__(self) -> Iterator[Batch]:
+        for item in self.fetched():
+            yield item.batch
 
     def close(self) -> None:
         self._stop.set()
@@ -118,4 +193,5 @@ def _pinned(batch: Batch) -> Batch:
         source=batch.source,
         start=batch.start,
         stop=batch.stop,
+        position=batch.position,
     )

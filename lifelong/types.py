@@ -20,6 +20,8 @@ class Batch:
     mix tasks in one batch, so it is per sample), else None. ``experience`` is the experience id the
     reader assigned; a batch never spans two experiences. ``source``/``start``/``stop`` locate the
     batch in its source (file and record offsets, half-open) for dead letters and generation tags.
+    ``position`` is where the stream stands right after this batch, as plain JSON data, for
+    readers that can resume (see :class:`lifelong.readers.Reader`); None for readers that cannot.
     """
 
     x: torch.Tensor
@@ -29,6 +31,7 @@ class Batch:
     source: str = ""
     start: int = 0
     stop: int = 0
+    position: Any = None
 
     def __len__(self) -> int:
         return self.y.shape[0]
@@ -42,6 +45,7 @@ class Batch:
             source=self.source,
             start=self.start,
             stop=self.stop,
+            position=self.position,
         )
 
     @staticmethod
@@ -61,6 +65,7 @@ class Batch:
             source=first.source,
             start=first.start,
             stop=first.stop,
+            position=first.position,
         )
 
 
@@ -139,7 +144,11 @@ class Generation:
     """A consolidated model: what trackers log and register, and what a service promotes or serves.
 
     ``state`` holds CPU copies taken at the boundary, so trackers can write them on their own
-    threads while training goes on.
+    threads while training goes on. ``session`` is the id of the session that made it (kept across
+    resumes); ``parent`` the index of the previous generation of the session; ``continues``, on the
+    first generation of a session whose model continued from an earlier one (an MLflow version or a
+    checkpoint), where that model came from: ``{"ref", "session", "generation"}``. The kernel keeps
+    no reference to a generation once trackers and the checkpoint writer have it.
     """
 
     index: int
@@ -151,3 +160,5 @@ class Generation:
     state: dict[str, torch.Tensor]
     strategy_state: dict[str, dict[str, Any]]
     records: dict[str, Any] = field(default_factory=dict)  # filled by trackers, e.g. model version
+    session: str = ""
+    continues: dict[str, Any] | None = None

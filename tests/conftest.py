@@ -27,7 +27,7 @@ def run_pipeline(tmp_path: Path, overrides: list[str] = (), path: str | None = N
     raw = config.load(path, [*QUIET, *tracking, *overrides])
     plan = pipeline.build(host or PluginHost(), raw, tmp_path / "dead_letters.jsonl")
     runner = pipeline.Runner(plan)
-    summary = runner.finish(runner.execute())
+    summary = runner.execute()
     return summary, runner
 
 

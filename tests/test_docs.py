@@ -31,3 +31,15 @@ def test_every_builtin_component_and_option_is_documented():
 
 def test_the_reference_is_up_to_date():
     assert DOC.read_text() == docgen.render(), "regenerate: python -m lifelong.docgen > docs/plugins.md"
+
+
+def test_every_kernel_option_is_documented():
+    text = DOC.read_text()
+    assert "## Kernel options" in text, "docs/plugins.md has no Kernel options section"
+    section = text.split("## Kernel options", 1)[1].split("## Built-in components", 1)[0]
+    kernel = PluginHost().describe()["kernel_options"]
+    assert set(kernel) == {"learner", "checkpoint"}
+    for name, rows in kernel.items():
+        table = section.split(f"### `[{name}]`", 1)[1].split("### ", 1)[0]
+        for row in rows:
+            assert f"| `{row['name']}` |" in table, f"{name}.{row['name']} is missing from docs/plugins.md"

@@ -22,7 +22,7 @@ first batch of a span         ``before_training_exp``, ``before_training_epoch``
 ``extra_loss``                ``after_forward``, ``before_backward`` (training batch and logits)
 ``before_optimizer_step``     ``after_backward``, ``before_update`` (GEM/A-GEM project gradients)
 ``after_step``                ``after_update``, ``after_training_iteration``
-``on_experience_end``         ``after_training_epoch``, ``after_training_exp``
+``on_boundary``                ``after_training_epoch``, ``after_training_exp``
 ============================  ==================================================================
 
 - **The loss.** Plugins add their penalty to ``strategy.loss`` in ``before_backward`` (in place).
@@ -78,9 +78,10 @@ log = logging.getLogger(__name__)
 WHERE = "strategy.avalanche"
 AVALANCHE_VERSION = "0.6.0"
 INSTALL_HINT = (
-    "pip install 'lifelong[avalanche]' (Avalanche 0.6.0). Avalanche imports torchvision, which must be "
+    "pip install '.[avalanche]' in the lifelong checkout (or pip install 'avalanche-lib==0.6.0'; lifelong "
+    "is installed from its checkout, not from a package index). Avalanche imports torchvision, which must be "
     "the build that matches your torch: install torch and torchvision together first "
-    "(bench/avalanche_env.sh builds a working environment: torch 2.14.1 with torchvision 0.29.1)"
+    "(bench/avalanche_env.sh builds a working environment: torch 2.14.1 with torchvision 0.29.1; see docs/avalanche.md)"
 )
 
 
@@ -351,26 +352,23 @@ class AvalancheAdapter:
             )
 
     @hookimpl
-    def wrap_model(self, spec) -> None:
-        """Not a wrapper: the one hook that sees the stream's shape while the run is built, so an
-        unusable combination fails before training (and before trackers open a run)."""
-        self._check_heads(spec.info.num_tasks)
-        return None
+    def validate(self, run) -> None:
+        """An unusable combination fails before training (and before trackers open a run)."""
+        self._check_heads(run.info.num_tasks)
 
     @hookimpl
     def on_run_start(self, run) -> None:
         info = run.info
         self.task_aware = info.num_tasks > 1
-        self._check_heads(info.num_tasks)
-        learner = run.config.get("learner", {}) if isinstance(run.config, dict) else {}
+        learner = run.learner
         shim = self.shim
         self.model = run.model
         shim.model = wrap_model(run.model, multi_task=self.task_aware, features=self.name == "LFLPlugin")
         shim.optimizer = run.optimizer
         shim.device = torch.device(run.device)
-        shim.train_epochs = int(learner.get("epochs", 1))
-        shim.train_mb_size = int(learner.get("batch_size", 32))
-        shim.eval_mb_size = int(learner.get("eval_batch_size", shim.train_mb_size))
+        shim.train_epochs = learner.epochs
+        shim.train_mb_size = learner.batch_size
+        shim.eval_mb_size = learner.eval_batch_size
         generator = torch.Generator(device=run.device).manual_seed(run.seed + 104729)
         self.samples = SpanSamples(self.options.experience_samples, generator)
         shim.is_training = True
@@ -452,7 +450,7 @@ class AvalancheAdapter:
             self.samples.add(batch.x.detach(), batch.y, self._task(batch))
 
     @hookimpl
-    def on_experience_end(self) -> None:
+    def on_boundary(self) -> None:
         shim = self.shim
         data = self.samples.take()
         if data is None:  # a span without first-pass samples (never from the kernel's loop)

@@ -1,4 +1,9 @@
-"""Boundary detectors: experience change, fixed windows, and drift on the training loss."""
+"""Boundary detectors: experience change, fixed windows, and drift on the training loss.
+
+Each detector has ``state_dict() -> dict`` and ``load_state_dict(state)``: the state is plain JSON
+(numbers, strings, None), so a checkpoint carries it without pickle, and a detector restored from
+it makes exactly the decisions the uninterrupted one would have made.
+"""
 
 from lifelong import hookimpl
 from lifelong_boundaries.detectors import ExperienceChange, Window, WindowOptions
@@ -11,4 +16,4 @@ __version__ = "0.1.0"
 def register_boundary_detectors(register):
     register("experience-change", ExperienceChange, help="a boundary where the reader's experience id changes")
     register("window", Window, options=WindowOptions, help="a boundary every N batches (task-free streams)")
-    register("loss-drift", LossDrift, options=DriftOptions, help="a boundary where ADWIN detects drift in the training loss")
+    register("loss-drift", LossDrift, options=DriftOptions, help="a boundary where a Page-Hinkley test detects a rise of the training loss")

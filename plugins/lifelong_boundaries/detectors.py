@@ -18,6 +18,14 @@ class ExperienceChange:
         self._last = batch.experience
         return changed
 
+    def state_dict(self) -> dict:
+        """The last batch's experience id (None before the first batch); JSON."""
+        return {"last": self._last}
+
+    def load_state_dict(self, state: dict) -> None:
+        last = state["last"]
+        self._last = None if last is None else int(last)
+
 
 @dataclass
 class WindowOptions:
@@ -39,3 +47,10 @@ class Window:
         boundary = self._seen > 0 and self._seen % self.batches == 0
         self._seen += 1
         return boundary
+
+    def state_dict(self) -> dict:
+        """Batches seen so far; JSON."""
+        return {"seen": self._seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._seen = int(state["seen"])

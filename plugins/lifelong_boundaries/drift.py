@@ -13,8 +13,21 @@ last boundary, so a new task whose loss starts below the current regime's mean g
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
 from lifelong.types import Batch
+
+# What river 0.26's drift.PageHinkley keeps between updates, besides its constructor parameters
+# (which come from DriftOptions) and ``_test_drift`` (chosen by ``mode``): the state a checkpoint
+# carries, attribute by attribute, so that no pickle is needed. ``_x_mean`` is a stats.Mean
+# (``n``, ``_mean``).
+PAGE_HINKLEY_STATE = ("_drift_detected", "_sum_increase", "_sum_decrease", "_min_increase", "_max_decrease")
+
+
+def _float_to_json(x: float) -> float | str:
+    """Finite floats as they are (JSON keeps them exactly), inf/-inf/nan as strings (strict JSON has none)."""
+    return x if math.isfinite(x) else repr(float(x))
 
 
 @dataclass
@@ -53,6 +66,29 @@ class LossDrift:
     def before_batch(self, batch: Batch) -> bool:
         self._since += 1
         return False
+
+    def state_dict(self) -> dict:
+        """Batches since the last boundary and the Page-Hinkley test's full state, as plain JSON."""
+        test = self._test
+        state = {name.lstrip("_"): getattr(test, name) for name in PAGE_HINKLEY_STATE}
+        state["drift_detected"] = bool(state["drift_detected"])
+        for name in ("sum_increase", "sum_decrease", "min_increase", "max_decrease"):
+            state[name] = _float_to_json(float(state[name]))
+        state["mean_n"] = _float_to_json(float(test._x_mean.n))
+        state["mean"] = _float_to_json(float(test._x_mean._mean))
+        return {"since": self._since, "page_hinkley": state}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned; the test keeps this detector's options."""
+        self._since = int(state["since"])
+        ph = state["page_hinkley"]
+        test = self._new_test()
+        test._drift_detected = bool(ph["drift_detected"])
+        for name in ("sum_increase", "sum_decrease", "min_increase", "max_decrease"):
+            setattr(test, f"_{name}", float(ph[name]))
+        test._x_mean.n = float(ph["mean_n"])
+        test._x_mean._mean = float(ph["mean"])
+        self._test = test
 
     def observe(self, metrics: dict[str, float]) -> bool:
         loss = metrics.get("loss")

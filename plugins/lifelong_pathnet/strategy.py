@@ -82,13 +82,16 @@ class PathNet:
         return self.model, ModelSpec("pathnet", opts.to_dict(grid), spec.info)
 
     @hookimpl
-    def on_run_start(self, run) -> None:
-        others = set(run.config["learner"]["strategies"]) - COMPATIBLE
+    def validate(self, run) -> None:
+        others = set(run.strategies) - COMPATIBLE
         if others:
             raise ConfigError(
                 "learner.strategies",
                 f"pathnet protects past tasks by freezing their paths and does not compose with {sorted(others)}",
             )
+
+    @hookimpl
+    def on_run_start(self, run) -> None:
         self.optimizer = run.optimizer
         self.device = run.device
         self.rng = np.random.default_rng(run.seed + 104729)
@@ -121,7 +124,7 @@ class PathNet:
 
     # -- boundaries -------------------------------------------------------------------------------
     @hookimpl
-    def on_experience_end(self, experience, model) -> None:
+    def on_boundary(self, experience, model) -> None:
         task = self.model.current
         best = self.tournament.genotype(self.tournament.best())
         task_ids = self.seen_tasks.nonzero().squeeze(1).tolist()

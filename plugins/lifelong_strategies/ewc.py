@@ -312,6 +312,28 @@ class Reservoir:
     def clear(self) -> None:
         self.seen = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        data = self.samples()
+        if data is None:
+            return {"seen": self.seen}
+        x, y, task = data
+        return {"seen": self.seen, "x": x, "y": y, **({} if task is None else {"task": task})}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seen = int(state["seen"])
+        if "x" not in state:
+            return
+        x, y, task = state["x"], state["y"], state.get("task")
+        device = self.generator.device if self.generator is not None else x.device
+        k = len(y)
+        self.x = x.new_empty((self.capacity + 1, *x.shape[1:]), device=device)
+        self.y = y.new_empty(self.capacity + 1, device=device)
+        self.task = None if task is None else task.new_empty(self.capacity + 1, device=device)
+        self.x[:k].copy_(x)
+        self.y[:k].copy_(y)
+        if task is not None:
+            self.task[:k].copy_(task)
+
 
 class EWC:
     """EWC penalty in ``extra_loss``, Fisher samples in ``after_step``, consolidation at boundaries."""
@@ -341,7 +363,7 @@ class EWC:
         return self.penalty.penalty(self.options.lambda_) if self.options.lambda_ else None
 
     @hookimpl
-    def on_experience_end(self, model: torch.nn.Module) -> None:
+    def on_boundary(self, model: torch.nn.Module) -> None:
         data = self.reservoir.samples()
         if data is None:
             return
@@ -374,11 +396,19 @@ class EWC:
         self.experiences += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.penalty.state_dict(), "experiences": self.experiences}
+        # The Fisher samples of the span in hand and the generator make a mid-span checkpoint exact.
+        state = {**self.penalty.state_dict(), "experiences": self.experiences, "fisher_samples": self.reservoir.state_dict()}
+        if self.generator is not None:
+            state["rng"] = self.generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.penalty.load_state_dict(state)
         self.experiences = int(state["experiences"])
         if self.model is not None:
             self.penalty.bind(self.model)
+        if self.generator is not None and "rng" in state:
+            self.generator.set_state(state["rng"])
+        if "fisher_samples" in state:
+            self.reservoir.load_state_dict(state["fisher_samples"])
 

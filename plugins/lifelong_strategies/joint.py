@@ -28,7 +28,7 @@ b·(E+1) samples in the E-th span). It is a benchmark reference, not a productio
 ...     joint.after_step(batch, None, first_pass=True)
 >>> joint.augment_batch(batch) is None  # nothing from a completed span yet
 True
->>> joint.on_experience_end(None, None)
+>>> joint.on_boundary(None, None)
 >>> len(joint.augment_batch(batch)), joint.stored
 (8, 32)
 """
@@ -103,7 +103,7 @@ class Joint:
         self.stored += n
 
     @hookimpl
-    def on_experience_end(self, experience, model) -> None:
+    def on_boundary(self, experience, model) -> None:
         self.past = self.stored
         self.spans += 1
         self._order = None
@@ -117,6 +117,8 @@ class Joint:
             "spans": self.spans,
             "memory_bytes": self.memory_bytes,
             "rng": self.generator.get_state(),
+            # where the current pass over the past samples stands (a mid-span checkpoint resumes it)
+            **({} if self._order is None else {"order": self._order, "cursor": self._cursor}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -128,6 +130,7 @@ class Joint:
             self.buffer.grow(n, keep=0)
         self.stored = self.buffer.load(state["memory"])
         self.past, self.spans = int(state["past"]), int(state["spans"])
-        self._order = None
+        self._order = state["order"].to(self.device) if "order" in state else None
+        self._cursor = int(state.get("cursor", 0))
         if "rng" in state:
             self.generator.set_state(state["rng"])

@@ -8,7 +8,7 @@ parameters that appear after a consolidation are free until the next one.
 >>> from lifelong_strategies.l2 import L2, L2Options
 >>> model = torch.nn.Linear(2, 1)
 >>> strategy = L2(L2Options(lambda_=0.5))
->>> strategy.on_experience_end(model)
+>>> strategy.on_boundary(model)
 >>> with torch.no_grad():
 ...     _ = model.weight.add_(1.0)
 >>> round(strategy.extra_loss().item(), 4)  # (0.5/2)·(1² + 1²)
@@ -53,7 +53,7 @@ class L2:
         return self.penalty.penalty(self.options.lambda_) if self.options.lambda_ else None
 
     @hookimpl
-    def on_experience_end(self, model: torch.nn.Module) -> None:
+    def on_boundary(self, model: torch.nn.Module) -> None:
         self.penalty.set(model)
 
     def state_dict(self) -> dict[str, Any]:

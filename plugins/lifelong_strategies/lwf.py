@@ -24,7 +24,7 @@ Which outputs are distilled, by scenario:
 >>> lwf = LwF(LwFOptions(alpha=1.0, temperature=2.0))
 >>> batch = Batch(x=torch.randn(8, 4), y=torch.tensor([0, 1] * 4))
 >>> lwf.after_step(batch)
->>> lwf.on_experience_end(model)
+>>> lwf.on_boundary(model)
 >>> lwf.extra_loss(batch, model(batch.x), model).item()  # the model equals its teacher
 0.0
 """
@@ -86,7 +86,7 @@ class LwF:
             self.tasks.index_fill_(0, batch.task, True)
 
     @hookimpl
-    def on_experience_end(self, model: torch.nn.Module) -> None:
+    def on_boundary(self, model: torch.nn.Module) -> None:
         self.teacher = _frozen_copy(model)
         # One host read per boundary: the index of what the teacher knows.
         self.old_classes = None if self.classes is None else self.classes.nonzero().flatten()
@@ -118,6 +118,9 @@ class LwF:
             "teacher": None if self.teacher is None else self.teacher.state_dict(),
             "classes": self.classes,
             "tasks": self.tasks,
+            # what the teacher knows, fixed at the last boundary (classes above keep growing after it)
+            "old_classes": self.old_classes,
+            "old_tasks": self.old_tasks,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -126,13 +129,23 @@ class LwF:
             return
         self._pending = None
         device = next(self.model.parameters()).device
+        known = {name: state.get(f"old_{name}") for name in ("classes", "tasks")}
+        if state.get("teacher") is not None and "old_classes" not in state:  # saved before old_* were kept
+            known = {name: state.get(name) for name in ("classes", "tasks")}
         for name in ("classes", "tasks"):
             if state.get(name) is not None:
                 setattr(self, name, state[name].to(device))
         if state.get("teacher") is not None:
             teacher = copy.deepcopy(self.model)
             teacher.load_state_dict(state["teacher"])
-            self.on_experience_end(teacher)
+            self.teacher = _frozen_copy(teacher)
+            old_classes, old_tasks = known["classes"], known["tasks"]
+            if old_classes is not None and old_classes.dtype == torch.bool:
+                old_classes = old_classes.nonzero().flatten()
+            if old_tasks is not None and old_tasks.dtype == torch.bool:
+                old_tasks = old_tasks.nonzero().flatten()
+            self.old_classes = None if old_classes is None else old_classes.to(device)
+            self.old_tasks = old_tasks.to(device) if self.multi_head and old_tasks is not None else None
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -28,7 +28,7 @@ Fills (when the memory takes the stream's samples):
 
 - ``experience-end`` (default): the current experience is offered to a second, staging memory of
   the same size and policy (the same per-batch cost, twice the memory), which is folded into the
-  replayed memory at the experience's end (``on_experience_end``, at every boundary, detected ones
+  replayed memory at the experience's end (``on_boundary``, at every boundary, detected ones
   included). The replayed memory therefore holds past experiences only, as Avalanche's
   ``ReplayPlugin`` (which fills at experience end, experience-balanced), so every replayed sample
   rehearses the past; nothing is replayed during the first experience (nor in a stream that never
@@ -56,7 +56,7 @@ replay but not offered to the memory again.
 ...     replay.after_step(Batch(x=torch.rand(8, 3), y=torch.randint(2, (8,))), None, first_pass=True)
 >>> replay.stage_seen, replay.filled, replay.augment_batch(batch) is None  # the first experience is staged
 (40, 0, True)
->>> replay.on_experience_end()
+>>> replay.on_boundary()
 >>> replay.seen, replay.filled, len(replay.augment_batch(batch))
 (40, 10, 4)
 """
@@ -265,7 +265,7 @@ class Replay:
             self.seen += len(batch)
 
     @hookimpl
-    def on_experience_end(self) -> None:
+    def on_boundary(self) -> None:
         if self.stage is not None and self.stage_seen:
             self._merge(self.stage, self.stage_priority, self.stage_seen)
             self.stage_seen = 0

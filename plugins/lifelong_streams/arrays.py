@@ -16,6 +16,9 @@ class ArrayStream:
     ``train`` and ``test`` map experience id to ``(x, y, task)`` with ``task`` None or an int
     array; ``offsets`` maps experience id to each training sample's offset in its source (so a
     batch can name the records it came from).
+
+    Resumable: a batch's ``position`` is ``{"record": n}``, the number of training records streamed
+    up to and including it, and ``seek`` restarts the stream right after it.
     """
 
     def __init__(
@@ -33,18 +36,35 @@ class ArrayStream:
         self._offsets = offsets
         self.batch_size = batch_size
         self.source = source
+        self._skip = 0
         if info.num_batches is None:
             info.num_batches = sum(-(-len(y) // batch_size) for _, y, _ in self._train.values())
 
     def info(self) -> StreamInfo:
         return self._info
 
+    def seek(self, position: dict) -> None:
+        record = position.get("record") if isinstance(position, dict) else None
+        if not isinstance(record, int) or record < 0:
+            raise ValueError(f"not a position of this stream: {position!r}")
+        self._skip = record
+
     def __iter__(self) -> Iterator[Batch]:
         bs = self.batch_size
+        skip, self._skip = self._skip, 0
+        streamed = 0
         for exp, (x, y, task) in self._train.items():
             offsets = self._offsets[exp] if self._offsets is not None else None
-            for start in range(0, len(y), bs):
+            first = 0
+            if skip:
+                first = min(skip, len(y))
+                skip -= first
+                streamed += first
+                if first < len(y) and first % bs:
+                    raise ValueError(f"record {streamed} is not a batch boundary of this stream (batch size {bs})")
+            for start in range(first, len(y), bs):
                 stop = min(start + bs, len(y))
+                streamed += stop - start
                 yield Batch(
                     x=x[start:stop],
                     y=y[start:stop],
@@ -53,6 +73,7 @@ class ArrayStream:
                     source=self.source,
                     start=int(offsets[start:stop].min()) if offsets is not None else start,
                     stop=int(offsets[start:stop].max()) + 1 if offsets is not None else stop,
+                    position={"record": streamed},
                 )
 
     def test_set(self, experience: int) -> Batch | None:

@@ -9,7 +9,8 @@ are skipped; the file is read as UTF-8 (a byte-order mark is allowed).
 The file is streamed: ``__iter__`` (run on the kernel's reader thread) reads it with the csv module
 and yields minibatches of ``batch_size`` rows in file order, cut early where the experience id
 changes, so a batch never spans two experiences. Batch offsets are 1-based line numbers (the
-header is line 1), half-open.
+header is line 1), half-open. The reader is resumable: it seeks by byte offset and line
+(:mod:`lifelong_streams.records`).
 
 Classes: ``classes`` lists the label values in head order. Without it the reader scans the file
 once upfront and takes every label of a valid row, sorted (numerically when all labels are
@@ -53,13 +54,13 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Iterator, Literal
 
 import numpy as np
 
 from lifelong.errors import ConfigError, UserError
 from lifelong.readers import ReaderContext
-from lifelong_streams.records import BadRecord, RecordStream, check_options, label_order
+from lifelong_streams.records import BadRecord, Lines, Position, RecordStream, check_options, label_order
 
 
 @dataclass
@@ -84,6 +85,7 @@ class Record:
     line: int  # 1-based line where the record starts
     raw: str
     fields: list[str] | None  # None when the csv module could not parse the text
+    after: Position  # where the next record starts
     error: str = ""
 
 
@@ -175,27 +177,6 @@ def _experience_id(text: str, column: str) -> int:
     return int(value)
 
 
-class _Tap:
-    """Passes lines to the csv module and keeps the ones it read, so a record's raw text is known."""
-
-    def __init__(self, lines: Iterable[str]):
-        self._lines = iter(lines)
-        self.taken: list[str] = []
-
-    def __iter__(self) -> _Tap:
-        return self
-
-    def __next__(self) -> str:
-        line = next(self._lines)
-        self.taken.append(line)
-        return line
-
-    def take(self) -> str:
-        raw = "".join(self.taken).rstrip("\r\n")
-        self.taken.clear()
-        return raw
-
-
 def read_header(source: str, delimiter: str) -> list[str]:
     if not Path(source).is_file():
         raise UserError(f"csv file {source!r} does not exist (stream.path or stream.test_path)")
@@ -209,26 +190,27 @@ def read_header(source: str, delimiter: str) -> list[str]:
     return header
 
 
-def records(source: str, delimiter: str) -> Iterator[Record]:
-    """Every record after the header, with its line number and raw text; blank lines are skipped."""
-    # errors="replace": undecodable bytes become a bad record instead of ending the stream.
-    with open(source, newline="", encoding="utf-8-sig", errors="replace") as f:
-        tap = _Tap(f)
-        reader = csv.reader(tap, delimiter=delimiter)
-        next(reader, None)
-        tap.take()
+def records(source: str, delimiter: str, start: Position | None = None) -> Iterator[Record]:
+    """Every record after the header (or from ``start``), with its line number, raw text and the
+    position after it; blank lines are skipped."""
+    with open(source, "rb") as handle:
+        lines = Lines(handle, start)
+        reader = csv.reader(lines, delimiter=delimiter)
+        if start is None:
+            next(reader, None)  # the header
+            lines.take()
         while True:
-            line = reader.line_num + 1
+            line = lines.line
             try:
                 fields = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
-                yield Record(line, tap.take(), None, f"unparseable CSV: {exc}")
+                yield Record(line, lines.take(), None, lines.position(), f"unparseable CSV: {exc}")
                 continue
-            raw = tap.take()
+            raw = lines.take()
             if fields:
-                yield Record(line, raw, fields)
+                yield Record(line, raw, fields, lines.position())
 
 
 class CsvStream(RecordStream):
@@ -269,12 +251,14 @@ class CsvStream(RecordStream):
             raise UserError(f"csv file {self.source!r} has no valid rows, so its classes cannot be known")
         return (list(given) if given is not None else label_order(labels)), max_experience
 
-    def _parsed(self, source: str) -> Iterator[tuple[int, np.ndarray, int, int]]:
+    def _parsed(
+        self, source: str, start: Position | None = None, quiet: bool = False
+    ) -> Iterator[tuple[int, np.ndarray | None, int, int, Position]]:
         columns = self.columns
         if source != self.source:  # the test file: its own header, the training file's feature order
             header = read_header(source, self.options.delimiter)
             columns = Columns.from_header(header, self.options, source, [self.columns.names[i] for i in self.columns.features])
-        for record in records(source, self.options.delimiter):
+        for record in records(source, self.options.delimiter, start):
             try:
                 if record.fields is None:
                     raise BadRecord(record.error)
@@ -282,9 +266,11 @@ class CsvStream(RecordStream):
                 if exp >= self.num_tasks and self.task:
                     raise BadRecord(f"experience id {exp} has no task head (the training file has {self.num_tasks} tasks)")
             except BadRecord as bad:
-                self.context.dead_letter(str(bad), source, record.line, record.raw)
+                if not quiet:
+                    self.context.dead_letter(str(bad), source, record.line, record.raw)
+                yield record.line, None, -1, -1, record.after
                 continue
-            yield record.line, x, y, exp  # type: ignore[misc]
+            yield record.line, x, y, exp, record.after  # type: ignore[misc]
 
 
 def csv_reader(options: CsvOptions, context: ReaderContext) -> CsvStream:

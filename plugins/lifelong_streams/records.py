@@ -6,6 +6,13 @@ the experience changes, 1-based half-open line offsets, a seeded hold-out of tes
 test sets handed to the kernel's training thread once the stream (on the reader thread) has moved
 past an experience. That logic lives here once, in :class:`RecordStream`, so the readers differ only
 in how they parse a record and which dtype their features have.
+
+Both are resumable (see :mod:`lifelong.readers`): files are read as bytes by :class:`Lines`, which
+knows the byte offset and line number after every record, and a batch's position is
+``{"offset", "line", "segment", "experience"}``: where the next record starts, and where the
+current experience's run of records began. ``seek`` opens the file at that offset; the rows of the
+current experience held out before it are collected again from ``segment`` (read quietly: their
+bad records are in the dead-letter file already), so its test set is whole.
 """
 
 from __future__ import annotations
@@ -21,6 +28,49 @@ from lifelong.readers import ReaderContext
 from lifelong.types import Batch, StreamInfo
 
 Rows = list[tuple[np.ndarray, int]]  # (features, class index) of one experience
+Position = dict[str, int]  # {"offset": byte offset, "line": 1-based number of the line starting there}
+BOM = b"\xef\xbb\xbf"
+
+
+class Lines:
+    """Decoded lines of a file read as bytes, with the byte offset and line number after each one.
+
+    Undecodable bytes become U+FFFD (a bad record, not the end of the stream); a UTF-8 byte-order
+    mark at the start of the file is skipped. ``taken`` collects the lines handed out since the last
+    ``take()``, so a parser that consumes several lines per record can return the record's raw text.
+    """
+
+    def __init__(self, handle: Any, start: Position | None = None):
+        self._handle = handle
+        if start is None:
+            if handle.read(3) != BOM:
+                handle.seek(0)
+            self.offset, self.line = handle.tell(), 1
+        else:
+            handle.seek(start["offset"])
+            self.offset, self.line = start["offset"], start["line"]
+        self.taken: list[str] = []
+
+    def __iter__(self) -> Lines:
+        return self
+
+    def __next__(self) -> str:
+        data = self._handle.readline()
+        if not data:
+            raise StopIteration
+        self.offset += len(data)
+        self.line += 1
+        text = data.decode("utf-8", errors="replace")
+        self.taken.append(text)
+        return text
+
+    def position(self) -> Position:
+        return {"offset": self.offset, "line": self.line}
+
+    def take(self) -> str:
+        raw = "".join(self.taken).rstrip("\r\n")
+        self.taken.clear()
+        return raw
 
 
 class BadRecord(Exception):
@@ -72,9 +122,12 @@ class RecordStream:
     task: bool
     num_tasks: int
 
-    def _parsed(self, source: str) -> Iterator[tuple[int, np.ndarray, int, int]]:
-        """(line, features, class index, experience id) of every valid record of ``source``, in file
-        order; bad records go to the dead letters."""
+    def _parsed(
+        self, source: str, start: Position | None = None, quiet: bool = False
+    ) -> Iterator[tuple[int, np.ndarray | None, int, int, Position]]:
+        """(line, features, class index, experience id, position after it) of every record of
+        ``source`` in file order, from ``start`` (a position) or the first record; a bad record
+        comes as (line, None, -1, -1, position after it), already dead-lettered unless ``quiet``."""
         raise NotImplementedError
 
     def _set_up(self, input_shape: tuple[int, ...], classes: list[str], test_source: str) -> None:
@@ -95,18 +148,24 @@ class RecordStream:
 
     def _read_test(self, source: str) -> dict[int, Batch]:
         rows: dict[int, Rows] = {}
-        for _, x, y, exp in self._parsed(source):
-            rows.setdefault(exp, []).append((x, y))
+        for _, x, y, exp, _ in self._parsed(source):
+            if x is not None:
+                rows.setdefault(exp, []).append((x, y))
         return {exp: self._batch(data, exp, source) for exp, data in rows.items()}
 
-    def _batch(self, rows: Rows, exp: int, source: str, start: int = 0, stop: int = 0) -> Batch:
+    def _batch(self, rows: Rows, exp: int, source: str, start: int = 0, stop: int = 0, position: Any = None) -> Batch:
         x = torch.from_numpy(np.stack([r[0] for r in rows]).astype(self.x_dtype, copy=False))
         y = torch.tensor([r[1] for r in rows], dtype=torch.long)
         task = torch.full((len(rows),), exp, dtype=torch.long) if self.task else None
-        return Batch(x=x, y=y, experience=exp, task=task, source=source, start=start, stop=stop)
+        return Batch(x=x, y=y, experience=exp, task=task, source=source, start=start, stop=stop, position=position)
 
     def info(self) -> StreamInfo:
         return self._info
+
+    def seek(self, position: dict[str, Any]) -> None:
+        if not isinstance(position, dict) or not {"offset", "line", "segment", "experience"} <= set(position):
+            raise ValueError(f"not a position of this stream: {position!r}")
+        self._resume = position
 
     def __iter__(self) -> Iterator[Batch]:
         """Batches of ``batch_size`` rows in file order, cut where the experience changes; held-out
@@ -114,16 +173,34 @@ class RecordStream:
         with self._lock:
             self._held, self._ready = {}, {}
         fraction, seed, size = self.options.test_fraction, self.context.seed, self.context.batch_size
+        resume, self._resume = getattr(self, "_resume", None), None
+        current: int | None = None
+        segment: Position | None = None  # where the current experience's run of records began
+        here: Position | None = None  # after the last record read
+        if resume is not None:
+            here = {"offset": resume["offset"], "line": resume["line"]}
+            current, segment = resume["experience"], resume["segment"]
+            if current is not None and fraction:
+                self._recollect(segment, here, current)
+
+        def position(at: Position | None, exp: int | None) -> dict[str, Any]:
+            return {**(at or {"offset": 0, "line": 1}), "segment": segment, "experience": exp}
+
         rows: Rows = []
         start = last = 0
-        current: int | None = None
-        for line, x, y, exp in self._parsed(self.source):
+        for line, x, y, exp, after in self._parsed(self.source, here):
+            before, here = here, after
+            if x is None:
+                continue
             if exp != current:
                 if current is not None:
                     self._finish(current)  # before its last batch, so it is ready when the boundary comes
                 if rows:
-                    yield self._batch(rows, current, self.source, start, last + 1)  # type: ignore[arg-type]
+                    # The stream stands before this record, which opens the next experience; the position
+                    # still names the finished one, so a seek here collects its held-out rows again.
+                    yield self._batch(rows, current, self.source, start, last + 1, position(before, current))  # type: ignore[arg-type]
                     rows = []
+                segment = before
                 current = exp
             if fraction and held_out(seed, line, fraction):
                 self._held.setdefault(exp, []).append((x, y))
@@ -133,12 +210,21 @@ class RecordStream:
             rows.append((x, y))
             last = line
             if len(rows) == size:
-                yield self._batch(rows, exp, self.source, start, last + 1)
+                yield self._batch(rows, exp, self.source, start, last + 1, position(here, exp))
                 rows = []
         if current is not None:
             self._finish(current)
         if rows:
-            yield self._batch(rows, current, self.source, start, last + 1)  # type: ignore[arg-type]
+            yield self._batch(rows, current, self.source, start, last + 1, position(here, current))  # type: ignore[arg-type]
+
+    def _recollect(self, segment: Position, until: Position, exp: int) -> None:
+        """The rows of ``exp`` held out between ``segment`` and ``until``, read again after a seek."""
+        fraction, seed = self.options.test_fraction, self.context.seed
+        for line, x, y, row_exp, after in self._parsed(self.source, segment, quiet=True):
+            if x is not None and row_exp == exp and held_out(seed, line, fraction):
+                self._held.setdefault(exp, []).append((x, y))
+            if after["offset"] >= until["offset"]:
+                return
 
     def _finish(self, exp: int) -> None:
         """The stream moved past ``exp``: its held-out rows so far become its test set."""

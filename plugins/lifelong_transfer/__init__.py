@@ -7,8 +7,9 @@ Models (``[model] name = …``):
 - ``torchvision`` / ``timm``: any classification architecture of those libraries (``arch``) when
   installed, weights from a local file or the library's local cache only;
 - ``file``: any model component's architecture with weights from a safetensors file or a torch
-  state_dict (pickles refused unless ``allow_pickle``);
-- ``mlflow``: continue from a registered generation (``models:/NAME@ALIAS``).
+  state_dict (pickles refused unless ``allow_pickle``), or the model of a lifelong checkpoint
+  directory (architecture, options, weights and strategy state from the checkpoint);
+- ``mlflow``: continue from a registered generation (``models:/NAME@ALIAS``), strategy state included.
 
 Backbone models drop the original classifier, add a new head (one per task in the task scenario)
 and train with ``strategy`` = feature-extractor | fine-tune-top | fine-tune-all | auto
@@ -71,16 +72,16 @@ def minilm(options: MiniLMOptions, info: StreamInfo):
     return _transfer("minilm", MiniLM(options, int(info.input_shape[0])), options, info)
 
 
-def file_model(options: FileOptions, info: StreamInfo):
+def file_model(options: FileOptions, info: StreamInfo, components=None):
     from lifelong_transfer.initializers import file_model as build
 
-    return build(options, info)
+    return build(options, info, components)
 
 
-def mlflow_generation(options: GenerationOptions, info: StreamInfo):
+def mlflow_generation(options: GenerationOptions, info: StreamInfo, components=None):
     from lifelong_transfer.initializers import generation_model
 
-    return generation_model(options, info)
+    return generation_model(options, info, components)
 
 
 @hookimpl
@@ -113,7 +114,7 @@ def register_models(register):
         "file",
         file_model,
         options=FileOptions,
-        help="any model component (arch) with weights from a safetensors file or torch state_dict; pickles only if allowed",
+        help="any model component (arch) with weights from a safetensors file or torch state_dict (pickles only if allowed), or a lifelong checkpoint directory",
     )
     register(
         "mlflow",

@@ -224,7 +224,7 @@ class TransferHooks:
             return
         expected = model.options.expected_samples
         if not expected:
-            batch_size = int(run.config.get("learner", {}).get("batch_size", 0) or 0)
+            batch_size = run.learner.batch_size
             expected = (run.info.num_batches or 0) * batch_size
         classes = run.info.num_classes * max(run.info.num_tasks, 1)
         samples_per_class = expected / classes if expected else None
@@ -249,7 +249,7 @@ class TransferHooks:
         say("auto picked " + auto.describe(decision))
 
     @hookimpl
-    def on_experience_end(self, experience, model) -> None:
+    def on_boundary(self, experience, model) -> None:
         own = self.model
         per = own.options.unfreeze_per_boundary
         if per and own.strategy == "fine-tune-top":

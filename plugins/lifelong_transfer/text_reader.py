@@ -46,7 +46,7 @@ import numpy as np
 from lifelong.errors import ConfigError, UserError
 from lifelong.readers import ReaderContext
 from lifelong_streams.csv_reader import read_header, records
-from lifelong_streams.records import BadRecord, RecordStream, check_options, label_order
+from lifelong_streams.records import BadRecord, Lines, Position, RecordStream, check_options, label_order
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
@@ -142,32 +142,35 @@ class TextStream(RecordStream):
             if name and name not in header:
                 raise UserError(f"{source!r} has no column {name!r} (columns: {', '.join(header)})")
 
-    def _records(self, source: str) -> Iterator[tuple[int, str, dict[str, Any] | None, str]]:
-        """(line, raw text, fields or None, error) of every record."""
+    def _records(
+        self, source: str, start: Position | None = None
+    ) -> Iterator[tuple[int, str, dict[str, Any] | None, str, Position]]:
+        """(line, raw text, fields or None, error, position after it) of every record, from ``start``."""
         if not self._jsonl(source):
             header = read_header(source, self.options.delimiter)
-            for record in records(source, self.options.delimiter):
+            for record in records(source, self.options.delimiter, start):
                 if record.fields is None:
-                    yield record.line, record.raw, None, record.error
+                    yield record.line, record.raw, None, record.error, record.after
                 elif len(record.fields) != len(header):
-                    yield record.line, record.raw, None, f"expected {len(header)} fields, got {len(record.fields)}"
+                    yield record.line, record.raw, None, f"expected {len(header)} fields, got {len(record.fields)}", record.after
                 else:
-                    yield record.line, record.raw, dict(zip(header, record.fields)), ""
+                    yield record.line, record.raw, dict(zip(header, record.fields)), "", record.after
             return
-        with open(source, encoding="utf-8-sig", errors="replace") as f:
-            for line, raw in enumerate(f, start=1):
-                raw = raw.rstrip("\r\n")
+        with open(source, "rb") as handle:
+            lines = Lines(handle, start)
+            for text in lines:
+                line, raw = lines.line - 1, lines.take()
                 if not raw.strip():
                     continue
                 try:
                     value = json.loads(raw)
                 except json.JSONDecodeError as exc:
-                    yield line, raw, None, f"unparseable JSON: {exc}"
+                    yield line, raw, None, f"unparseable JSON: {exc}", lines.position()
                     continue
                 if not isinstance(value, dict):
-                    yield line, raw, None, f"expected a JSON object, got {type(value).__name__}"
+                    yield line, raw, None, f"expected a JSON object, got {type(value).__name__}", lines.position()
                     continue
-                yield line, raw, value, ""
+                yield line, raw, value, "", lines.position()
 
     def _fields(self, fields: dict[str, Any] | None, error: str) -> tuple[str, str, int]:
         if fields is None:
@@ -196,7 +199,7 @@ class TextStream(RecordStream):
             return list(given), 0
         labels: set[str] = set()
         max_experience = -1
-        for _, _, fields, error in self._records(self.source):
+        for _, _, fields, error, _ in self._records(self.source):
             try:
                 _, label, exp = self._fields(fields, error)
             except BadRecord:
@@ -208,8 +211,10 @@ class TextStream(RecordStream):
             raise UserError(f"text file {self.source!r} has no valid records, so its classes cannot be known")
         return (list(given) if given is not None else label_order(labels)), max_experience
 
-    def _parsed(self, source: str) -> Iterator[tuple[int, np.ndarray, int, int]]:
-        for line, raw, fields, error in self._records(source):
+    def _parsed(
+        self, source: str, start: Position | None = None, quiet: bool = False
+    ) -> Iterator[tuple[int, np.ndarray | None, int, int, Position]]:
+        for line, raw, fields, error, after in self._records(source, start):
             try:
                 text, label, exp = self._fields(fields, error)
                 if label not in self.classes:
@@ -217,9 +222,11 @@ class TextStream(RecordStream):
                 if self.task and exp >= self.num_tasks:
                     raise BadRecord(f"experience id {exp} has no task head (the training file has {self.num_tasks} tasks)")
             except BadRecord as bad:
-                self.context.dead_letter(str(bad), source, line, raw)
+                if not quiet:
+                    self.context.dead_letter(str(bad), source, line, raw)
+                yield line, None, -1, -1, after
                 continue
-            yield line, encode(text, self.options.max_bytes), self.classes[label], exp
+            yield line, encode(text, self.options.max_bytes), self.classes[label], exp, after
 
 
 def text_reader(options: TextOptions, context: ReaderContext) -> TextStream:

@@ -15,9 +15,19 @@ def test_keeping_the_component_keeps_its_options():
     assert raw["stream"]["scenario"] == "class" and raw["stream"]["experiences"] == 2
 
 
-def test_a_file_replaces_sections_and_merges_the_learner(tmp_path):
+def test_a_file_replaces_sections_and_its_learner_starts_from_the_option_defaults(tmp_path):
     path = tmp_path / "p.toml"
     path.write_text('[stream]\nreader = "permuted-digits"\n[learner]\nlr = 0.01\n')
     raw = config.load(path)
     assert raw["stream"] == {"reader": "permuted-digits"}
-    assert raw["learner"]["lr"] == 0.01 and raw["learner"]["strategies"] == ["replay", "ewc"]
+    learner = config.learner_options(raw)
+    # not the built-in demo's epochs = 5 and replay + EWC: the defaults the docs list
+    assert (learner.lr, learner.epochs, learner.strategies) == (0.01, 1, ["naive"])
+    assert config.learner_options(config.load(None)).epochs == 5  # the demo itself keeps its own
+
+
+def test_a_file_without_a_learner_section_gets_the_option_defaults(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('[model]\nname = "mlp"\n')
+    learner = config.learner_options(config.load(path, ["learner.batch_size=64"]))
+    assert (learner.epochs, learner.batch_size, learner.strategies) == (1, 64, ["naive"])

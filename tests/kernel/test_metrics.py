@@ -52,3 +52,33 @@ def test_running_metrics_sum_on_the_device_and_reset_the_window():
     assert first["prequential_accuracy"] == pytest.approx(2 / 4)
     second = running.read()
     assert math.isnan(second["loss"]) and second["prequential_accuracy"] == pytest.approx(0.5)
+
+
+def test_generations_align_with_experiences_only_one_to_one_and_in_order():
+    assert metrics.aligned([[0], [1], [2]], [0, 1, 2])
+    assert metrics.aligned([[3], [7]], [3, 7])
+    assert not metrics.aligned([[0], [1]], [0, 1, 2])  # a generation short
+    assert not metrics.aligned([[0], [0, 1], [1, 2]], [0, 1, 2])  # windows straddling experiences
+    assert not metrics.aligned([[0], [2], [1]], [0, 1, 2])  # out of order
+    assert not metrics.aligned([[0], [0], [1]], [0, 1, 2])  # experience 0 cut in two
+    assert not metrics.aligned([], [0])
+    assert metrics.aligned([], [])
+
+
+def test_window_like_spans_with_a_square_matrix_have_no_bwt_fwt_or_forgetting():
+    # three windows over three experiences: the matrix is square by coincidence
+    spans = [[0], [0, 1], [1, 2]]
+    summary = metrics.summarize(R, B, metrics.aligned(spans, [0, 1, 2]))
+    assert summary["bwt"] is None and summary["fwt"] is None and summary["forgetting"] is None
+    assert summary["acc"] == pytest.approx((0.5 + 0.7 + 0.95) / 3)
+
+
+def test_aligned_spans_give_the_numbers():
+    summary = metrics.summarize(R, B, metrics.aligned([[0], [1], [2]], [0, 1, 2]))
+    assert summary == {
+        "acc": pytest.approx((0.5 + 0.7 + 0.95) / 3),
+        "bwt": pytest.approx(((0.5 - 0.9) + (0.7 - 0.8)) / 2),
+        "fwt": pytest.approx(((0.1 - 0.05) + (0.3 - 0.15)) / 2),
+        "forgetting": pytest.approx(((0.9 - 0.5) + (0.8 - 0.7)) / 2),
+    }
+    assert metrics.summarize(R, B) == summary  # the default, until the pipeline passes aligned

@@ -1,11 +1,13 @@
 """The loop end to end on real digits: scenarios, boundaries, epochs, hooks, checkpoints."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from lifelong import checkpoint
+from lifelong import checkpoint, pipeline
 from lifelong.host import PluginHost
 
 RECORDER = "tests.fixtures.recorder"
@@ -30,9 +32,14 @@ def test_default_pipeline_gives_a_square_matrix_and_consistent_metrics(run):
 
 
 def test_the_default_strategies_beat_naive_on_the_default_stream(run):
+    from lifelong import config
+
+    defaults = config.default_pipeline()["learner"]["strategies"]  # what default_pipeline.toml says
     naive, _ = run()
-    default, runner = run(["learner.strategies=['replay', 'ewc']"])
-    assert runner.plan.pipeline["learner"]["strategies"] == ["replay", "ewc"]
+    default, runner = run([f"learner.strategies={json.dumps(defaults)}"])
+    # the plan built and composed replay and EWC from their plugin, in that order
+    assert list(runner.plan.strategies) == ["replay", "ewc"]
+    assert {type(s).__module__.split(".")[0] for s in runner.plan.strategies.values()} == {"lifelong_strategies"}
     assert default["acc"] > naive["acc"] + 0.3
 
 
@@ -74,17 +81,39 @@ def test_hooks_see_the_stream_batch_and_train_on_the_augmented_one(run):
     assert [e.index for e in recorder.experiences] == [0, 1, 2, 3, 4]
     assert [g.index for g in recorder.generations] == [0, 1, 2, 3, 4]
     # generations carry a CPU copy of each strategy's state
-    assert runner.generations[-1].strategy_state["recorder"]["seen"].device.type == "cpu"
+    assert runner.last_generation.strategy_state["recorder"]["seen"].device.type == "cpu"
 
 
-def test_extra_loss_terms_are_added_to_the_objective(run):
-    plain, _ = run(["learner.strategies=['recorder']", "learner.epochs=1"], host=recorder_host())
-    penalised, _ = run(
-        ["learner.strategies=['recorder']", "strategy.recorder.penalty=100.0", "learner.epochs=1"],
-        host=recorder_host(),
-    )
-    # a constant penalty has no gradient: the same seed trains the same model
-    assert penalised["accuracy_matrix"] == plain["accuracy_matrix"]
+def linear_penalty_run(slope: float, tmp_path: Path):
+    """A short SGD run whose only strategy adds ``slope × Σ weights`` through ``extra_loss``."""
+    raw = {
+        "stream": {"reader": "split-digits", "experiences": 2},
+        "model": {"name": "mlp", "hidden": [16]},
+        "learner": {
+            "strategies": ["linear-penalty"], "optimizer": "sgd", "lr": 0.1, "epochs": 1, "progress": False,
+        },
+        "strategy": {"linear-penalty": {"slope": slope}},
+        "boundary": {"detector": "experience-change"},
+        "tracking": {"trackers": []},
+    }
+    plan = pipeline.build(PluginHost(plugins=["tests.fixtures.linear_penalty"]), raw, tmp_path / "dead_letters.jsonl")
+    pipeline.Runner(plan).execute()
+    return plan.strategies["linear-penalty"]
+
+
+def test_extra_loss_terms_are_added_to_the_objective(tmp_path):
+    plain, penalised = linear_penalty_run(0.0, tmp_path), linear_penalty_run(3.0, tmp_path)
+    # Same seed, same first batch, same initial weights: the first gradients differ by exactly the
+    # gradient of the extra term, d(3 Σ w)/dw = 3 on every weight.
+    assert all(torch.equal(a, b) for a, b in zip(plain.before, penalised.before))
+    for g_plain, g_penalised in zip(plain.grads, penalised.grads):
+        added = g_penalised - g_plain
+        assert torch.allclose(added, torch.full_like(added, 3.0), atol=1e-5), f"extra term's gradient: {added.mean():.4f}, expected 3"
+    # and SGD moved every weight by -lr × that gradient: 0.3 further down than without the term
+    for before, after, grad in zip(penalised.before, penalised.after, penalised.grads):
+        assert torch.allclose(after, before - 0.1 * grad, atol=1e-6)
+    for a, b in zip(plain.after, penalised.after):
+        assert torch.allclose(b - a, torch.full_like(a, -0.3), atol=1e-5)
 
 
 def test_more_epochs_train_more_but_count_the_stream_once(run):
@@ -107,9 +136,11 @@ def test_checkpoints_round_trip_model_and_strategy_state(run, tmp_path):
         host=recorder_host(),
     )
     assert "errors" not in summary
-    assert (tmp_path / "ckpt" / "LATEST").read_text() == "gen-0004"
-    spec, state, strategy_state, meta = checkpoint.load(tmp_path / "ckpt")
-    assert meta["index"] == 4 and meta["parent"] == 3
+    last = checkpoint.checkpoints(tmp_path / "ckpt")[-1]
+    assert last.name == checkpoint.step_name(45)  # the end: 5 experiences of ~270 samples, 9 batches of ≤ 32 each
+    assert summary["checkpoint"] == str(last)
+    spec, state, strategy_state, kernel = checkpoint.load(tmp_path / "ckpt")
+    assert [g["index"] for g in kernel["generations"]] == [0, 1, 2, 3, 4] and kernel["generations"][-1]["parent"] == 3
     assert spec.name == "mlp" and spec.info.num_classes == 10
     live = runner.model.state_dict()
     assert all(torch.equal(state[k], live[k].cpu()) for k in live)

@@ -145,3 +145,73 @@ def test_the_builtin_plugins_list_every_component_kind():
     described = PluginHost().describe()
     kinds = {c["kind"] for p in described["plugins"] for c in p["components"]}
     assert {"reader", "model", "strategy", "boundary_detector"} <= kinds
+
+
+@pytest.fixture
+def in_tmp_dir(tmp_path, monkeypatch):
+    """tmp_path as the current directory; sys.path and the modules imported from it restored after."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    yield tmp_path
+    for name in ("mymodule", "mymodule_needs_dep"):
+        sys.modules.pop(name, None)
+
+
+def test_a_plugin_module_in_the_current_directory_is_found(in_tmp_dir):
+    (in_tmp_dir / "mymodule.py").write_text(PLUGIN)
+    host = PluginHost(plugins=["mymodule"])
+    record = host.records["mymodule"]
+    assert record.available, record.reason
+    assert record.source == "path" and "shrink" in host.components["strategy"]
+    assert sys.modules["mymodule"].__file__ == str(in_tmp_dir / "mymodule.py")
+
+
+def test_a_plugin_module_that_is_not_found_says_where_it_was_looked_for(in_tmp_dir):
+    host = PluginHost(plugins=["mymodule"])  # no mymodule.py here
+    record = host.records["mymodule"]
+    assert not record.available and "No module named 'mymodule'" in record.reason
+    assert "pip install" not in record.hint
+    assert "'mymodule' was not found on the Python path" in record.hint and str(in_tmp_dir) in record.hint
+
+
+def test_a_plugin_module_whose_dependency_is_missing_names_the_dependency(in_tmp_dir):
+    (in_tmp_dir / "mymodule_needs_dep.py").write_text(BROKEN)
+    record = PluginHost(plugins=["mymodule_needs_dep"]).records["mymodule_needs_dep"]
+    assert not record.available and record.hint == "pip install lifelong_missing_dependency_xyz"
+
+
+class _Dist:
+    """The parts of an importlib.metadata.Distribution that install hints read."""
+
+    def __init__(self, name, requires):
+        self.metadata = {"Name": name}
+        self.requires = requires
+
+
+def test_an_extra_of_lifelong_itself_is_installed_from_the_checkout():
+    from lifelong.host import _install_hint
+
+    lifelong = _Dist("lifelong", ['torch>=2.4', 'avalanche-lib==0.6.0; extra == "avalanche"', 'mlxtend>=0.23; extra == "mnist"'])
+    assert _install_hint(lifelong, "avalanche.training") == (
+        "pip install '.[avalanche]' in the lifelong checkout (or pip install 'avalanche-lib==0.6.0')"
+    )
+    assert _install_hint(lifelong, "mlxtend") == "pip install '.[mnist]' in the lifelong checkout (or pip install 'mlxtend>=0.23')"
+    # a third-party distribution's extra is named by the distribution; anything else by the module
+    other = _Dist("lifelong-extras-demo", ['avalanche-lib==0.6.0; extra == "cl"'])
+    assert _install_hint(other, "avalanche") == "pip install 'lifelong-extras-demo[cl]'"
+    assert _install_hint(lifelong, "somewhere_else") == "pip install somewhere_else"
+
+
+def test_plugins_json_lists_the_kernel_options(monkeypatch):
+    from dataclasses import fields
+
+    from lifelong.config import CheckpointOptions, LearnerOptions
+
+    kernel = PluginHost().describe()["kernel_options"]
+    learner = {row["name"]: row for row in kernel["learner"]}
+    assert list(learner) == [f.name for f in fields(LearnerOptions)]
+    assert {"momentum", "weight_decay", "eval_batch_size", "progress"} <= set(learner)
+    assert learner["momentum"] == {"name": "momentum", "type": "float", "default": 0.0, "help": "SGD momentum"}
+    assert learner["progress"]["type"] == "bool" and learner["progress"]["default"] is True
+    assert [row["name"] for row in kernel["checkpoint"]] == [f.name for f in fields(CheckpointOptions)]
+    json.dumps(kernel)  # what `lifelong plugins --json` prints

@@ -114,7 +114,7 @@ def test_callbacks_come_in_the_order_of_avalanches_training_loop():
     for span in range(2):
         for batch in batches(3, start=10 * span):
             learner.step(batch)
-        hooks.on_experience_end(experience=None, model=model)
+        hooks.on_boundary(experience=None, model=model)
     one_experience = ["before_training_exp", "before_training_epoch", *ITERATION * 3, "after_training_epoch", "after_training_exp"]
     assert recorder.calls == ["before_training", *one_experience, *one_experience]
     assert recorder.seen["exp_counter"] == 1  # the Clock (last plugin) counts after the plugin's callback
@@ -149,7 +149,7 @@ def test_the_experience_dataset_is_the_spans_first_pass_in_stream_order():
         learner.step(batch)
     for batch in stream:  # the kernel's extra epoch: not offered again
         learner.step(batch, prequential=False)
-    hooks.on_experience_end(experience=None, model=model)
+    hooks.on_boundary(experience=None, model=model)
     data = recorder.seen["dataset"]
     torch.testing.assert_close(data["x"], torch.cat([b.x for b in stream]))
     assert torch.equal(data["y"], torch.cat([b.y for b in stream]))
@@ -164,7 +164,7 @@ def test_the_experience_dataset_is_a_bounded_uniform_sample_of_a_long_span():
     stream = batches(10)
     for batch in stream:
         learner.step(batch)
-    hooks.on_experience_end(experience=None, model=model)
+    hooks.on_boundary(experience=None, model=model)
     kept = recorder.seen["dataset"]["x"]
     assert kept.shape[0] == 20
     everything = torch.cat([b.x for b in stream])
@@ -179,7 +179,7 @@ def test_task_labels_reach_the_plugin_and_pick_the_heads():
     task = torch.tensor([0, 1, 2, 1, 0, 2, 2, 1])
     for batch in batches(2, task=task):
         learner.step(Batch(x=batch.x, y=batch.y % 2, task=task))
-    hooks.on_experience_end(experience=None, model=model)
+    hooks.on_boundary(experience=None, model=model)
     assert torch.equal(recorder.seen["dataset"]["t"], torch.cat([task, task]))
     from avalanche.models.utils import avalanche_forward
 
@@ -211,7 +211,7 @@ def test_synaptic_intelligence_is_a_no_op_on_the_cpu_in_avalanche_itself_and_wor
     adapter, hooks, learner, model = driven(adapted)
     for batch in stream:
         learner.step(batch)
-    hooks.on_experience_end(experience=None, model=model)
+    hooks.on_boundary(experience=None, model=model)
     assert max(float(v.data.abs().max()) for v in adapted.ewc_data[1].values()) > 0.0
 
 
@@ -326,7 +326,7 @@ def test_the_plugins_state_survives_a_checkpoint(tmp_path, host, plugin, args, s
     original = runner.plan.strategies["avalanche"]
     saved = original.state_dict()
     assert sorted(saved["skipped"]) == sorted(lost)
-    same(checkpoint.to_cpu(saved), runner.generations[-1].strategy_state["avalanche"])
+    same(checkpoint.to_cpu(saved), runner.last_generation.strategy_state["avalanche"])
 
     _, weights, strategy_state, _ = checkpoint.load(tmp_path / "ckpt")  # safetensors + JSON, no pickle
     fresh = make(AvalancheOptions(plugin=plugin, args=dict(original.options.args)))

@@ -38,13 +38,14 @@ def test_without_avalanche_the_factory_gives_the_install_hint(monkeypatch):
         make(AvalancheOptions(plugin="SynapticIntelligencePlugin", args={"si_lambda": 1.0}))
     message = str(caught.value)
     assert message.startswith("strategy.avalanche: Avalanche is not importable")
-    assert "pip install 'lifelong[avalanche]'" in message
-    assert "torchvision" in message and "bench/avalanche_env.sh" in message
+    assert "pip install '.[avalanche]' in the lifelong checkout" in message  # lifelong is on no package index
+    assert "pip install 'avalanche-lib==0.6.0'" in message and "lifelong[avalanche]" not in message
+    assert "torchvision" in message and "bench/avalanche_env.sh" in message and "docs/avalanche.md" in message
 
 
 def test_without_avalanche_a_pipeline_fails_before_training_with_the_hint(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "avalanche", None)
-    with pytest.raises(UserError, match=r"pip install 'lifelong\[avalanche\]'"):
+    with pytest.raises(UserError, match=r"pip install '\.\[avalanche\]' in the lifelong checkout"):
         build(tmp_path, "strategy.avalanche.plugin='MAS'")
 
 

@@ -233,7 +233,7 @@ def test_ewc_estimates_the_fisher_on_the_experiences_stream_samples():
     for start in range(0, 20, 5):
         ewc.after_step(Batch(x=x[start : start + 5], y=y[start : start + 5]), first_pass=True)
     ewc.after_step(Batch(x=x[:5], y=y[:5]), first_pass=False)  # an extra epoch: not sampled again
-    ewc.on_experience_end(model)
+    ewc.on_boundary(model)
     expected = fisher_diagonal(model, x, y)
     for n in expected:
         torch.testing.assert_close(ewc.penalty.importance[n], expected[n])
@@ -254,7 +254,7 @@ def test_parameters_that_appear_after_a_consolidation_are_free_then_anchored():
     model = Growing()
     ewc, l2 = EWC(EWCOptions(lambda_=1.0)), L2(L2Options(lambda_=1.0))
     ewc.consolidate(model, random_fisher(model))
-    l2.on_experience_end(model)
+    l2.on_boundary(model)
     model.head = nn.Linear(4, 3)  # a head that grew: same names, new shapes
     model.extra = nn.Linear(4, 3)  # a new module
     jitter(model)
@@ -266,7 +266,7 @@ def test_parameters_that_appear_after_a_consolidation_are_free_then_anchored():
         model.zero_grad()
     x = torch.randn(4, 3)
     ewc.consolidate(model, fisher_diagonal(model, x, torch.tensor([0, 1, 2, 0])))
-    l2.on_experience_end(model)
+    l2.on_boundary(model)
     assert ewc.penalty.importance["head.weight"].shape == (3, 4) and "extra.weight" in ewc.penalty.importance
     jitter(model)
     for strategy in (ewc, l2):
@@ -299,7 +299,7 @@ def test_l2_penalty_on_a_hand_example():
         model.bias.fill_(0.5)
     l2 = L2(L2Options(lambda_=4.0))
     assert l2.extra_loss() is None  # nothing consolidated yet
-    l2.on_experience_end(model)
+    l2.on_boundary(model)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[2.0, 0.0]]))  # moved by (1, -2); the bias stays
     penalty = l2.extra_loss()
@@ -331,7 +331,7 @@ def lwf_on(model, info, batches):
     lwf.on_run_start(FakeRun(model, info))
     for batch in batches:
         lwf.after_step(batch)
-    lwf.on_experience_end(model)
+    lwf.on_boundary(model)
     return lwf
 
 

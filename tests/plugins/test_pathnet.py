@@ -148,7 +148,11 @@ def task_il(tmp_path_factory):
     from tests.conftest import run_pipeline
 
     tmp = tmp_path_factory.mktemp("pathnet")
-    summary, runner = run_pipeline(tmp, [*TASK_IL, f"checkpoint.dir={tmp / 'ckpt'}"])
+    summary, runner = run_pipeline(
+        tmp,
+        [*TASK_IL, f"checkpoint.dir={tmp / 'ckpt'}", "tracking.trackers=['generation-log']"],
+        host=PluginHost(plugins=["tests.fixtures.generation_log"]),
+    )
     return summary, runner, tmp
 
 
@@ -166,7 +170,7 @@ def test_finished_tasks_stay_bit_identical(task_il):
     assert summary["bwt"] == 0.0 and summary["forgetting"] == 0.0
     assert summary["acc"] > 0.8
     # Weights and outputs of task 0 after the first generation equal those at the end, bit for bit.
-    first = runner.generations[0].state
+    first = runner.plan.trackers["generation-log"].generations[0].state
     final = runner.model.state_dict()
     path = runner.model._frozen_paths[0]
     for layer, mods in enumerate(path):

@@ -130,7 +130,7 @@ def test_storing_and_sampling_never_read_a_tensor_on_the_host(policy, fill):
     if fill == "experience-end":  # a memory to replay from, then the per-batch work of the next experience
         for start in range(0, 320, 32):
             replay.after_step(ids(start, start + 32, y=torch.arange(32) % 10), None, first_pass=True)
-        replay.on_experience_end()
+        replay.on_boundary()
     batches = [ids(start, start + 32, y=torch.arange(32) % 10) for start in range(0, 320, 32)]
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for batch in batches:
@@ -195,7 +195,7 @@ def experiences(replay, sizes, batch=32, labels_per_experience=2, check=None):
             if check is not None:
                 check(e, start, replay.augment_batch(b))
             replay.after_step(b, None, first_pass=True)
-        replay.on_experience_end()
+        replay.on_boundary()
         start += size
     return start
 
@@ -269,7 +269,7 @@ def test_experience_end_state_round_trips_mid_experience(policy):
     assert torch.equal(resumed.stage.x[:64], live.stage.x[:64])
     for strategy in (live, resumed):
         strategy.after_step(ids(700, 730, y=4 + torch.arange(30) % 2), None, first_pass=True)
-        strategy.on_experience_end()
+        strategy.on_boundary()
         assert strategy.augment_batch(ids(0, 8)).x.max() >= 520  # the folded experience is replayed now
     assert torch.equal(stored_ids(resumed), stored_ids(live))  # the random stream is carried too
     # continued with fill = "stream", the staged samples join the memory at once
@@ -291,14 +291,14 @@ def test_joint_replays_every_past_sample_once_per_epoch():
     joint = started(Joint())
     for start in range(0, 96, 32):
         joint.after_step(ids(start, start + 32), None, first_pass=True)
-    joint.on_experience_end(None, None)
+    joint.on_boundary(None, None)
     for start in range(96, 192, 32):
         drawn = joint.augment_batch(ids(start, start + 32))
         assert len(drawn) == 32 and drawn.x.max() < 96  # one batch per completed span, past only
         joint.after_step(ids(start, start + 32), None, first_pass=True)
     epoch = torch.cat([joint.augment_batch(ids(0, 32)).x[:, 0] for _ in range(3)]).long()
     assert sorted(epoch.tolist()) == list(range(96))  # without replacement: each past sample once
-    joint.on_experience_end(None, None)
+    joint.on_boundary(None, None)
     assert len(joint.augment_batch(ids(0, 32))) == 64 and joint.stored == 192
     state = checkpoint.to_cpu(joint.state_dict())
     resumed = started(Joint())
@@ -354,7 +354,7 @@ def test_replay_memory_is_in_checkpoints_and_generations(run, tmp_path):
     assert saved["seen"] == live.seen == summary["samples_seen"] and saved["memory_bytes"] == live.memory_bytes
     assert torch.equal(saved["memory"]["x"], live.buffer.x[:200].cpu())
     assert torch.equal(saved["memory"]["y"], live.buffer.y[:200].cpu())
-    assert runner.generations[-1].strategy_state["replay"]["memory"]["x"].device.type == "cpu"
+    assert runner.last_generation.strategy_state["replay"]["memory"]["x"].device.type == "cpu"
     fresh = Replay(ReplayOptions(policy="class-balanced"))
     fresh.load_state_dict(saved)
     started(fresh, info=runner.plan.info)

@@ -1,0 +1,330 @@
+"""Plan a run: resolve every component by name, validate every option, build the parts, open nothing.
+
+``build`` is the ``validate`` step of the session: every user error it can know about (a config
+field, an unknown name, a missing file, a strategy combination a plugin refuses through the
+``validate`` hook, a checkpoint directory that would be overwritten, a resume whose pipeline
+differs) raises :class:`~lifelong.errors.UserError` here, before any tracker, file or connection is
+opened.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pluggy
+import torch
+
+from lifelong import checkpoint, config, device as devices, hookspecs
+from lifelong import options as opts
+from lifelong.components import Components, construct
+from lifelong.errors import ConfigError, UserError
+from lifelong.host import PluginHost
+from lifelong.readers import DeadLetters, Reader, ReaderContext, can_seek
+from lifelong.run import Run, Session
+from lifelong.types import ModelSpec, StreamInfo
+
+
+@dataclass
+class Plan:
+    """A validated run, ready to execute."""
+
+    pipeline: dict[str, Any]
+    learner: config.LearnerOptions
+    checkpoint: config.CheckpointOptions
+    reader: Reader
+    info: StreamInfo
+    model: torch.nn.Module
+    model_spec: ModelSpec
+    strategies: dict[str, Any]
+    trackers: dict[str, Any]
+    detector: Any
+    hooks: Any  # the run's lifecycle hook caller (model hooks, strategies, trackers: in that order)
+    device: torch.device
+    dead_letters: DeadLetters
+    plugin_versions: dict[str, str | None]
+    session: Session
+    components: Components
+    resolved: dict[str, Any] = field(default_factory=dict)
+    resume_from: checkpoint.Snapshot | None = None  # the checkpoint a resumed run continues from
+    continued_strategies: dict[str, Any] | None = None  # strategy state the model's source carried, to restore
+
+    def run_context(self, model: torch.nn.Module, optimizer: Any, warmup: Any = None) -> Run:
+        return Run(
+            model=model,
+            optimizer=optimizer,
+            device=self.device,
+            info=self.info,
+            model_spec=self.model_spec,
+            learner=self.learner,
+            session=self.session,
+            components=self.components,
+            config=self.resolved,
+            plugin_versions=self.plugin_versions,
+            warmup=warmup,
+        )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def say(message: str) -> None:
+    print(f"lifelong: {message}", file=sys.stderr, flush=True)
+
+
+def _component(host: PluginHost, kind: str, name: str, raw: dict[str, Any] | None, where: str):
+    component = host.component(kind, name, where)
+    return component, opts.validate(component.options, raw, where)
+
+
+def _named_tables(host: PluginHost, kind: str, pipeline: dict[str, Any], section: str) -> dict[str, Any]:
+    """The per-component option tables of a section, e.g. ``[strategy.replay]``.
+
+    A table for a component that exists but is not selected is allowed (a pipeline may keep the
+    options of a strategy switched off with ``--set``); a table whose name is no component of
+    that kind is an error, since it is almost always a typo.
+    """
+    tables = pipeline.get(section, {})
+    if not isinstance(tables, dict):
+        raise ConfigError(section, f"expected a table of tables, got {tables!r}")
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{section}.{name}", f"expected a table, got {table!r}")
+        host.component(kind, name, f"{section}.{name}")
+    return tables
+
+
+def _checkpoint_directory(options: config.CheckpointOptions, resume: bool) -> checkpoint.Snapshot | None:
+    """Refuse to overwrite an earlier session's checkpoints; on resume, the newest valid checkpoint."""
+    if resume and not options.dir:
+        raise ConfigError("checkpoint.dir", "--resume continues from the checkpoints in [checkpoint] dir: set it")
+    if not options.dir:
+        return None
+    directory = Path(options.dir).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError("checkpoint.dir", f"{str(directory)!r} is a file, not a directory")
+    if not resume:
+        if not checkpoint.is_empty(directory):
+            raise ConfigError(
+                "checkpoint.dir",
+                f"{str(directory)!r} is not empty: it holds an earlier session's checkpoints. Pass --resume to "
+                "continue that session, or choose an empty directory",
+            )
+        return None
+    return checkpoint.latest(directory, report=say)
+
+
+def build(
+    host: PluginHost,
+    pipeline: dict[str, Any],
+    dead_letter_path: str | Path = "dead_letters.jsonl",
+    resume: bool = False,
+) -> Plan:
+    """Validate the whole pipeline and construct its parts; raises UserError on any problem."""
+    learner = config.learner_options(pipeline)
+    ckpt = config.checkpoint_options(pipeline)
+    device = devices.resolve(learner.device)
+    if learner.threads:
+        torch.set_num_threads(learner.threads)
+    torch.use_deterministic_algorithms(learner.deterministic)
+    seed_everything(learner.seed)
+    snapshot = _checkpoint_directory(ckpt, resume)
+    session = Session(id=snapshot.session, resumed=True, step=snapshot.step) if snapshot else Session(uuid.uuid4().hex)
+    components = Components(host)
+    resolved: dict[str, Any] = {"learner": opts.to_dict(learner), "checkpoint": opts.to_dict(ckpt)}
+
+    reader_name, reader_raw = config.split_component(pipeline.get("stream", {}), "reader", "stream")
+    component, reader_opts = _component(host, "reader", reader_name, reader_raw, "stream")
+    dead_letters = DeadLetters(dead_letter_path, run=session.id)
+    context = ReaderContext(batch_size=learner.batch_size, seed=learner.seed, dead_letter=dead_letters)
+    reader = construct(component.factory, "stream", reader_opts, context)
+    info = reader.info()
+    resolved["stream"] = {"reader": reader_name, **opts.to_dict(reader_opts)}
+
+    model_name, model_raw = config.split_component(pipeline.get("model", {}), "name", "model")
+    component, model_opts = _component(host, "model", model_name, model_raw, "model")
+    model = construct(component.factory, "model", model_opts, info, components=components)
+    model_spec = getattr(model, "model_spec", None) or ModelSpec(model_name, opts.to_dict(model_opts), info)
+    resolved["model"] = {"name": model_name, **opts.to_dict(model_opts)}
+
+    strategy_tables = _named_tables(host, "strategy", pipeline, "strategy")
+    strategies = {}
+    resolved["strategy"] = {}
+    for name in learner.strategies:
+        component, strategy_opts = _component(host, "strategy", name, strategy_tables.get(name), f"strategy.{name}")
+        strategies[name] = construct(component.factory, f"strategy.{name}", strategy_opts)
+        resolved["strategy"][name] = opts.to_dict(strategy_opts)
+
+    tracking = dict(pipeline.get("tracking", {}))
+    tracker_names = tracking.pop("trackers", [])
+    if not isinstance(tracker_names, list) or not all(isinstance(n, str) for n in tracker_names):
+        raise ConfigError("tracking.trackers", f"expected a list of tracker names, got {tracker_names!r}")
+    tracker_tables = _named_tables(host, "tracker", {"tracking": tracking}, "tracking")
+    trackers = {}
+    resolved["tracking"] = {"trackers": tracker_names}
+    for name in tracker_names:
+        component, tracker_opts = _component(host, "tracker", name, tracker_tables.get(name), f"tracking.{name}")
+        trackers[name] = construct(component.factory, f"tracking.{name}", tracker_opts)
+        resolved["tracking"][name] = opts.to_dict(tracker_opts)
+
+    detector_name, detector_raw = config.split_component(pipeline.get("boundary", {}), "detector", "boundary")
+    component, detector_opts = _component(host, "boundary_detector", detector_name, detector_raw, "boundary")
+    detector = construct(component.factory, "boundary", detector_opts)
+    resolved["boundary"] = {"detector": detector_name, **opts.to_dict(detector_opts)}
+
+    pm = _lifecycle_manager(strategies, trackers)
+    try:
+        wrapped = pm.hook.wrap_model(model=model, spec=model_spec)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("learner.strategies", str(exc)) from None
+    if wrapped is not None:
+        model, model_spec = wrapped
+        resolved["model"] = {"name": model_spec.name, **model_spec.options}
+    model_hooks = getattr(model, "lifecycle_hooks", None)
+    if model_hooks is not None:
+        pm.register(model_hooks(), name="model:hooks")  # registered last: called first
+
+    continues = getattr(model, "continues", None)
+    session.continues = None if snapshot else continues
+    used = {c.plugin for kind in host.components.values() for c in kind.values()}
+    versions = {name: rec.version for name, rec in host.records.items() if name in used}
+    plan = Plan(
+        pipeline=pipeline,
+        learner=learner,
+        checkpoint=ckpt,
+        reader=reader,
+        info=info,
+        model=model,
+        model_spec=model_spec,
+        strategies=strategies,
+        trackers=trackers,
+        detector=detector,
+        hooks=pm.hook,
+        device=device,
+        dead_letters=dead_letters,
+        plugin_versions=versions,
+        session=session,
+        components=components,
+        resolved=resolved,
+        resume_from=snapshot,
+    )
+    if snapshot is None and continues is not None:
+        plan.continued_strategies = _continued_strategies(model, learner)
+    try:
+        pm.hook.validate(run=plan.run_context(model, None))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("", str(exc)) from None
+    if snapshot is not None:
+        _check_resumable(plan, snapshot)
+    return plan
+
+
+def _continued_strategies(model: torch.nn.Module, learner: config.LearnerOptions) -> dict[str, Any] | None:
+    """The strategy state the model's source carried, when it is to be restored; says what is dropped."""
+    saved = dict((getattr(model, "continued_state", None) or {}).get("strategies") or {})
+    if not saved:
+        return None
+    if not learner.continue_strategies:
+        say(f"not restoring the saved state of {sorted(saved)} (learner.continue_strategies = false)")
+        return None
+    if sorted(saved) != sorted(learner.strategies):
+        say(
+            f"dropped the saved state of {sorted(saved)}: the strategy list differs "
+            f"(saved {sorted(saved)}, this run {list(learner.strategies)}); set the same strategies to continue them"
+        )
+        return None
+    return saved
+
+
+def _lifecycle_manager(strategies: dict[str, Any], trackers: dict[str, Any]) -> pluggy.PluginManager:
+    """A run-scoped plugin manager holding this run's strategy and tracker instances.
+
+    pluggy calls the implementation registered last first, so trackers are registered first and
+    strategies in reverse: calls then go strategies in ``learner.strategies`` order, then trackers
+    (the model's own hooks, registered after these, come before both).
+    """
+    pm = pluggy.PluginManager("lifelong")
+    pm.add_hookspecs(hookspecs.LifecycleSpecs)
+    for name, tracker in reversed(list(trackers.items())):
+        pm.register(tracker, name=f"tracker:{name}")
+    for name, strategy in reversed(list(strategies.items())):
+        pm.register(strategy, name=f"strategy:{name}")
+    pm.check_pending()
+    return pm
+
+
+# What a resume may change: how the run is watched, stored and paced, not what it computes.
+RESUME_MAY_DIFFER = {
+    "learner.progress",
+    "learner.max_batches",
+    "learner.eval_batch_size",
+    "learner.threads",
+    "learner.device",
+    "learner.deterministic",
+    "learner.continue_strategies",
+    "checkpoint.every_batches",
+    "checkpoint.every_seconds",
+    "checkpoint.keep",
+    "checkpoint.dir",
+}
+RESUME_MAY_DIFFER_PREFIXES = ("tracking.",)
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def config_differences(saved: dict[str, Any], now: dict[str, Any], observes_metrics: bool) -> list[str]:
+    """The resolved-pipeline fields that differ in a way that changes what the run computes.
+
+    ``learner.log_every`` matters only when the boundary detector observes the running metrics.
+    """
+    before, after = _flat(saved), _flat(now)
+    allowed = set(RESUME_MAY_DIFFER)
+    if not observes_metrics:
+        allowed.add("learner.log_every")
+    fields = []
+    for key in sorted(set(before) | set(after)):
+        if key in allowed or key.startswith(RESUME_MAY_DIFFER_PREFIXES):
+            continue
+        if before.get(key, "<unset>") != after.get(key, "<unset>"):
+            fields.append(f"{key} ({before.get(key, '<unset>')!r} then, {after.get(key, '<unset>')!r} now)")
+    return fields
+
+
+def _check_resumable(plan: Plan, snapshot: checkpoint.Snapshot) -> None:
+    observes = callable(getattr(plan.detector, "observe", None))
+    differences = config_differences(snapshot.state["config"], plan.resolved, observes)
+    if differences:
+        raise ConfigError(
+            "--resume",
+            f"the pipeline differs from the one checkpointed in {snapshot.path} in what the run computes: "
+            + "; ".join(differences)
+            + ". Resume with the same pipeline, or start a new session in an empty checkpoint directory",
+        )
+    if getattr(plan.model, "warmup_samples", 0):
+        raise ConfigError(
+            "--resume",
+            f"model {plan.model_spec.name!r} decides on a warm-up window at the start of a run (transfer's auto), "
+            "and a resumed run has none: set the strategy it chose (printed at the start, and in the first "
+            "run's summary) instead of auto to make the run resumable",
+        )
+    if not can_seek(plan.reader):
+        raise ConfigError(
+            "--resume",
+            f"reader {plan.resolved['stream']['reader']!r} cannot seek to a position, so the run cannot continue "
+            "where it stopped (see the reader position contract in docs/plugins.md)",
+        )

@@ -1,0 +1,451 @@
+"""Execute a planned run as a session: open → stream/learn → (checkpoint)* → close | fail.
+
+:class:`Runner` owns the loop: reader → learner step → boundary → consolidation → evaluation →
+generation → trackers, with checkpoints written off the training thread. Its guarantees:
+
+- From ``on_run_start`` on, exactly one of ``on_run_end`` / ``on_run_failed`` is called, for any
+  exception, and for SIGTERM/SIGINT: the first signal finishes the batch in hand, writes a
+  checkpoint and closes the trackers (``Interrupted``); a second one exits at once.
+- A checkpoint (``[checkpoint] dir``) is taken at the end of a batch: after every generation, every
+  ``every_batches`` batches and ``every_seconds`` seconds, when stopped by a signal, and at the
+  end. The training thread only copies the state to the CPU; the checkpoint writer thread
+  serialises, checksums and fsyncs it. While a write is in flight, a due checkpoint waits for the
+  next batch instead of queueing, so at most one copy is ever held.
+- A run resumed from a checkpoint continues exactly where it stopped: the reader seeks to the
+  position of the last trained batch, and the model, optimizer, strategies, detector, RNGs,
+  counters, accuracy matrix, test sets and the dead-letter file are restored. On the CPU the
+  result is bit-identical to the uninterrupted run's.
+- Memory stays bounded: a generation is handed to trackers and forgotten; only its summary row
+  (index, parent, span, records) stays.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from lifelong import checkpoint, metrics, report
+from lifelong.background import BackgroundWriter
+from lifelong.errors import Interrupted
+from lifelong.learner import Learner, build_optimizer, parameter_groups, prepare
+from lifelong.plan import Plan, say
+from lifelong.readers import Fetched, Prefetcher
+from lifelong.rng import rng_state, set_rng_state
+from lifelong.span import Span
+from lifelong.testsets import TestSets
+from lifelong.types import Batch, Experience, Generation
+
+
+def optimizer_state(optimizer: Any) -> dict[str, Any]:
+    """The optimizer's state_dict as CPU copies, with string keys (JSON) for its per-parameter state."""
+    state = optimizer.state_dict()
+    return {"state": {str(k): checkpoint.to_cpu(v) for k, v in state["state"].items()}, "param_groups": state["param_groups"]}
+
+
+def load_optimizer_state(optimizer: Any, saved: dict[str, Any]) -> None:
+    optimizer.load_state_dict({"state": {int(k): v for k, v in saved["state"].items()}, "param_groups": saved["param_groups"]})
+
+
+class Runner:
+    """Executes a Plan; one instance per process."""
+
+    def __init__(self, plan: Plan, progress: Any = None):
+        self.plan = plan
+        self.device = plan.device
+        self.model = plan.model.to(self.device)
+        snapshot = plan.resume_from
+        if snapshot is not None:
+            self.model.load_state_dict(snapshot.model_state)  # before the optimizer: frozen flags decide its groups
+        lo = plan.learner
+        self.optimizer = build_optimizer(lo.optimizer, parameter_groups(self.model, lo.lr), lo.lr, lo.momentum, lo.weight_decay)
+        if snapshot is not None:
+            load_optimizer_state(self.optimizer, snapshot.state["optimizer"])
+        self.hooks = plan.hooks
+        self.learner = Learner(self.model, self.optimizer, self.hooks, self.device)
+        self.columns: list[int] = list(plan.info.experiences or [])
+        self.test_sets = TestSets(plan.reader, self.model, self.device, lo.eval_batch_size, self.columns)
+        self.matrix: list[dict[int, float]] = []
+        self.initial: dict[int, float] = {}
+        self.generations: list[dict[str, Any]] = []  # summary rows only: generations themselves are not kept
+        self.last_generation: Generation | None = None  # the newest, until the next boundary (tests, benches)
+        self.covered: list[int] = []
+        self._streaming: int | None = None  # experience of the batch in hand; None before and after the stream
+        self.samples_seen = 0  # stream samples, each counted once
+        self.trained_samples = 0  # stream samples × passes over them (learner.epochs), what samples/s counts
+        self.train_seconds = 0.0
+        self.step = 0
+        self.progress = progress
+        self.span = Span(keep=lo.epochs > 1)
+        self._clock: float | None = None  # start of the current stretch of training time
+        self._position: Any = None  # the reader's position after the last trained batch
+        self._dead_letter_mark: dict[str, int] | None = None
+        self._signal: str | None = None
+        self._checkpoint_due = False
+        self._last_checkpoint = time.monotonic()
+        self.checkpoints_written = 0
+        self.checkpoint_path: Path | None = None
+        self.writer = BackgroundWriter("lifelong-checkpoint") if plan.checkpoint.dir else None
+
+    # -- evaluation and boundaries ----------------------------------------------------------------------
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _boundary(self, started: float) -> float:
+        """Finish the span: extra epochs, consolidation, evaluation, a new generation. Returns a new clock start."""
+        span = self.span
+        generator = torch.Generator().manual_seed(self.plan.learner.seed + len(self.generations))
+        for _ in range(self.plan.learner.epochs - 1):
+            for i in torch.randperm(len(span.batches), generator=generator).tolist():
+                self.learner.step(span.batches[i].to(self.device), prequential=False)
+                self.trained_samples += len(span.batches[i])
+        experience = span.experience(len(self.generations))
+        self.hooks.on_boundary(experience=experience, model=self.model)
+        self.hooks.on_experience_end(experience=experience, model=self.model)
+        self._sync()
+        self.train_seconds += time.perf_counter() - started
+
+        for exp in span.experience_ids:
+            if exp not in self.covered:
+                self.covered.append(exp)
+        row = self.test_sets.evaluate(self.columns, self._streaming)
+        self.matrix.append(row)
+        generation = self._generation(experience, row)
+        known = list(row.values())
+        eval_metrics = {"eval/acc": sum(known) / len(known)} if known else {}
+        eval_metrics.update({f"eval/exp_{exp}": acc for exp, acc in row.items()})
+        self.hooks.on_metrics(step=self.step, metrics=eval_metrics)
+        self.hooks.on_generation(generation=generation)
+        self._checkpoint_due = True
+        if self.progress is not None:
+            self.progress.status(generations=len(self.generations), eval_acc=eval_metrics.get("eval/acc"))
+        self.span = Span(keep=span.keep)
+        return time.perf_counter()
+
+    def _generation(self, experience: Experience, row: dict[int, float]) -> Generation:
+        session = self.plan.session
+        index = len(self.generations)
+        generation = Generation(
+            index=index,
+            parent=index - 1 if index else None,
+            experience=experience,
+            experiences_covered=list(self.covered),
+            accuracy=row,
+            model_spec=self.plan.model_spec,
+            state=checkpoint.to_cpu(self.model.state_dict()),
+            strategy_state={
+                name: checkpoint.to_cpu(s.state_dict()) for name, s in self.plan.strategies.items() if hasattr(s, "state_dict")
+            },
+            session=session.id,
+            continues=session.continues if index == 0 else None,
+        )
+        self.generations.append(
+            {
+                "index": index,
+                "parent": generation.parent,
+                "continues": generation.continues,
+                "session": session.id,
+                "experiences": experience.experience_ids,
+                "experiences_covered": generation.experiences_covered,
+                "samples": experience.samples,
+                "offsets": experience.offsets,
+                "records": generation.records,  # the same dict trackers fill on their threads
+            }
+        )
+        self.last_generation = generation
+        return generation
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        """Everything the session needs to go on, as CPU copies: taken on the training thread."""
+        plan = self.plan
+        detector_state = getattr(plan.detector, "state_dict", None)
+        # Experiences the stream has passed since the last boundary: a streamed reader that seeks past
+        # them does not hand out their held-out sets again, so the checkpoint must carry them.
+        self.test_sets.refresh(self.columns, self._streaming)
+        return {
+            "session": {"id": plan.session.id, "continues": plan.session.continues},
+            "config": plan.resolved,
+            "model_spec": plan.model_spec.to_dict(),
+            "model": checkpoint.to_cpu(self.model.state_dict()),
+            "optimizer": optimizer_state(self.optimizer),
+            "strategies": {
+                name: checkpoint.to_cpu(s.state_dict()) for name, s in plan.strategies.items() if hasattr(s, "state_dict")
+            },
+            "detector": checkpoint.to_cpu(detector_state()) if detector_state is not None else None,
+            "kernel": {
+                "step": self.step,
+                "samples_seen": self.samples_seen,
+                "trained_samples": self.trained_samples,
+                "train_seconds": self.train_seconds_now(),
+                "columns": self.columns,
+                "covered": self.covered,
+                "matrix": [[[exp, acc] for exp, acc in row.items()] for row in self.matrix],
+                "initial": [[exp, acc] for exp, acc in self.initial.items()],
+                "generations": [dict(row, records=dict(row["records"])) for row in self.generations],
+                "streaming": self._streaming,
+            },
+            "reader": self._position,
+            "dead_letters": self._dead_letter_mark or plan.dead_letters.mark(),
+            "rng": rng_state(),
+            "test_sets": self.test_sets.state(),
+            "span": self.span.state(),
+            "metrics": self.learner.metrics.state_dict(),
+        }
+
+    def _restore(self, snapshot: checkpoint.Snapshot) -> None:
+        """The session state of ``snapshot``, after ``on_run_start`` (model and optimizer are loaded already)."""
+        state, plan = snapshot.state, self.plan
+        for name, strategy in plan.strategies.items():
+            if name in state["strategies"] and hasattr(strategy, "load_state_dict"):
+                strategy.load_state_dict(state["strategies"][name])
+        if state["detector"] is not None and hasattr(plan.detector, "load_state_dict"):
+            plan.detector.load_state_dict(state["detector"])
+        kernel = state["kernel"]
+        self.step = int(kernel["step"])
+        self.samples_seen = int(kernel["samples_seen"])
+        self.trained_samples = int(kernel["trained_samples"])
+        self.train_seconds = float(kernel["train_seconds"])
+        self.columns[:] = [int(c) for c in kernel["columns"]]
+        self.covered = [int(c) for c in kernel["covered"]]
+        self.matrix = [{int(exp): acc for exp, acc in row} for row in kernel["matrix"]]
+        self.initial = {int(exp): acc for exp, acc in kernel["initial"]}
+        self.generations = [dict(row) for row in kernel["generations"]]
+        self._streaming = kernel["streaming"]
+        self._position = state["reader"]
+        self._dead_letter_mark = state["dead_letters"]
+        self.test_sets.restore(state["test_sets"], snapshot.test_set)
+        self.span = Span.from_state(state["span"])
+        self.learner.metrics.load_state_dict(state["metrics"])
+
+    def _maybe_checkpoint(self) -> None:
+        """At the end of a batch: write a checkpoint when one is due and the writer is free."""
+        options = self.plan.checkpoint
+        if self.writer is None:
+            return
+        if options.every_batches and self.step % options.every_batches == 0:
+            self._checkpoint_due = True
+        if options.every_seconds and time.monotonic() - self._last_checkpoint >= options.every_seconds:
+            self._checkpoint_due = True
+        if self._checkpoint_due and not self.writer.busy():
+            self._write_checkpoint()
+
+    def _write_checkpoint(self, wait: bool = False) -> Path:
+        options, session = self.plan.checkpoint, self.plan.session
+        directory = Path(options.dir).expanduser()
+        state, test_sets = self._state(), self.test_sets.unsaved()
+        path = directory / checkpoint.step_name(self.step)
+        self.writer.submit(checkpoint.write, directory, self.step, session.id, state, test_sets, options.keep)
+        self._checkpoint_due = False
+        self._last_checkpoint = time.monotonic()
+        self.checkpoints_written += 1
+        self.checkpoint_path = path
+        if wait:
+            self.writer.drain()
+        return path
+
+    # -- signals ----------------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self._signal is not None:
+            say(f"{name} again: aborting at once, without a checkpoint")
+            os._exit(128 + signum)
+        self._signal = name
+        say(f"{name}: finishing the batch, writing a checkpoint, closing the trackers ({name} again aborts at once)")
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, self._on_signal)
+        return previous
+
+    def _stop_on_signal(self) -> None:
+        path = None
+        if self.writer is not None:
+            self.writer.drain()
+            path = self._write_checkpoint(wait=True)
+        raise Interrupted(self._signal or "a signal", str(path) if path else None)
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def _log(self, detector: Any) -> bool:
+        values = self.learner.metrics.read()
+        values["samples_seen"] = float(self.samples_seen)
+        values["samples_per_second"] = self.trained_samples / max(self.train_seconds_now(), 1e-9)
+        self.hooks.on_metrics(step=self.step, metrics=values)
+        if self.progress is not None:
+            self.progress.status(loss=values["loss"], sps=values["samples_per_second"])
+        observe = getattr(detector, "observe", None)
+        return bool(observe(values)) if observe is not None else False
+
+    def _warmup(self, fetched: Iterator[Fetched]) -> list[Fetched]:
+        """The first stream batches holding the model's ``warmup_samples``, read before the run starts."""
+        wanted = int(getattr(self.model, "warmup_samples", 0) or 0)
+        taken: list[Fetched] = []
+        while sum(len(f.batch) for f in taken) < wanted:
+            item = next(fetched, None)
+            if item is None:
+                break
+            taken.append(item)
+        return taken
+
+    def train_seconds_now(self) -> float:
+        return self.train_seconds + (time.perf_counter() - self._clock if self._clock is not None else 0.0)
+
+    def _open(self, fetched: Iterator[Fetched]) -> list[Fetched]:
+        """``on_run_start`` and what follows it: restored or continued state, the initial evaluation."""
+        plan, snapshot = self.plan, self.plan.resume_from
+        warmup = [] if snapshot is not None else self._warmup(fetched)
+        run = plan.run_context(self.model, self.optimizer, Batch.concat([f.batch for f in warmup]) if warmup else None)
+        self.hooks.on_run_start(run=run)
+        if snapshot is not None:
+            self._restore(snapshot)
+            say(f"resumed session {plan.session.id} from {snapshot.path} (after stream batch {self.step})")
+        else:
+            for name, state in (plan.continued_strategies or {}).items():
+                plan.strategies[name].load_state_dict(state)
+            if plan.continued_strategies:
+                say(f"continued the state of {sorted(plan.continued_strategies)} from {plan.session.continues['ref']}")
+            self.initial = self.test_sets.evaluate(self.columns, None)
+        return warmup
+
+    def execute(self, heatmap_path: str | Path | None = None) -> dict[str, Any]:
+        """Run the session to its end and close it; returns the summary.
+
+        Without ``heatmap_path`` the heatmap lives in a temporary directory only as long as the
+        trackers need to log it, and the summary's ``heatmap`` is None.
+        """
+        plan = self.plan
+        wall_start = time.perf_counter()
+        snapshot = plan.resume_from
+        if snapshot is not None:
+            plan.reader.seek(snapshot.state["reader"]) if snapshot.state["reader"] is not None else None
+            plan.dead_letters.restore(snapshot.state["dead_letters"])
+        stream = Prefetcher(plan.reader, pin=self.device.type == "cuda", dead_letters=plan.dead_letters)
+        previous_handlers = self._install_signal_handlers()
+        fetched = stream.fetched(stopping=lambda: self._signal is not None)
+        try:
+            warmup = self._open(fetched)
+            if snapshot is not None:
+                set_rng_state(snapshot.state["rng"])  # last: nothing between here and the next batch draws
+            self._stream(itertools.chain(warmup, fetched))
+            summary = self._summary(time.perf_counter() - wall_start)
+            summary = self._close(summary, heatmap_path)
+        except BaseException as error:
+            self.hooks.on_run_failed(error=error)
+            if self.writer is not None:
+                self.writer.close()
+            raise
+        finally:
+            stream.close()
+            plan.dead_letters.close()
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+        return summary
+
+    def _stream(self, fetched: Iterator[Fetched]) -> None:
+        plan = self.plan
+        has_prepare = getattr(self.model, "prepare", None) is not None
+        log_every, max_batches = plan.learner.log_every, plan.learner.max_batches
+        detector = plan.detector
+        self._clock = time.perf_counter()
+        for item in fetched:
+            if max_batches and self.step >= max_batches:
+                break
+            batch = item.batch
+            self._streaming = batch.experience
+            if batch.experience not in self.columns:
+                self.columns.append(batch.experience)
+            if detector.before_batch(batch) and self.span.count:
+                self._clock = self._boundary(self._clock)
+            on_device = batch.to(self.device)
+            if has_prepare:
+                on_device.x = prepare(self.model, on_device.x)
+            self.span.add(on_device if has_prepare else batch)  # prepared inputs are what later epochs reuse
+            self.learner.step(on_device)
+            self.step += 1
+            self.samples_seen += len(batch)
+            self.trained_samples += len(batch)
+            self._position, self._dead_letter_mark = batch.position, item.dead_letters
+            if self.progress is not None:
+                self.progress.advance(1)
+            if self.step % log_every == 0 and self._log(detector) and self.span.count:
+                self._clock = self._boundary(self._clock)
+            self._maybe_checkpoint()
+            if self._signal is not None:
+                self._stop_on_signal()
+        if self._signal is not None:  # the signal came while waiting for a batch
+            self._stop_on_signal()
+        self._streaming = None
+        if self.span.count:
+            self._clock = self._boundary(self._clock)
+        self._log(None)
+        self.train_seconds = self.train_seconds_now()
+        self._clock = None
+        if self.writer is not None:
+            self.writer.drain()
+            self._write_checkpoint(wait=True)
+
+    # -- the end ----------------------------------------------------------------------------------------
+    def _summary(self, wall: float) -> dict[str, Any]:
+        columns = self.columns
+        matrix = [[row.get(exp) for exp in columns] for row in self.matrix]
+        initial_row = [self.initial.get(exp) for exp in columns]
+        final = self.learner.metrics.read()
+        aligned = metrics.aligned([row["experiences"] for row in self.generations], columns)
+        summary: dict[str, Any] = {
+            "accuracy_matrix": matrix,
+            "experiences": columns,
+            "initial_accuracy": initial_row,
+            **metrics.summarize(matrix, initial_row, aligned),
+            "prequential_accuracy": final["prequential_accuracy"] if self.samples_seen else None,
+            "samples_seen": self.samples_seen,
+            "trained_samples": self.trained_samples,
+            "samples_per_second": self.trained_samples / self.train_seconds if self.train_seconds else 0.0,
+            "training_seconds": self.train_seconds,
+            "wall_seconds": wall,
+            "device": str(self.device),
+            "session": self.plan.session.id,
+            "resumed_from": str(self.plan.resume_from.path) if self.plan.resume_from is not None else None,
+            "continues": self.plan.session.continues,
+            "generations": self.generations,
+            "checkpoint": str(self.checkpoint_path) if self.checkpoint_path else None,
+            "dead_letters": self.plan.dead_letters.summary(),
+            "config": self.plan.resolved,
+        }
+        return summary
+
+    def _close(self, summary: dict[str, Any], heatmap_path: str | Path | None) -> dict[str, Any]:
+        """Draw the heatmap, let trackers finish, and merge what they report into the summary."""
+        with tempfile.TemporaryDirectory(prefix="lifelong-") as tmp:
+            path = Path(heatmap_path) if heatmap_path is not None else Path(tmp) / "accuracy_matrix.png"
+            summary["heatmap"] = str(report.heatmap(summary, path)) if summary["accuracy_matrix"] else None
+            errors = [f"checkpoint: {e}" for e in self.writer.close()] if self.writer is not None else []
+            summary["trackers"] = {}
+            # Called one by one (in hook order) so each result stays attached to its tracker's name;
+            # what the model's own hooks report goes under "model".
+            for impl in reversed(self.hooks.on_run_end.get_hookimpls()):
+                result = impl.function(summary=summary)
+                if result:
+                    kind, name = impl.plugin_name.split(":", 1)
+                    if kind == "model":
+                        summary["model"] = result
+                    else:
+                        summary["trackers"][name] = result
+            if heatmap_path is None:
+                summary["heatmap"] = None
+        summary["generations"] = [
+            {**{k: v for k, v in row.items() if k != "records"}, **row["records"]} for row in self.generations
+        ]
+        if errors:
+            summary["errors"] = errors
+        return summary

@@ -59,6 +59,19 @@ class RegistrationSpecs:
         in order) and ``test_set(experience_id) -> Batch | None`` (held-out data of an experience,
         or None while it is not known yet). Missing files and bad options must raise
         ``lifelong.errors.UserError`` from the factory, before training starts.
+
+        **Position contract** (what makes ``lifelong run --resume`` possible): a resumable reader
+        stamps every batch with ``Batch.position``, plain JSON data saying where the stream stands
+        right after that batch, and offers ``seek(position)``, called once before ``__iter__``, after
+        which the stream yields exactly the batches an uninterrupted run would have yielded after
+        that one. A position accounts for every record before it: trained, held out, or sent to the
+        dead letters (the kernel saves the dead-letter file's length taken right after the reader
+        yielded the batch, and cuts the file back to it on resume, so a reader writes the dead
+        letters of the records before a batch before yielding it, and none after). Held-out data
+        the reader handed out before the position is kept by the kernel; data it holds back for
+        an experience not finished yet must be rebuilt by ``seek``. ``csv`` and ``text`` seek by
+        byte offset and line, ``npz`` and the benchmarks by record index. A reader without
+        ``seek`` still runs and checkpoints, but ``--resume`` refuses it with exit status 2.
         """
 
     @hookspec

@@ -65,3 +65,19 @@ def test_the_real_command_exits_2_without_a_traceback(tmp_path):
     assert result.returncode == 2
     assert "learner: lr must be positive, got -1" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_validation_error_opens_no_mlflow_run(tmp_path):
+    # pathnet refuses replay in its validate hook: before the tracker has created a store or a run
+    store = tmp_path / "mlflow.db"
+    result = cli(
+        "run",
+        "--set", "learner.strategies=['pathnet', 'replay']",
+        "--set", "tracking.trackers=['mlflow']",
+        "--set", f"tracking.mlflow.tracking_uri='sqlite:///{store}'",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "learner.strategies" in result.stderr and "does not compose with ['replay']" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not store.exists() and not (tmp_path / "mlruns").exists()

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lifelong import checkpoint, pipeline
+from lifelong import checkpoint, config, pipeline
 from lifelong.host import PluginHost
+from tests.conftest import QUIET
 
 RECORDER = "tests.fixtures.recorder"
 
@@ -68,6 +69,30 @@ def test_window_boundaries_cut_generations_every_n_batches(run):
     assert [g["index"] for g in summary["generations"]] == [0, 1, 2]
     assert summary["bwt"] is None and summary["fwt"] is None
     assert summary["acc"] is not None
+
+
+def test_window_generations_that_happen_to_match_the_experience_count_report_no_bwt_or_fwt(run):
+    # 45 batches of 32 over 5 experiences of 9 batches; windows of 10 batches: 5 generations too, but
+    # none trained on exactly one experience, so BWT, FWT and forgetting have no meaning
+    summary, _ = run(["boundary.detector='window'", "boundary.batches=10", "learner.epochs=1"])
+    assert len(summary["generations"]) == len(summary["experiences"]) == 5
+    assert [g["experiences"] for g in summary["generations"]][:2] == [[0, 1], [1, 2]]
+    assert summary["bwt"] is None and summary["fwt"] is None and summary["forgetting"] is None
+    aligned, _ = run(["boundary.detector='window'", "boundary.batches=9", "learner.epochs=1"])
+    assert [g["experiences"] for g in aligned["generations"]] == [[0], [1], [2], [3], [4]]
+    assert aligned["bwt"] is not None and aligned["fwt"] is not None
+
+
+def test_a_failure_in_on_run_start_reaches_on_run_failed(tmp_path):
+    raw = config.load(
+        None,
+        [*QUIET, "learner.strategies=['recorder']", "strategy.recorder.fail_at_start=true", "tracking.trackers=['generation-log']"],
+    )
+    host = PluginHost(plugins=["tests.fixtures.recorder", "tests.fixtures.generation_log"])
+    plan = pipeline.build(host, raw, tmp_path / "dead_letters.jsonl")
+    with pytest.raises(RuntimeError, match="failing at the start"):
+        pipeline.Runner(plan).execute()
+    assert plan.trackers["generation-log"].events == ["on_run_failed: recorder: failing at the start as configured"]
 
 
 def test_hooks_see_the_stream_batch_and_train_on_the_augmented_one(run):

@@ -135,6 +135,9 @@ class Tournament:
             "winner": -1 if s.winner is None else s.winner,
             "completed": s.completed,
             "rng": self.rng.bit_generator.state,
+            # the pair's fitness so far, so a checkpoint mid-tournament resumes it exactly
+            "fitness": [f for f in self.fitness],
+            "last_fitness": {str(k): v for k, v in self.last_fitness.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -146,6 +149,10 @@ class Tournament:
         s.pair = (int(state["pair"][0]), int(state["pair"][1]))
         s.turn, s.batches, s.completed = int(state["turn"]), int(state["batches"]), int(state["completed"])
         s.winner = None if int(state["winner"]) < 0 else int(state["winner"])
-        self.fitness = [None, None]  # a partly evaluated pair restarts its count of fitness
-        s.batches = 0
+        if "fitness" in state:
+            self.fitness = list(state["fitness"])
+            self.last_fitness = {int(k): float(v) for k, v in state.get("last_fitness", {}).items()}
+        else:  # saved before the fitness was kept: a partly evaluated pair restarts its count
+            self.fitness = [None, None]
+            s.batches = 0
         self.rng.bit_generator.state = state["rng"]

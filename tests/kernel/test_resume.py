@@ -269,3 +269,16 @@ def test_a_resume_with_a_different_pipeline_is_refused_naming_the_fields(tmp_pat
     assert "strategy.replay.memory (200 then, 50 now)" in result.stderr
     assert "max_batches" not in result.stderr and "log_every" not in result.stderr  # these may change
     assert result.stderr.count(" then, ") == 2
+
+
+def test_resume_pathnet_mid_tournament(tmp_path):
+    # tournaments of 2 × 5 batches and a checkpoint every 6: most checkpoints fall inside a tournament
+    overrides = [
+        "learner.strategies=['pathnet']",
+        "stream.scenario='task'",
+        "learner.epochs=2",
+        "strategy.pathnet.tournament_batches=5",
+        "checkpoint.every_batches=6",
+    ]
+    summary, final, resumed = resume_from_each_checkpoint(tmp_path, overrides)
+    assert_identical(summary, final, resumed)

@@ -229,16 +229,19 @@ def build(
 
 def _continued_strategies(model: torch.nn.Module, learner: config.LearnerOptions) -> dict[str, Any] | None:
     """The strategy state the model's source carried, when it is to be restored; says what is dropped."""
-    saved = dict((getattr(model, "continued_state", None) or {}).get("strategies") or {})
+    continued = getattr(model, "continued_state", None) or {}
+    saved = dict(continued.get("strategies") or {})
     if not saved:
         return None
+    # the source's whole strategy list: stateless strategies (naive) have no entry in the state
+    names = list(continued.get("strategy_names") or saved)
     if not learner.continue_strategies:
         say(f"not restoring the saved state of {sorted(saved)} (learner.continue_strategies = false)")
         return None
-    if sorted(saved) != sorted(learner.strategies):
+    if sorted(names) != sorted(learner.strategies):
         say(
             f"dropped the saved state of {sorted(saved)}: the strategy list differs "
-            f"(saved {sorted(saved)}, this run {list(learner.strategies)}); set the same strategies to continue them"
+            f"(saved {names}, this run {list(learner.strategies)}); set the same strategies to continue them"
         )
         return None
     return saved

@@ -186,8 +186,9 @@ class Runner:
                 "samples_seen": self.samples_seen,
                 "trained_samples": self.trained_samples,
                 "train_seconds": self.train_seconds_now(),
-                "columns": self.columns,
-                "covered": self.covered,
+                # copies: the writer thread serialises this while training goes on and appends to them
+                "columns": list(self.columns),
+                "covered": list(self.covered),
                 "matrix": [[[exp, acc] for exp, acc in row.items()] for row in self.matrix],
                 "initial": [[exp, acc] for exp, acc in self.initial.items()],
                 "generations": [dict(row, records=dict(row["records"])) for row in self.generations],

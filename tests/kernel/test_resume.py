@@ -11,12 +11,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
 from lifelong import checkpoint, config, pipeline
+from lifelong.background import BackgroundWriter
 from lifelong.host import PluginHost
 from tests.conftest import QUIET, cli
 
@@ -156,7 +158,10 @@ def resume_from_each_checkpoint(tmp_path: Path, overrides: list[str]) -> tuple[d
     """One run checkpointing often, then one resumed run from each of its checkpoints alone."""
     directory = tmp_path / "all"
     runner = build([*overrides, f"checkpoint.dir='{directory}'", "checkpoint.keep=1000"], tmp_path)
-    summary = runner.execute()
+    # A due checkpoint waits while the writer is busy, so how many a run writes depends on the
+    # machine's load; here every due checkpoint is queued, so each test always resumes from the same set.
+    with mock.patch.object(BackgroundWriter, "busy", lambda self: False):
+        summary = runner.execute()
     final = {k: v.clone() for k, v in runner.model.state_dict().items()}
     resumed = []
     found = checkpoint.checkpoints(directory)[:-1]  # the last is the end: nothing left to resume

@@ -1,7 +1,8 @@
 """The ``mlflow`` tracker: one MLflow run per pipeline run, every generation a registered model version.
 
 Options (``[tracking.mlflow]``): ``tracking_uri``, ``experiment``, ``registered_model``, ``run_name``,
-``alias``, ``flush_seconds``, ``pip_requirements`` (see :class:`lifelong_mlflow.options.MLflowOptions`).
+``alias``, ``flush_seconds``, ``max_pending_generations``, ``pip_requirements`` (see
+:class:`lifelong_mlflow.options.MLflowOptions`).
 What it records and how is described in :mod:`lifelong_mlflow.tracker`; how a generation is served
 in :mod:`lifelong_mlflow.pyfunc`.
 """

@@ -36,6 +36,14 @@ class MLflowOptions:
         default=5.0,
         metadata={"help": "seconds between batched metric uploads; boundaries and the run end always flush"},
     )
+    max_pending_generations: int = field(
+        default=4,
+        metadata={
+            "help": "generations queued or being written at most; at this many, a boundary waits for the writer to "
+            "finish one (each holds CPU copies of the model and strategy state, so memory stays bounded when "
+            "registering is slower than training); the total wait is reported as backpressure_seconds"
+        },
+    )
     pip_requirements: list[str] = field(
         default_factory=list,
         metadata={
@@ -54,3 +62,5 @@ class MLflowOptions:
             )
         if self.flush_seconds < 0:
             raise ValueError(f"flush_seconds must be at least 0, got {self.flush_seconds}")
+        if self.max_pending_generations < 1:
+            raise ValueError(f"max_pending_generations must be at least 1, got {self.max_pending_generations}")

@@ -3,7 +3,15 @@
 Each logged generation holds two artifacts, ``weights.safetensors`` (the model's ``state_dict``) and
 ``model.json`` (:meth:`lifelong.types.ModelSpec.to_dict`), and is saved as *models from code*
 (``model_code.py`` is the code file), so loading it runs no unpickling at all: the model is rebuilt
-through the plugin host by its component name and the weights are read with safetensors.
+by its component name (:meth:`lifelong.components.Components.default`: the plugins installed in
+the serving process) and the weights are read with safetensors.
+
+Two more, optional, artifacts carry what a later run needs to *continue* from the generation as
+if it had never stopped: ``strategies.safetensors`` (every tensor of the strategies' state: replay
+memory, EWC Fisher and anchors, the LwF teacher …) and ``strategies.json`` (:data:`STRATEGIES_FORMAT`:
+the run's strategy names in ``learner.strategies`` order, the nested state with tensors replaced by
+references into the safetensors file, and the generation's session and index). Serving never reads
+them; the ``mlflow`` initializer (:mod:`lifelong_transfer.initializers`) does.
 
 Loading needs the ``lifelong`` package and the plugin that registered the model component::
 
@@ -36,6 +44,9 @@ from lifelong.types import ModelSpec
 
 WEIGHTS = "weights.safetensors"
 SPEC = "model.json"
+STRATEGY_TENSORS = "strategies.safetensors"
+STRATEGY_INDEX = "strategies.json"
+STRATEGIES_FORMAT = "lifelong-strategies/1"
 TASK_COLUMN = "task"
 # Referenced by path, never imported here: importing it hands a model to MLflow's loader.
 MODEL_CODE = Path(__file__).with_name("model_code.py")
@@ -47,11 +58,17 @@ def save(
     spec: ModelSpec,
     pip_requirements: list[str],
     mlflow_model: Model | None = None,
+    strategy_state: dict[str, Any] | None = None,
+    strategies: list[str] | None = None,
+    lineage: dict[str, Any] | None = None,
 ) -> None:
     """Write a generation as a pyfunc model directory at ``path`` (which must not exist yet).
 
     ``pip_requirements`` is explicit because inferring requirements costs seconds per model;
     ``mlflow_model`` carries the MLmodel metadata (logged model id, run id) when it is logged.
+    ``strategy_state`` (name -> nested state, CPU tensors), when given, is stored with the run's
+    ``strategies`` names and ``lineage`` (``{"session": …, "generation": …}``) in the two optional
+    strategy artifacts.
     """
     from safetensors.torch import save_file
 
@@ -59,14 +76,40 @@ def save(
         weights, spec_file = Path(tmp) / WEIGHTS, Path(tmp) / SPEC
         save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
         spec_file.write_text(json.dumps(spec.to_dict(), indent=2))
+        artifacts = {"weights": str(weights), "spec": str(spec_file)}
+        if strategy_state is not None:
+            artifacts.update(_write_strategies(Path(tmp), strategy_state, strategies, lineage))
         with _no_artifact_progress_bars():
             mlflow.pyfunc.save_model(
                 str(path),
                 python_model=str(MODEL_CODE),
-                artifacts={"weights": str(weights), "spec": str(spec_file)},
+                artifacts=artifacts,
                 pip_requirements=pip_requirements,
                 mlflow_model=mlflow_model,
             )
+
+
+def _write_strategies(
+    root: Path, strategy_state: dict[str, Any], strategies: list[str] | None, lineage: dict[str, Any] | None
+) -> dict[str, str]:
+    """The two strategy artifacts under ``root``; the JSON is encoded first, so a state that is not
+    JSON and tensors fails before anything is written."""
+    from safetensors.torch import save_file
+
+    from lifelong.checkpoint import split_tensors
+
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = split_tensors(strategy_state, "", tensors)
+    index = {
+        "format": STRATEGIES_FORMAT,
+        "strategies": list(strategies if strategies is not None else strategy_state),
+        "state": skeleton,
+        **{key: value for key, value in (lineage or {}).items() if key in ("session", "generation")},
+    }
+    text = json.dumps(index, allow_nan=True)
+    save_file(tensors, str(root / STRATEGY_TENSORS))
+    (root / STRATEGY_INDEX).write_text(text)
+    return {"strategies": str(root / STRATEGY_TENSORS), "strategies_index": str(root / STRATEGY_INDEX)}
 
 
 @contextlib.contextmanager
@@ -97,14 +140,12 @@ class GenerationModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from safetensors.torch import load_file
 
-        from lifelong import options
-        from lifelong.host import PluginHost
+        from lifelong.components import Components
 
         with open(context.artifacts["spec"]) as handle:
             self.spec = ModelSpec.from_dict(json.load(handle))
-        component = PluginHost().component("model", self.spec.name, "model.json")
-        model_options = options.validate(component.options, self.spec.options, "model.json: options")
-        model = component.factory(model_options, self.spec.info)
+        # A serving process has no run: the model is rebuilt with the plugins installed here.
+        model = Components.default().build_model(self.spec, "model.json")
         model.load_state_dict(load_file(context.artifacts["weights"]))
         self.device = torch.device((context.model_config or {}).get("device", "cpu"))
         self.model = model.to(self.device).eval()

@@ -4,27 +4,53 @@ What lands in MLflow:
 
 - **run** (in ``experiment``, named ``run_name``): the resolved pipeline flattened into params
   (``learner.lr``, ``model.hidden`` …; values as JSON text, cut to MLflow's 6,000 characters) and in
-  full as ``config.json``; tags ``lifelong.plugin.<name>`` (plugin versions), ``lifelong.device``,
-  ``lifelong.scenario``, ``lifelong.model``, ``lifelong.seed``.
+  full as ``config.json``; tags ``lifelong.session`` (the session id), ``lifelong.plugin.<name>``
+  (plugin versions), ``lifelong.device``, ``lifelong.scenario``, ``lifelong.model``, ``lifelong.seed``
+  and, when the model continued from an earlier one, ``lifelong.continues``.
+- **one run per session**: a process that resumes a session (``run.session.resumed``) finds the
+  run tagged with its session id in the experiment and continues it (status back to RUNNING,
+  params not logged again, ``lifelong.resumed_step`` set); when the crash came before the run
+  existed it is created as usual. If that search itself fails (the store is down, a timeout after
+  MLflow's retries), nothing is created: a second run of the session would be worse than none, and
+  the failure is reported under ``errors``.
 - **metrics**: whatever ``on_metrics`` reports (loss, prequential accuracy, throughput,
   ``eval/…`` at boundaries) at step = stream batch, sent with ``log_batch`` every ``flush_seconds``
   and at every boundary; NaN and infinite values are skipped (they would break MLflow's charts).
   Each generation's row of the accuracy matrix as ``gen_acc/exp_<i>`` at step = generation index;
   at the end the summary (``acc``, ``bwt``, ``fwt``, ``forgetting`` …), ``summary.json`` and the
   accuracy-matrix heatmap.
-- **generations**: each one a logged model ``generation-<index>`` (pyfunc, see
-  :mod:`lifelong_mlflow.pyfunc`) and, unless ``registered_model`` is empty, a new version of that
-  registered model, tagged ``lifelong.generation``, ``lifelong.parent``, ``lifelong.experiences``
-  (the span's experience ids), ``lifelong.experiences_covered``, ``lifelong.samples``,
-  ``lifelong.offsets`` and ``lifelong.acc.exp_<i>``. ``alias`` then points at it; MLflow reserves
-  ``latest`` as its built-in alias of the newest version, so ``models:/<name>@latest`` needs no move.
-  ``generation.records`` gets ``run_id``, ``registered_model``, ``version``, ``model_uri``, ``model_id``.
+- **generations**: each one a logged model ``generation-<index>`` (pyfunc with the strategies'
+  state, see :mod:`lifelong_mlflow.pyfunc`) and, unless ``registered_model`` is empty, a new version
+  of that registered model, both tagged ``lifelong.session``, ``lifelong.generation``,
+  ``lifelong.parent`` (the parent generation's index in the session; for the first generation of a
+  session that continued from an earlier model, that model's reference: ``models:/NAME/VERSION`` or
+  a checkpoint path; else ``none``), ``lifelong.parent_session`` and ``lifelong.parent_generation``
+  (when known), ``lifelong.experiences`` (the span's experience ids),
+  ``lifelong.experiences_covered``, ``lifelong.samples``, ``lifelong.offsets`` and
+  ``lifelong.acc.exp_<i>``. ``alias`` then points at it; MLflow reserves ``latest`` as its built-in
+  alias of the newest version, so ``models:/<name>@latest`` needs no move. ``generation.records``
+  gets ``run_id``, ``registered_model``, ``version``, ``model_uri``, ``model_id`` and, on the first
+  generation of a continued session, ``continues``.
+- **nothing twice**: in a resumed session, before a generation is logged, the version and the READY
+  logged model tagged with its session and index are looked up; a generation that was registered
+  before the stop is reused with its records (``alias`` moved only if it points elsewhere), and one
+  whose logged model was finished but not registered gets its version from that logged model. A
+  session that did not resume has a new id, so nothing of it can exist and nothing is searched.
+  A resumed session's ``summary.json`` names the versions of the generations registered before the
+  stop too (found by their tags).
 
 Every MLflow call runs on one background thread (:class:`lifelong.background.BackgroundWriter`),
 through an ``MlflowClient`` bound to this tracker's URI and explicit run ids, never the fluent
 active-run API (its run and tracking URI are process-wide state). The training thread only appends
 to a list and enqueues. Failures never stop training: they are collected and returned by
 ``on_run_end`` under ``errors``, with a one-line ``message``.
+
+Memory stays bounded: each queued generation holds CPU copies of the model and the strategies'
+state, so at most ``max_pending_generations`` may be queued or being written; at that many, a
+boundary waits on the training thread for the writer to finish one (back-pressure: a slow store
+slows training rather than exhausting memory). The total wait is ``backpressure_seconds`` in
+``on_run_end``'s result. A run stopped by SIGTERM/SIGINT (:class:`lifelong.errors.Interrupted`) ends
+KILLED with ``lifelong.stopped_by`` = the signal; any other error ends it FAILED.
 """
 
 from __future__ import annotations
@@ -34,6 +60,7 @@ import math
 import re
 import shlex
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -51,6 +78,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 import lifelong
 from lifelong import hookimpl
 from lifelong.background import BackgroundWriter
+from lifelong.errors import Interrupted
 from lifelong.run import Run
 from lifelong.types import Generation
 from lifelong_mlflow import pyfunc
@@ -107,6 +135,20 @@ def _already_exists(exc: MlflowException) -> bool:
     return exc.error_code in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
 
 
+def _quote(value: str) -> str:
+    """A string literal for an MLflow filter."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def tag_filter(**tags: str) -> str:
+    """An MLflow search filter matching every tag: ``tags.`lifelong.session` = 'abc' AND …``.
+
+    Tag keys with dots need backticks: MLflow 3.17 accepts double quotes for runs and model
+    versions but silently matches nothing with them when searching logged models.
+    """
+    return " AND ".join(f"tags.`{key}` = {_quote(value)}" for key, value in tags.items())
+
+
 def ui_hint(tracking_uri: str, experiment_id: str | None, run_id: str | None) -> str:
     """How to look at the run: the ``mlflow ui`` command for a local store, else the run's URL."""
     scheme = urllib.parse.urlparse(tracking_uri).scheme
@@ -138,7 +180,14 @@ class MLflowTracker:
         self._pending: list[tuple[str, float, int, int]] = []
         self._last_flush = 0.0
         self._step = 0
-        self._records: list[dict[str, Any]] = []  # each generation's records dict, filled by the writer
+        # Each generation's records dict (a few small values, filled by the writer), by generation index.
+        self._records: dict[int, dict[str, Any]] = {}
+        self._session: str | None = None
+        self._resumed = False  # only a resumed session can find its generations already in the store
+        self._strategies: list[str] = []
+        # Back-pressure: one permit per generation queued or being written.
+        self._slots = threading.BoundedSemaphore(options.max_pending_generations)
+        self.backpressure_seconds = 0.0
         # Set on the writer thread by _start; read by the main thread only after a drain.
         self._client: MlflowClient | None = None
         self._tracking_uri = options.tracking_uri
@@ -150,17 +199,22 @@ class MLflowTracker:
     def on_run_start(self, run: Run) -> None:
         self._writer = BackgroundWriter("lifelong-mlflow")
         self._last_flush = time.monotonic()
+        session = run.session
+        self._session, self._resumed, self._strategies = session.id, session.resumed, run.strategies
         tags = {f"lifelong.plugin.{name}": version or "unknown" for name, version in run.plugin_versions.items()}
         tags.update(
             {
+                "lifelong.session": session.id,
                 "lifelong.device": str(run.device),
                 "lifelong.scenario": run.info.scenario,
                 "lifelong.model": run.model_spec.name,
                 "lifelong.seed": str(run.seed),
             }
         )
+        if session.continues:
+            tags["lifelong.continues"] = str(session.continues.get("ref"))
         config = json.loads(json.dumps(run.config, default=str))  # a private copy for the writer thread
-        self._writer.submit(self._start, config, tags)
+        self._writer.submit(self._start, config, tags, session.id, session.resumed, session.step)
 
     @hookimpl
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
@@ -173,8 +227,16 @@ class MLflowTracker:
     @hookimpl
     def on_generation(self, generation: Generation) -> None:
         self._flush()
-        self._records.append(generation.records)  # not the generation: its weights need not outlive the upload
-        self._writer.submit(self._log_generation, generation)
+        continues = getattr(generation, "continues", None)
+        if continues:
+            generation.records["continues"] = dict(continues)
+        # Not the generation: its weights need not outlive the upload.
+        self._records[generation.index] = generation.records
+        if not self._slots.acquire(blocking=False):
+            waited = time.perf_counter()
+            self._slots.acquire()
+            self.backpressure_seconds += time.perf_counter() - waited
+        self._writer.submit(self._log_generation_slot, generation)
 
     @hookimpl
     def on_run_end(self, summary: dict[str, Any]) -> dict[str, Any] | None:
@@ -188,7 +250,7 @@ class MLflowTracker:
         return self._report(errors)
 
     @hookimpl
-    def on_run_failed(self, error: BaseException) -> None:
+    def on_run_failed(self, error: BaseException) -> None:  # KILLED for Interrupted, else FAILED
         if self._writer is None:
             return
         self._flush()
@@ -203,28 +265,50 @@ class MLflowTracker:
         self._last_flush = time.monotonic()
 
     # -- writer thread ---------------------------------------------------------------------
-    def _start(self, config: dict[str, Any], tags: dict[str, str]) -> None:
+    def _start(self, config: dict[str, Any], tags: dict[str, str], session: str, resumed: bool, step: int) -> None:
         # Resolved once, so the run, its models and the printed hint all name the same store even
         # if the process's global tracking URI changes later.
         self._tracking_uri = self.options.tracking_uri or mlflow.get_tracking_uri()
         client = MlflowClient(self._tracking_uri)
         experiment_id = self._experiment(client)
-        run = client.create_run(
-            experiment_id,
-            run_name=self.options.run_name or None,
-            tags={mlflow_key(k): _text(v, MAX_TAG_LENGTH) for k, v in resolve_tags(tags).items()},
-        )
-        self._client, self._experiment_id, self._run_id = client, experiment_id, run.info.run_id
-        params = [Param(key, value) for key, value in flatten(config).items()]
-        for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
-            client.log_batch(self._run_id, params=chunk, synchronous=True)
-        client.log_dict(self._run_id, config, "config.json")
+        # A failed search raises here: no second run of the session is created (see the module docstring).
+        existing = self._session_run(client, experiment_id, session) if resumed else None
+        if existing is not None:
+            run_id = existing.info.run_id
+            client.update_run(run_id, status="RUNNING")
+            for stale in ("lifelong.stopped_by", "lifelong.checkpoint", "lifelong.error"):
+                if stale in existing.data.tags:
+                    client.delete_tag(run_id, stale)
+            client.set_tag(run_id, "lifelong.resumed_step", str(step))
+            self._client, self._experiment_id, self._run_id = client, experiment_id, run_id
+        else:
+            run = client.create_run(
+                experiment_id,
+                run_name=self.options.run_name or None,
+                tags={mlflow_key(k): _text(v, MAX_TAG_LENGTH) for k, v in resolve_tags(tags).items()},
+            )
+            self._client, self._experiment_id, self._run_id = client, experiment_id, run.info.run_id
+            params = [Param(key, value) for key, value in flatten(config).items()]
+            for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
+                client.log_batch(self._run_id, params=chunk, synchronous=True)
+            client.log_dict(self._run_id, config, "config.json")
         if self.options.registered_model:
             try:
                 client.create_registered_model(self.options.registered_model)
             except MlflowException as exc:
                 if not _already_exists(exc):
                     raise
+
+    @staticmethod
+    def _session_run(client: MlflowClient, experiment_id: str, session: str):
+        """The run this session created before it stopped, or None (the oldest, should there be several)."""
+        found = client.search_runs(
+            [experiment_id],
+            filter_string=tag_filter(**{"lifelong.session": session}),
+            max_results=1,
+            order_by=["attributes.start_time ASC"],
+        )
+        return found[0] if found else None
 
     def _experiment(self, client: MlflowClient) -> str:
         name = self.options.experiment
@@ -257,32 +341,41 @@ class MLflowTracker:
         for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
             self._client.log_batch(self._run_id, metrics=chunk, synchronous=True)
 
+    def _log_generation_slot(self, generation: Generation) -> None:
+        try:
+            self._log_generation(generation)
+        finally:
+            self._slots.release()
+
     def _log_generation(self, generation: Generation) -> None:
         if self._run_id is None:
             return
         started = time.perf_counter()
         client, run_id, index = self._client, self._run_id, generation.index
-        now = int(time.time() * 1000)
-        self._log_metrics([(f"gen_acc/exp_{exp}", acc, now, index) for exp, acc in generation.accuracy.items()])
-        tags = generation_tags(generation)
-        logged = client.create_logged_model(
-            self._experiment_id, name=f"generation-{index}", source_run_id=run_id, tags=tags, model_type="lifelong"
-        )
-        # The MLmodel metadata MLflow's own log_model writes, tying the files to the logged model.
-        metadata = Model(
-            artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id, model_id=logged.model_id
-        )
-        try:
-            with tempfile.TemporaryDirectory(prefix="lifelong-mlflow-") as tmp:
-                pyfunc.save(Path(tmp) / "model", generation.state, generation.model_spec, self.requirements, metadata)
-                client.log_model_artifacts(logged.model_id, str(Path(tmp) / "model"))
-        except BaseException:
-            client.finalize_logged_model(logged.model_id, "FAILED")
-            raise
-        client.finalize_logged_model(logged.model_id, "READY")
-        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=index)])
-        records: dict[str, Any] = {"run_id": run_id, "model_id": logged.model_id}
+        session = getattr(generation, "session", None) or self._session
+        tags = generation_tags(generation, session)
         name = self.options.registered_model
+        key = {"lifelong.session": str(session), "lifelong.generation": str(index)}
+        if name and self._resumed:
+            done = client.search_model_versions(f"name = {_quote(name)} AND {tag_filter(**key)}", max_results=10)
+            if done:  # registered before this session stopped: reuse it
+                version = min(done, key=lambda v: int(v.version))
+                self._move_alias(name, version.version)
+                # MLflow's SQL registry does not return a version's model_id: the logged model's tags find it.
+                logged = None if version.model_id else self._ready_logged_model(key)
+                records = self._version_records(name, version)
+                generation.records.update(records, model_id=version.model_id or (logged and logged.model_id))
+                self.log_seconds.append(time.perf_counter() - started)
+                return
+        now = int(time.time() * 1000)
+        logged = self._ready_logged_model(key) if self._resumed else None
+        if logged is None:
+            self._log_metrics([(f"gen_acc/exp_{exp}", acc, now, index) for exp, acc in generation.accuracy.items()])
+            logged = self._log_model(generation, tags, session)
+            client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=index)])
+        elif logged.model_id not in {o.model_id for o in (client.get_run(run_id).outputs.model_outputs or [])}:
+            client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=index)])
+        records: dict[str, Any] = {"run_id": run_id, "model_id": logged.model_id}
         if name:
             # The source is the logged model's storage location, not models:/<model_id>: MLflow's SQL
             # registry resolves that URI through the process-wide tracking URI, not this client's.
@@ -293,15 +386,84 @@ class MLflowTracker:
             client.set_logged_model_tags(
                 logged.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([{"name": name, "version": version.version}])}
             )
-            if self.options.alias and self.options.alias.lower() != "latest":
-                client.set_registered_model_alias(name, self.options.alias, version.version)
-            records.update(
-                registered_model=name, version=int(version.version), model_uri=f"models:/{name}/{version.version}"
-            )
+            self._move_alias(name, version.version, known_new=True)
+            records.update(self._version_records(name, version), model_id=logged.model_id)
         else:
             records.update(registered_model=None, version=None, model_uri=f"models:/{logged.model_id}")
         generation.records.update(records)
         self.log_seconds.append(time.perf_counter() - started)
+
+    def _log_model(self, generation: Generation, tags: dict[str, str], session: str | None):
+        """A new READY logged model holding the generation (weights, spec, strategies' state)."""
+        client, run_id = self._client, self._run_id
+        logged = client.create_logged_model(
+            self._experiment_id,
+            name=f"generation-{generation.index}",
+            source_run_id=run_id,
+            tags=tags,
+            model_type="lifelong",
+        )
+        # The MLmodel metadata MLflow's own log_model writes, tying the files to the logged model.
+        metadata = Model(
+            artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id, model_id=logged.model_id
+        )
+        save = {
+            "strategy_state": generation.strategy_state,
+            "strategies": self._strategies or list(generation.strategy_state),
+            "lineage": {"session": session, "generation": generation.index},
+        }
+        try:
+            with tempfile.TemporaryDirectory(prefix="lifelong-mlflow-") as tmp:
+                target = Path(tmp) / "model"
+                try:
+                    pyfunc.save(target, generation.state, generation.model_spec, self.requirements, metadata, **save)
+                except (TypeError, ValueError) as exc:
+                    if target.exists():
+                        raise
+                    # A strategy state that is not JSON and tensors: the generation is still worth serving.
+                    self._writer.errors.append(
+                        f"generation {generation.index}: strategy state not stored ({type(exc).__name__}: {exc}); "
+                        "a run continuing from it starts its strategies afresh"
+                    )
+                    pyfunc.save(target, generation.state, generation.model_spec, self.requirements, metadata)
+                client.log_model_artifacts(logged.model_id, str(target))
+        except BaseException:
+            client.finalize_logged_model(logged.model_id, "FAILED")
+            raise
+        return client.finalize_logged_model(logged.model_id, "READY")
+
+    def _ready_logged_model(self, key: dict[str, str]):
+        """The READY logged model this session already wrote for this generation, or None.
+
+        One left PENDING or FAILED by a crash mid-upload is not trusted: the generation is written again.
+        """
+        found = self._client.search_logged_models(
+            [self._experiment_id], filter_string=tag_filter(**key), max_results=10
+        )
+        ready = [m for m in found if str(getattr(m.status, "value", m.status)) == "READY"]
+        return ready[0] if ready else None
+
+    def _move_alias(self, name: str, version: str, known_new: bool = False) -> None:
+        alias = self.options.alias
+        if not alias or alias.lower() == "latest":
+            return
+        if not known_new:
+            try:
+                if str(self._client.get_model_version_by_alias(name, alias).version) == str(version):
+                    return
+            except MlflowException:
+                pass  # no such alias yet
+        self._client.set_registered_model_alias(name, alias, version)
+
+    @staticmethod
+    def _version_records(name: str, version: Any) -> dict[str, Any]:
+        return {
+            "run_id": version.run_id,
+            "model_id": getattr(version, "model_id", None),
+            "registered_model": name,
+            "version": int(version.version),
+            "model_uri": f"models:/{name}/{version.version}",
+        }
 
     def _finish(self, summary: dict[str, Any]) -> None:
         if self._run_id is None:
@@ -313,8 +475,11 @@ class MLflowTracker:
         )
         report = dict(summary)
         # The kernel copies generation records into the summary only after this hook; the artifact has them now.
+        # Generations registered before a resume are found by their tags.
+        earlier = self._earlier_records(summary.get("generations", []))
         report["generations"] = [
-            {**entry, **records} for entry, records in zip(summary.get("generations", []), self._records)
+            {**entry, **earlier.get(entry.get("index"), {}), **self._records.get(entry.get("index"), {})}
+            for entry in summary.get("generations", [])
         ]
         client.log_text(run_id, json.dumps(report, indent=2, default=str), "summary.json")
         if summary.get("heatmap"):
@@ -323,19 +488,46 @@ class MLflowTracker:
             client.set_tag(run_id, "lifelong.logging_errors", str(len(self._writer.errors)))
         client.set_terminated(run_id, "FINISHED")
 
+    def _earlier_records(self, entries: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        """Records of the summary's generations this process did not log (a resumed session's earlier ones)."""
+        name = self.options.registered_model
+        missing = [e.get("index") for e in entries if e.get("index") not in self._records]
+        if not (self._resumed and name and missing):
+            return {}
+        found = self._client.search_model_versions(
+            f"name = {_quote(name)} AND {tag_filter(**{'lifelong.session': str(self._session)})}", max_results=10000
+        )
+        records: dict[int, dict[str, Any]] = {}
+        for version in sorted(found, key=lambda v: -int(v.version)):  # the oldest version of a generation wins
+            generation = (version.tags or {}).get("lifelong.generation", "")
+            if generation.isdigit():
+                known = self._version_records(name, version)
+                records[int(generation)] = {k: v for k, v in known.items() if v is not None}
+        return records
+
     def _fail(self, error: BaseException) -> None:
-        if self._run_id is not None:
-            self._client.set_tag(self._run_id, "lifelong.error", f"{type(error).__name__}: {error}"[:5000])
-            self._client.set_terminated(self._run_id, "FAILED")
+        if self._run_id is None:
+            return
+        if isinstance(error, Interrupted):  # stopped on purpose, resumable: not a failure
+            tags = {"lifelong.stopped_by": error.signal_name}
+            if error.checkpoint:
+                tags["lifelong.checkpoint"] = _text(error.checkpoint, MAX_TAG_LENGTH)
+            for key, value in tags.items():
+                self._client.set_tag(self._run_id, key, value)
+            self._client.set_terminated(self._run_id, "KILLED")
+            return
+        self._client.set_tag(self._run_id, "lifelong.error", f"{type(error).__name__}: {error}"[:5000])
+        self._client.set_terminated(self._run_id, "FAILED")
 
     # -- result ----------------------------------------------------------------------------
     def _report(self, errors: list[str]) -> dict[str, Any]:
-        versions = [r["version"] for r in self._records if r.get("version") is not None]
+        versions = sorted(r["version"] for r in self._records.values() if r.get("version") is not None)
         result: dict[str, Any] = {
             "run_id": self._run_id,
             "experiment_id": self._experiment_id,
             "tracking_uri": self._tracking_uri,
             "registered_model": self.options.registered_model or None,
+            "backpressure_seconds": round(self.backpressure_seconds, 6),
         }
         if self._run_id is None:
             first = errors[0].strip().splitlines()[-1] if errors else "unknown error"
@@ -354,18 +546,39 @@ class MLflowTracker:
         return result
 
 
-def generation_tags(generation: Generation) -> dict[str, str]:
-    """Model-version tags: where the generation sits in the lineage and what it was trained on."""
+def generation_tags(generation: Generation, session: str | None = None) -> dict[str, str]:
+    """Logged-model and version tags: where the generation sits in the lineage and what it was trained on.
+
+    ``session`` is the generation's session id (``generation.session`` when the kernel sets it).
+    """
     experience = generation.experience
-    tags = {
-        "lifelong.generation": str(generation.index),
-        "lifelong.parent": "none" if generation.parent is None else str(generation.parent),
-        "lifelong.experiences": json.dumps(experience.experience_ids),
-        "lifelong.experiences_covered": json.dumps(generation.experiences_covered),
-        "lifelong.samples": str(experience.samples),
-        "lifelong.offsets": _text(experience.offsets, MAX_TAG_LENGTH),
-        "lifelong.model": generation.model_spec.name,
-    }
+    session = getattr(generation, "session", None) or session
+    continues = getattr(generation, "continues", None)
+    tags = {"lifelong.generation": str(generation.index)}
+    if session:
+        tags["lifelong.session"] = str(session)
+    if generation.parent is not None:
+        tags["lifelong.parent"] = str(generation.parent)
+        if session:
+            tags["lifelong.parent_session"] = str(session)
+        tags["lifelong.parent_generation"] = str(generation.parent)
+    elif continues:
+        tags["lifelong.parent"] = _text(str(continues.get("ref")), MAX_TAG_LENGTH)
+        if continues.get("session") is not None:
+            tags["lifelong.parent_session"] = str(continues["session"])
+        if continues.get("generation") is not None:
+            tags["lifelong.parent_generation"] = str(continues["generation"])
+    else:
+        tags["lifelong.parent"] = "none"
+    tags.update(
+        {
+            "lifelong.experiences": json.dumps(experience.experience_ids),
+            "lifelong.experiences_covered": json.dumps(generation.experiences_covered),
+            "lifelong.samples": str(experience.samples),
+            "lifelong.offsets": _text(experience.offsets, MAX_TAG_LENGTH),
+            "lifelong.model": generation.model_spec.name,
+        }
+    )
     for exp, acc in generation.accuracy.items():
         tags[f"lifelong.acc.exp_{exp}"] = f"{acc:.6g}"
     return tags

@@ -282,15 +282,17 @@ class PathNetModel(nn.Module):
         self.current = count
 
 
-def build_grid(options: GridOptions, info: StreamInfo) -> PathNetModel:
-    """The ``pathnet`` model component: rebuilds a grid (and its backbone) from a stored ModelSpec."""
+def build_grid(options: GridOptions, info: StreamInfo, components: Any = None) -> PathNetModel:
+    """The ``pathnet`` model component: rebuilds a grid (and its backbone) from a stored ModelSpec.
+
+    The backbone is built with the run's ``components`` (the kernel passes them), so a backbone
+    from a ``--plugin`` module is found; without them (a direct call), a default plugin host's.
+    """
     backbone = None
     if options.backbone is not None:
-        from lifelong import options as opts
-        from lifelong.host import PluginHost
+        from lifelong.components import Components
         from lifelong.types import ModelSpec
 
-        spec = ModelSpec.from_dict(options.backbone)
-        component = PluginHost().component("model", spec.name, "model.backbone")
-        backbone = component.factory(opts.validate(component.options, spec.options, "model.backbone"), spec.info)
+        components = components or Components.default()
+        backbone = components.build_model(ModelSpec.from_dict(options.backbone), "model.backbone")
     return PathNetModel(options, info, backbone)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 Strategy = Literal["feature-extractor", "fine-tune-top", "fine-tune-all", "auto"]
@@ -137,9 +138,25 @@ class MiniLMOptions(FineTuneOptions):
 
 @dataclass
 class FileOptions:
-    path: str = field(default="", metadata={"help": "weights file: .safetensors, or a torch state_dict (required)"})
-    arch: str = field(default="", metadata={"help": "the model component that builds the architecture, e.g. cnn (required)"})
-    arch_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "options of the arch component"})
+    path: str = field(
+        default="",
+        metadata={
+            "help": "weights file (.safetensors, or a torch state_dict), or a lifelong checkpoint directory (an earlier "
+            "run's [checkpoint] dir, or one ckpt-... directory in it: architecture, options, weights and strategy "
+            "state all come from it) (required)"
+        },
+    )
+    arch: str = field(
+        default="",
+        metadata={
+            "help": "the model component that builds the architecture, e.g. cnn (required for a weights file; a "
+            "checkpoint names its own, and a different one here is an error)"
+        },
+    )
+    arch_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "options of the arch component (a checkpoint holds its own; any given must match them)"},
+    )
     allow_pickle: bool = field(
         default=False, metadata={"help": "load a file holding arbitrary pickled objects (runs code from the file: trusted files only)"}
     )
@@ -147,8 +164,8 @@ class FileOptions:
 
     def check(self) -> None:
         if not self.path:
-            raise ValueError("path is missing: name the weights file")
-        if not self.arch:
+            raise ValueError("path is missing: name the weights file or a checkpoint directory")
+        if not self.arch and not Path(self.path).expanduser().is_dir():
             raise ValueError("arch is missing: name the model component of the architecture, e.g. arch = \"cnn\"")
 
 
@@ -156,7 +173,10 @@ class FileOptions:
 class GenerationOptions:
     model_uri: str = field(
         default="",
-        metadata={"help": "models:/NAME@ALIAS, models:/NAME/VERSION, or a local directory of a logged generation (required)"},
+        metadata={
+            "help": "models:/NAME@ALIAS, models:/NAME/VERSION, models:/MODEL_ID (a logged model), or a local directory of "
+            "a logged generation; its strategies' state comes along when stored (required)"
+        },
     )
     tracking_uri: str = field(default="", metadata={"help": "MLflow tracking URI; empty: MLflow's own default"})
     options: dict[str, Any] = field(

@@ -25,9 +25,11 @@ import torch
 from mlflow import MlflowClient
 
 from lifelong import checkpoint, config, options, pipeline
-from lifelong.errors import ConfigError
+from lifelong.components import Components
+from lifelong.config import LearnerOptions
+from lifelong.errors import ConfigError, Interrupted
 from lifelong.host import PluginHost
-from lifelong.run import Run
+from lifelong.run import Run, Session
 from lifelong.types import Experience, Generation, ModelSpec, StreamInfo
 from lifelong_mlflow import pyfunc
 from lifelong_mlflow.options import MLflowOptions
@@ -42,7 +44,7 @@ def execute(tmp: Path, overrides: list[str]):
     raw = config.load(None, [*FAST, *overrides])
     plan = pipeline.build(PluginHost(), raw, tmp / "dead_letters.jsonl")
     runner = pipeline.Runner(plan)
-    return runner.finish(runner.execute()), runner
+    return runner.execute(), runner
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +179,7 @@ def test_building_the_plan_contacts_no_store(tmp_path, monkeypatch):
         ({"registered_model": "a/b"}, "registered_model"),
         ({"flush_seconds": -1.0}, "flush_seconds"),
         ({"experiment": " "}, "experiment"),
+        ({"max_pending_generations": 0}, "max_pending_generations"),
     ],
 )
 def test_bad_options_are_config_errors(values, field):
@@ -197,15 +200,19 @@ def test_a_broken_store_never_stops_training(tmp_path, monkeypatch):
     assert all("version" not in g for g in summary["generations"])
 
 
-def fake_run(model: torch.nn.Module, info: StreamInfo) -> Run:
+def fake_run(
+    model: torch.nn.Module, info: StreamInfo, session: Session | None = None, strategies: list[str] | None = None
+) -> Run:
     return Run(
         model=model,
         optimizer=None,
         device=torch.device("cpu"),
         info=info,
         model_spec=ModelSpec("mlp", {"hidden": [8]}, info),
+        learner=LearnerOptions(strategies=strategies or ["naive"]),
+        session=session or Session("s-test"),
+        components=Components.default(),
         config={"learner": {"lr": 0.1}, "x" * 300: "y" * 7000},
-        seed=0,
         plugin_versions={"mlflow": "0.1.0", "third-party": None},
     )
 
@@ -357,3 +364,212 @@ def test_a_run_that_crashes_is_marked_failed(tmp_path):
     assert run.data.tags["lifelong.error"] == "RuntimeError: recorder: failing as configured"
     # the first generation (after 9 batches) was registered before the crash
     assert [int(v.version) for v in versions(MlflowClient(uri))] == [1]
+
+
+# -- sessions: resume, nothing twice, interruption, back-pressure ----------------------------------
+SMALL = StreamInfo(input_shape=(4,), num_classes=2)
+
+
+def small_generation(model: torch.nn.Module, index: int, session: str = "s1", **extra) -> Generation:
+    return Generation(
+        index=index,
+        parent=None if index == 0 else index - 1,
+        experience=Experience(index, [index], 3, 96, {"src": [96 * index, 96 * (index + 1)]}),
+        experiences_covered=list(range(index + 1)),
+        accuracy={i: 0.5 for i in range(index + 1)},
+        model_spec=ModelSpec("mlp", {"hidden": [8]}, SMALL),
+        state=checkpoint.to_cpu(model.state_dict()),
+        strategy_state=extra.pop("strategy_state", {}),
+        session=session,
+        **extra,
+    )
+
+
+def session_runs(client: MlflowClient, experiment: str = "lifelong"):
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def test_a_resumed_session_continues_its_run_and_registers_each_generation_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    settings = dict(tracking_uri=uri, alias="champion", flush_seconds=3600)
+    model = MLP(MLPOptions(hidden=[8]), SMALL)
+    client = MlflowClient(uri)
+
+    first = MLflowTracker(MLflowOptions(**settings))
+    first.on_run_start(run=fake_run(model, SMALL, Session("s1")))
+    before = [small_generation(model, 0), small_generation(model, 1)]
+    for generation in before:
+        first.on_generation(generation=generation)
+    first.on_run_failed(error=Interrupted("SIGTERM", "ckpt/ckpt-000000000006"))
+    (stopped,) = session_runs(client)
+
+    # The process that resumes the session re-reaches generation 1 (its checkpoint was older) and goes on.
+    second = MLflowTracker(MLflowOptions(**settings))
+    second.on_run_start(run=fake_run(model, SMALL, Session("s1", resumed=True, step=3)))
+    again, new = small_generation(model, 1), small_generation(model, 2)
+    second.on_generation(generation=again)
+    second.on_generation(generation=new)
+    result = second.on_run_end(summary={"generations": [{"index": i} for i in range(3)], "heatmap": None})
+    assert "errors" not in result, result.get("errors")
+
+    (run,) = session_runs(client)  # one MLflow run for the session
+    assert run.info.run_id == stopped.info.run_id == result["run_id"]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["lifelong.session"] == "s1" and run.data.tags["lifelong.resumed_step"] == "3"
+    assert "lifelong.stopped_by" not in run.data.tags and "lifelong.checkpoint" not in run.data.tags
+    assert run.data.params == stopped.data.params  # not logged again
+    found = versions(client)
+    assert [int(v.version) for v in found] == [1, 2, 3]
+    assert [(v.tags["lifelong.session"], v.tags["lifelong.generation"]) for v in found] == [("s1", "0"), ("s1", "1"), ("s1", "2")]
+    assert len(client.search_logged_models([run.info.experiment_id])) == 3
+    assert again.records == before[1].records  # the version registered before the stop, reused
+    assert again.records["model_id"] and again.records["run_id"] == run.info.run_id
+    assert again.records["version"] == 2 and new.records["version"] == 3
+    assert int(client.get_model_version_by_alias("lifelong", "champion").version) == 3
+    # Generation 1's accuracy row was logged once, by the first process.
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "gen_acc/exp_0")] == [0, 1, 2]
+    assert result["message"].startswith("registered 'lifelong' v2-v3;")
+    # summary.json names every generation's version, those registered before the stop included.
+    logged = json.loads(Path(client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path))).read_text())
+    assert [g["version"] for g in logged["generations"]] == [1, 2, 3]
+
+
+def test_a_session_resumed_before_its_run_existed_creates_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    model = MLP(MLPOptions(hidden=[8]), SMALL)
+    other = MLflowTracker(MLflowOptions(tracking_uri=uri, flush_seconds=3600))
+    other.on_run_start(run=fake_run(model, SMALL, Session("another")))
+    other.on_run_end(summary={"generations": [], "heatmap": None})
+    tracker = MLflowTracker(MLflowOptions(tracking_uri=uri, flush_seconds=3600))
+    tracker.on_run_start(run=fake_run(model, SMALL, Session("s2", resumed=True, step=40)))
+    result = tracker.on_run_end(summary={"generations": [], "heatmap": None})
+    assert "errors" not in result, result.get("errors")
+    runs = {r.data.tags["lifelong.session"]: r for r in session_runs(MlflowClient(uri))}
+    assert set(runs) == {"another", "s2"}
+    assert runs["s2"].info.run_id == result["run_id"]
+    assert runs["s2"].data.params["learner.lr"] == "0.1"  # created as usual
+
+
+def test_an_unregistered_generation_given_twice_is_logged_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    model = MLP(MLPOptions(hidden=[8]), SMALL)
+    records = []
+    for resumed in (False, True):
+        tracker = MLflowTracker(MLflowOptions(tracking_uri=uri, registered_model="", flush_seconds=3600))
+        tracker.on_run_start(run=fake_run(model, SMALL, Session("s3", resumed=resumed)))
+        generation = small_generation(model, 0, session="s3")
+        tracker.on_generation(generation=generation)
+        result = tracker.on_run_end(summary={"generations": [{"index": 0}], "heatmap": None})
+        assert "errors" not in result, result.get("errors")
+        records.append(generation.records)
+    client = MlflowClient(uri)
+    (run,) = session_runs(client)
+    (logged,) = client.search_logged_models([run.info.experiment_id])
+    assert records[0] == records[1] == {
+        "run_id": run.info.run_id, "model_id": logged.model_id, "registered_model": None, "version": None,
+        "model_uri": f"models:/{logged.model_id}",
+    }
+    assert [o.model_id for o in client.get_run(run.info.run_id).outputs.model_outputs] == [logged.model_id]
+
+
+def test_an_interrupted_run_is_killed_and_any_other_error_fails_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    model = MLP(MLPOptions(hidden=[8]), SMALL)
+    for session, error in (("stopped", Interrupted("SIGINT", "/data/ckpt/ckpt-000000000120")), ("crashed", RuntimeError("boom"))):
+        tracker = MLflowTracker(MLflowOptions(tracking_uri=uri, flush_seconds=3600))
+        tracker.on_run_start(run=fake_run(model, SMALL, Session(session)))
+        tracker.on_run_failed(error=error)
+    runs = {r.data.tags["lifelong.session"]: r for r in session_runs(MlflowClient(uri))}
+    assert runs["stopped"].info.status == "KILLED"
+    assert runs["stopped"].data.tags["lifelong.stopped_by"] == "SIGINT"
+    assert runs["stopped"].data.tags["lifelong.checkpoint"] == "/data/ckpt/ckpt-000000000120"
+    assert "lifelong.error" not in runs["stopped"].data.tags
+    assert runs["crashed"].info.status == "FAILED"
+    assert runs["crashed"].data.tags["lifelong.error"] == "RuntimeError: boom"
+    assert "lifelong.stopped_by" not in runs["crashed"].data.tags
+
+
+def test_pending_generations_are_bounded_and_the_wait_is_reported(tmp_path, monkeypatch):
+    """A writer slower than the boundaries holds at most max_pending_generations; the training thread waits."""
+    monkeypatch.chdir(tmp_path)
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    model = MLP(MLPOptions(hidden=[8]), SMALL)
+    tracker = MLflowTracker(MLflowOptions(tracking_uri=uri, registered_model="", flush_seconds=3600, max_pending_generations=2))
+    submitted, finished, most = [0], [0], [0]
+    write = tracker._log_generation
+
+    def slow_write(generation):  # a store slower than training: 0.2 s per generation
+        time.sleep(0.2)
+        write(generation)
+        finished[0] += 1
+
+    monkeypatch.setattr(tracker, "_log_generation", slow_write)
+    tracker.on_run_start(run=fake_run(model, SMALL, Session("s4")))
+    submit = tracker._writer.submit
+
+    def counting_submit(fn, *args):
+        if fn == tracker._log_generation_slot:  # a generation enters the queue: count those not yet written
+            submitted[0] += 1
+            most[0] = max(most[0], submitted[0] - finished[0])
+        submit(fn, *args)
+
+    tracker._writer.submit = counting_submit
+    started = time.perf_counter()
+    for index in range(6):
+        tracker.on_generation(generation=small_generation(model, index, session="s4"))
+    enqueued = time.perf_counter() - started
+    result = tracker.on_run_end(summary={"generations": [], "heatmap": None})
+    assert "errors" not in result, result.get("errors")
+    assert most[0] == 2  # never more than two generations' state held at once
+    # The 3rd to 6th generations each waited for the writer to finish one (~0.2 s each).
+    assert result["backpressure_seconds"] == pytest.approx(tracker.backpressure_seconds)
+    assert 0.6 < result["backpressure_seconds"] <= enqueued
+    assert len(MlflowClient(uri).search_logged_models([result["experiment_id"]])) == 6
+    fast = MLflowTracker(MLflowOptions(tracking_uri=uri, registered_model="", flush_seconds=3600))
+    fast.on_run_start(run=fake_run(model, SMALL, Session("s5")))
+    fast.on_generation(generation=small_generation(model, 0, session="s5"))
+    assert fast.on_run_end(summary={"generations": [], "heatmap": None})["backpressure_seconds"] == 0.0
+
+
+def test_a_generation_logged_but_not_registered_before_the_stop_is_registered_from_its_logged_model(tmp_path, monkeypatch):
+    """The crash came between writing the logged model and creating its version: the files are not written again."""
+    monkeypatch.chdir(tmp_path)
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    model = MLP(MLPOptions(hidden=[8]), SMALL)
+    first = MLflowTracker(MLflowOptions(tracking_uri=uri, registered_model="", flush_seconds=3600))
+    first.on_run_start(run=fake_run(model, SMALL, Session("s6")))
+    logged_before = small_generation(model, 0, session="s6")
+    first.on_generation(generation=logged_before)
+    first.on_run_failed(error=Interrupted("SIGKILL"))
+    second = MLflowTracker(MLflowOptions(tracking_uri=uri, flush_seconds=3600))
+    second.on_run_start(run=fake_run(model, SMALL, Session("s6", resumed=True)))
+    again = small_generation(model, 0, session="s6")
+    second.on_generation(generation=again)
+    assert "errors" not in second.on_run_end(summary={"generations": [], "heatmap": None})
+    client = MlflowClient(uri)
+    (run,) = session_runs(client)
+    (logged,) = client.search_logged_models([run.info.experiment_id])
+    (version,) = versions(client)
+    assert again.records["model_id"] == logged_before.records["model_id"] == logged.model_id
+    assert again.records["version"] == 1 and version.tags["lifelong.session"] == "s6"
+    assert [o.model_id for o in client.get_run(run.info.run_id).outputs.model_outputs] == [logged.model_id]
+
+
+def test_a_strategy_state_that_cannot_be_stored_still_logs_the_generation(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    model = MLP(MLPOptions(hidden=[8]), SMALL)
+    tracker = MLflowTracker(MLflowOptions(tracking_uri=uri, flush_seconds=3600))
+    tracker.on_run_start(run=fake_run(model, SMALL, Session("s7"), strategies=["odd"]))
+    generation = small_generation(model, 0, session="s7", strategy_state={"odd": {"thing": object()}})
+    tracker.on_generation(generation=generation)
+    result = tracker.on_run_end(summary={"generations": [], "heatmap": None})
+    (error,) = result["errors"]
+    assert error.startswith("generation 0: strategy state not stored (TypeError")
+    assert generation.records["version"] == 1  # served and continued from, without strategy state
+    path = Path(MlflowClient(uri).get_logged_model(generation.records["model_id"]).artifact_location.replace("file://", ""))
+    assert (path / "artifacts" / "weights.safetensors").is_file() and not list(path.rglob("strategies.*"))

@@ -99,11 +99,10 @@ def test_image_backbones_reject_streams_that_are_not_images():
 
 
 def _build(name: str, options: dict, info: StreamInfo):
-    from lifelong import pipeline
-    from lifelong.options import validate
+    from lifelong.components import Components
 
-    component = PluginHost().component("model", name, "model")
-    return pipeline._construct(component.factory, "model", validate(component.options, options, "model"), info)
+    model, _ = Components(PluginHost()).build_model_options(name, options, info, "model")
+    return model
 
 
 # -- strategies -----------------------------------------------------------------------------------
@@ -300,6 +299,99 @@ def test_file_initializer_loads_safetensors_and_state_dicts_and_refuses_pickles(
         run([*arch[:2], "model.arch_options={hidden='wide'}", f"model.path={tmp_path / 'w.safetensors'}"])
     with pytest.raises(ConfigError, match="model.arch: unknown model 'resnet'"):
         run(["model.name=file", "model.arch=resnet", f"model.path={tmp_path / 'w.safetensors'}"])
+
+
+def write_checkpoint(directory: Path, step: int, seed: int, generations: int, session: str = "s-old"):
+    """A lifelong checkpoint of an mlp (hidden [16]) trained with replay + ewc, as the kernel writes one."""
+    from lifelong import checkpoint
+    from lifelong import options as opts
+    from lifelong.types import ModelSpec
+    from lifelong_models.mlp import MLP, MLPOptions
+
+    info = StreamInfo((1, 8, 8), 10)
+    torch.manual_seed(seed)
+    model = MLP(MLPOptions(hidden=[16]), info)
+    strategies = {
+        "replay": {"memory": {"x": torch.randn(5, 1, 8, 8), "y": torch.arange(5)}, "seen": 40 + seed, "policy": "reservoir"},
+        "ewc": {"fisher": {k: torch.rand_like(v) for k, v in model.state_dict().items()}, "experiences": generations},
+    }
+    state = {
+        "model_spec": ModelSpec("mlp", opts.to_dict(MLPOptions(hidden=[16])), info).to_dict(),
+        "model": checkpoint.to_cpu(model.state_dict()),
+        "strategies": checkpoint.to_cpu(strategies),
+        "config": {"learner": {"strategies": ["replay", "ewc"]}},
+        "kernel": {"generations": [{"index": i, "parent": i - 1 if i else None, "session": session} for i in range(generations)]},
+    }
+    path = checkpoint.write(directory, step, session, state, {}, keep=3)
+    return path, model.state_dict(), strategies
+
+
+def same_state(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    return a == b
+
+
+def test_file_initializer_continues_from_a_checkpoint_directory(tmp_path):
+    from lifelong import options as opts
+    from lifelong.components import Components
+    from lifelong_transfer.initializers import file_model
+    from lifelong_transfer.options import FileOptions
+
+    info = StreamInfo((1, 8, 8), 10)
+    older, older_weights, _ = write_checkpoint(tmp_path / "ckpt", step=12, seed=1, generations=1)
+    newest, weights, strategies = write_checkpoint(tmp_path / "ckpt", step=30, seed=2, generations=2)
+
+    def build(**values):
+        return file_model(opts.validate(FileOptions, values, "model"), info, Components.default())
+
+    # The run's [checkpoint] dir: its newest checkpoint, architecture and options from its spec (no arch to retype).
+    model = build(path=str(tmp_path / "ckpt"))
+    assert same_state(model.state_dict(), weights)
+    assert (model.model_spec.name, model.model_spec.options["hidden"]) == ("mlp", [16])
+    assert model.continues == {"ref": str(newest), "session": "s-old", "generation": 1}
+    assert same_state(model.continued_state["strategies"], strategies)
+    assert model.continued_state["strategy_names"] == ["replay", "ewc"]
+    # One ckpt-... directory in it: that checkpoint.
+    model = build(path=str(older), arch="mlp", arch_options={"hidden": [16]})  # the same arch and options are fine
+    assert same_state(model.state_dict(), older_weights)
+    assert model.continues == {"ref": str(older), "session": "s-old", "generation": 0}
+
+    with pytest.raises(ConfigError, match="^model.arch: .* holds a 'mlp' model, not 'cnn'"):
+        build(path=str(newest), arch="cnn")
+    with pytest.raises(ConfigError, match=r"^model.arch_options.hidden: .* trained with \[16\], not \[32\]"):
+        build(path=str(newest), arch_options={"hidden": [32]})
+    with pytest.raises(ConfigError, match="^model.arch_options.width: .* trained with no such option"):
+        build(path=str(newest), arch_options={"width": 3})
+    with pytest.raises(ConfigError, match=r"^model.path: .* does not fit this stream: it has classes per head 10 \(the stream: 4\)"):
+        file_model(opts.validate(FileOptions, {"path": str(newest)}, "model"), StreamInfo((1, 8, 8), 4))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no lifelong checkpoint"):
+        build(path=str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="arch is missing"):  # a weights file still needs its architecture
+        opts.validate(FileOptions, {"path": str(tmp_path / "w.safetensors")}, "model")
+    # The architecture is built with the run's components, never a plugin host of its own.
+    from lifelong.host import PluginHost
+
+    with pytest.raises(ConfigError, match="unknown model 'mlp'"):
+        file_model(opts.validate(FileOptions, {"path": str(newest)}, "model"), info, Components(PluginHost(blocked=["models"])))
+
+
+def test_file_initializer_from_a_weights_file_continues_nothing(tmp_path):
+    from safetensors.torch import save_file
+
+    from lifelong import options as opts
+    from lifelong_models.mlp import MLP, MLPOptions
+    from lifelong_transfer.initializers import file_model
+    from lifelong_transfer.options import FileOptions
+
+    info = StreamInfo((1, 8, 8), 10)
+    save_file(MLP(MLPOptions(hidden=[16]), info).state_dict(), str(tmp_path / "w.safetensors"))
+    options = opts.validate(FileOptions, {"path": str(tmp_path / "w.safetensors"), "arch": "mlp", "arch_options": {"hidden": [16]}}, "model")
+    model = file_model(options, info)
+    assert getattr(model, "continues", None) is None and getattr(model, "continued_state", None) is None
 
 
 @pytest.mark.slow

@@ -193,7 +193,7 @@ def build(
         pm.register(model_hooks(), name="model:hooks")  # registered last: called first
 
     continues = getattr(model, "continues", None)
-    session.continues = None if snapshot else continues
+    session.continues = snapshot.state["session"]["continues"] if snapshot else continues  # kept across resumes
     used = {c.plugin for kind in host.components.values() for c in kind.values()}
     versions = {name: rec.version for name, rec in host.records.items() if name in used}
     plan = Plan(

@@ -329,7 +329,8 @@ class Runner:
         wall_start = time.perf_counter()
         snapshot = plan.resume_from
         if snapshot is not None:
-            plan.reader.seek(snapshot.state["reader"]) if snapshot.state["reader"] is not None else None
+            if snapshot.state["reader"] is not None:  # None: checkpointed before the first batch
+                plan.reader.seek(snapshot.state["reader"])
             plan.dead_letters.restore(snapshot.state["dead_letters"])
         stream = Prefetcher(plan.reader, pin=self.device.type == "cuda", dead_letters=plan.dead_letters)
         previous_handlers = self._install_signal_handlers()

@@ -58,6 +58,7 @@ class DeadLetters:
         self.count = 0
         self._lock = threading.Lock()
         self._file = None
+        self._size = self.path.stat().st_size if self.path.is_file() else 0  # kept, so mark() needs no syscall
 
     def __call__(self, reason: str, source: str, offset: int | str, record: Any = None) -> None:
         entry = {"run": self.run, "reason": reason, "source": source, "offset": offset, "record": record}
@@ -68,12 +69,12 @@ class DeadLetters:
                 self._file = self.path.open("a", encoding="utf-8")
             self._file.write(line + "\n")
             self._file.flush()
+            self._size = self._file.tell()
             self.count += 1
 
     def mark(self) -> dict[str, int]:
         with self._lock:
-            size = self._file.tell() if self._file is not None else (self.path.stat().st_size if self.path.is_file() else 0)
-            return {"bytes": size, "count": self.count}
+            return {"bytes": self._size, "count": self.count}
 
     def restore(self, mark: dict[str, int]) -> None:
         """Drop this run's lines written after ``mark``; lines of other runs sharing the file stay."""
@@ -88,6 +89,7 @@ class DeadLetters:
                     f.seek(mark["bytes"])
                     f.truncate()
                     f.writelines(others)
+            self._size = self.path.stat().st_size if self.path.is_file() else 0
             self.count = int(mark["count"])
 
     def _ours(self, line: bytes) -> bool:

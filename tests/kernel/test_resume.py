@@ -287,3 +287,13 @@ def test_resume_pathnet_mid_tournament(tmp_path):
     ]
     summary, final, resumed = resume_from_each_checkpoint(tmp_path, overrides)
     assert_identical(summary, final, resumed)
+
+
+def test_checkpoints_by_time_and_at_generations(tmp_path):
+    by_generation = build(["learner.epochs=1", f"checkpoint.dir='{tmp_path / 'a'}'"], tmp_path)
+    by_generation.execute()
+    # one after each of the 5 generations (the last one is the end of the run)
+    assert by_generation.checkpoints_written == 5
+    by_time = build(["learner.epochs=1", f"checkpoint.dir='{tmp_path / 'b'}'", "checkpoint.every_seconds=0.000001"], tmp_path)
+    by_time.execute()
+    assert by_time.checkpoints_written > 10  # whenever the writer is free after a batch

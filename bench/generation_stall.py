@@ -203,7 +203,7 @@ def log_model_variants(tmp: Path, hidden: list[int], repeats: int) -> dict[str, 
     spec = ModelSpec("mlp", options, info)
     tracker = MLflowTracker(MLflowOptions(tracking_uri=uri, registered_model="variants"))
     tracker.options.experiment = "variants"
-    tracker._start({}, {})  # run and registered model, on this thread: only the per-generation cost is timed
+    tracker._start({}, {}, "bench", False, 0)  # run and registered model, on this thread: only the per-generation cost is timed
     client, run_id = MlflowClient(uri), tracker._run_id
     mlflow.set_tracking_uri(uri)
     times: dict[str, list[float]] = {

@@ -220,11 +220,14 @@ def write(
 
 
 def _prune(directory: Path, keep: int) -> None:
-    """Remove checkpoints beyond the newest ``keep`` and held-out sets none of the rest refers to."""
+    """Remove checkpoints beyond the newest ``keep``, held-out sets none of the rest refers to, and
+    temporaries a killed write left behind (one writer per directory: any other is stale)."""
     existing = checkpoints(directory)
     for old in existing[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     store = directory / TESTSETS
+    for stale in [*directory.glob(".*"), *store.glob(".*")]:
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     if not store.is_dir():
         return
     used: set[str] = set()

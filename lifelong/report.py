@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Any
 
 
+MAX_ANNOTATED = 30  # rows or columns beyond which the heatmap drops its per-cell labels and ticks
+
+
 def _cell(value: float | None) -> str:
     return "   -  " if value is None else f"{value:6.3f}"
 
@@ -50,15 +53,20 @@ def heatmap(summary: dict[str, Any], path: str | Path) -> Path:
         [[np.nan if v is None else v for v in row] for row in summary["accuracy_matrix"]], dtype=float
     ).reshape(len(summary["accuracy_matrix"]), len(summary["experiences"]))
     rows, cols = matrix.shape
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * cols, 1.0 + 0.6 * rows), dpi=120)
-    image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
-    for j in range(rows):
+    # A long session (window boundaries on an endless stream) has hundreds of generations: the figure
+    # stays a bounded size, and cells are annotated only while they are large enough to read.
+    annotate = rows <= MAX_ANNOTATED and cols <= MAX_ANNOTATED
+    size = (1.0 + 0.8 * min(cols, MAX_ANNOTATED), 1.0 + 0.6 * min(rows, MAX_ANNOTATED))
+    fig, ax = plt.subplots(figsize=size, dpi=120)
+    image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto", interpolation="nearest")
+    for j in range(rows if annotate else 0):
         for i in range(cols):
             if not np.isnan(matrix[j, i]):
                 colour = "black" if matrix[j, i] > 0.6 else "white"
                 ax.text(i, j, f"{matrix[j, i]:.2f}", ha="center", va="center", color=colour, fontsize=8)
-    ax.set_xticks(range(cols), [str(c) for c in summary["experiences"]])
-    ax.set_yticks(range(rows), [str(j) for j in range(rows)])
+    if annotate:
+        ax.set_xticks(range(cols), [str(c) for c in summary["experiences"]])
+        ax.set_yticks(range(rows), [str(j) for j in range(rows)])
     ax.set_xlabel("evaluated on experience")
     ax.set_ylabel("after generation")
     acc = summary.get("acc")

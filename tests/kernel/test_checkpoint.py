@@ -37,8 +37,11 @@ def test_only_the_last_k_checkpoints_stay_and_unused_held_out_sets_go(tmp_path):
     first = {"x": torch.ones(3), "y": torch.zeros(3, dtype=torch.long)}
     digest = checkpoint.identity(first)
     checkpoint.write(tmp_path, 10, "s", state({"0": digest}), {digest: first}, keep=2)
+    (tmp_path / ".ckpt-000000000015-killed").mkdir()  # what a write killed half-way leaves
+    (tmp_path / "testsets" / ".abc.tmp").write_bytes(b"partial")
     checkpoint.write(tmp_path, 20, "s", state({}), {}, keep=2)
     assert (tmp_path / "testsets" / f"{digest}.safetensors").exists()  # ckpt 10 still needs it
+    assert not (tmp_path / ".ckpt-000000000015-killed").exists() and not (tmp_path / "testsets" / ".abc.tmp").exists()
     checkpoint.write(tmp_path, 30, "s", state({}), {}, keep=2)
     assert [p.name for p in checkpoint.checkpoints(tmp_path)] == [checkpoint.step_name(20), checkpoint.step_name(30)]
     assert not (tmp_path / "testsets" / f"{digest}.safetensors").exists()

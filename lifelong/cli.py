@@ -1,4 +1,5 @@
-"""The ``lifelong`` command: ``run`` a pipeline, list ``plugins``.
+"""The ``lifelong`` command: ``run`` a pipeline, list ``plugins``, and the commands plugins register
+(``serve`` and ``models`` from the mlflow plugin).
 
 User errors (config, unknown names, bad files) exit with status 2 and one paragraph that names
 the problem; they never print a traceback.
@@ -23,12 +24,40 @@ def _fail(message: str) -> None:
 
 
 def _host(ctx: click.Context):
+    return _host_for(ctx.obj["plugins"], ctx.obj["blocked"])
+
+
+class PluginGroup(click.Group):
+    """The kernel's commands plus those plugins register (``register_commands``).
+
+    Click resolves the subcommand after parsing the group's own options, so the plugin host that
+    supplies commands honours ``--plugin`` and ``--block``.
+    """
+
+    def _plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
+        cached = ctx.meta.get("lifelong.commands")
+        if cached is None:
+            try:
+                host = _host_for(ctx.params.get("plugins") or (), ctx.params.get("blocked") or ())
+            except UserError as exc:
+                _fail(str(exc))
+            cached = ctx.meta["lifelong.commands"] = {name: command for name, (command, _) in host.commands.items()}
+        return cached
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._plugin_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return super().get_command(ctx, name) or self._plugin_commands(ctx).get(name)
+
+
+def _host_for(plugins: tuple[str, ...] | list[str], blocked: tuple[str, ...] | list[str]):
     from lifelong.host import PluginHost
 
-    return PluginHost(plugins=ctx.obj["plugins"], blocked=ctx.obj["blocked"])
+    return PluginHost(plugins=list(plugins), blocked=list(blocked))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lifelong")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Load a plugin module by import path (repeatable).")
 @click.option("--block", "blocked", multiple=True, metavar="NAME", help="Do not load the plugin NAME (repeatable).")
@@ -112,6 +141,8 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
                 click.echo(f"    hint: {plugin['hint']}")
             continue
         click.echo(f"    hooks: {', '.join(plugin['hooks'])}")
+        if plugin.get("commands"):
+            click.echo(f"    commands: {', '.join(plugin['commands'])}")
         for comp in plugin["components"]:
             click.echo(f"    {comp['kind']} {comp['name']}: {comp['help']}")
             for opt in comp["options"]:

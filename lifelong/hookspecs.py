@@ -138,6 +138,18 @@ class RegistrationSpecs:
         """
 
 
+    @hookspec
+    def register_commands(self, register: Register) -> None:
+        """Register ``lifelong`` subcommands (``lifelong serve``, ``lifelong models`` …).
+
+        ``register(command)`` with a :class:`click.Command` or :class:`click.Group`; its ``name`` is
+        the subcommand. The plugin host is built before the command line is dispatched, so
+        ``--plugin`` and ``--block`` apply to commands too; a name taken by the kernel (``run``,
+        ``plugins``) or by another plugin is an error naming both. Import heavy dependencies inside
+        the command's callback, not at module level: ``lifelong --help`` loads every plugin.
+        """
+
+
 class LifecycleSpecs:
     """Called during a run on strategy and tracker instances."""
 

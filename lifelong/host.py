@@ -30,6 +30,7 @@ from lifelong.errors import ConfigError, UserError
 
 ENTRY_POINT_GROUP = "lifelong"
 KINDS = ("reader", "model", "strategy", "tracker", "boundary_detector")
+RESERVED_COMMANDS = ("run", "plugins")  # the kernel's own subcommands
 _REGISTER_HOOK = {
     "reader": "register_readers",
     "model": "register_models",
@@ -129,10 +130,15 @@ def _with_cwd_on_path() -> None:
 
 
 def kernel_options() -> dict[str, list[dict[str, Any]]]:
-    """Rows (:func:`lifelong.options.describe`) of the kernel's own sections, ``[learner]`` and ``[checkpoint]``."""
+    """Rows (:func:`lifelong.options.describe`) of the kernel's own sections: learner, checkpoint, promotion."""
     from lifelong.config import CheckpointOptions, LearnerOptions  # lazily: config is the kernel's, not the host's
+    from lifelong.promotion import PromotionOptions
 
-    return {"learner": opts.describe(LearnerOptions), "checkpoint": opts.describe(CheckpointOptions)}
+    return {
+        "learner": opts.describe(LearnerOptions),
+        "checkpoint": opts.describe(CheckpointOptions),
+        "promotion": opts.describe(PromotionOptions),
+    }
 
 
 class PluginHost:
@@ -143,6 +149,7 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs.RegistrationSpecs)
         self.records: dict[str, PluginRecord] = {}
         self.components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+        self.commands: dict[str, tuple[Any, str]] = {}  # subcommand name -> (click command, plugin)
         self.blocked = sorted({*blocked, *_split_env("LIFELONG_BLOCK_PLUGINS")})
         for name in self.blocked:
             self.pm.set_blocked(name)
@@ -191,6 +198,21 @@ class PluginHost:
             hook = getattr(self.pm.hook, hook_name)
             for impl in hook.get_hookimpls():
                 impl.function(**{"register": self._registrar(kind, impl.plugin_name)})
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            impl.function(register=self._command_registrar(impl.plugin_name))
+
+    def _command_registrar(self, plugin: str) -> Callable[[Any], None]:
+        def register(command: Any) -> None:
+            name = getattr(command, "name", None)
+            if not name:
+                raise UserError(f"plugin {plugin!r} registered a command without a name: {command!r}")
+            if name in RESERVED_COMMANDS:
+                raise UserError(f"plugin {plugin!r} registers the command {name!r}, which is lifelong's own")
+            if name in self.commands:
+                raise UserError(f"command {name!r} is registered by both plugin {self.commands[name][1]!r} and plugin {plugin!r}")
+            self.commands[name] = (command, plugin)
+
+        return register
 
     def _registrar(self, kind: str, plugin: str) -> Callable[..., None]:
         def register(name: str, factory: Callable[..., Any], options: type = opts.NoOptions, help: str = "") -> None:
@@ -227,6 +249,7 @@ class PluginHost:
                 "components": [
                     c.describe() for kind in KINDS for c in self.components[kind].values() if c.plugin == record.name
                 ],
+                "commands": sorted(name for name, (_, plugin) in self.commands.items() if plugin == record.name),
             }
             if not record.available:
                 entry["reason"] = record.reason

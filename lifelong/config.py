@@ -4,6 +4,8 @@ A pipeline file replaces each section it names with its own; component sections 
 the built-in default pipeline (``default_pipeline.toml``). ``[learner]`` and ``[checkpoint]`` are
 the kernel's own: in a pipeline file they start from the options' defaults (the table below, in
 docs/plugins.md), not from the built-in demo's values, so a file that omits ``epochs`` gets 1.
+``[promotion]`` is the kernel's too: the promotion gate (:mod:`lifelong.promotion`) is on exactly
+when the section exists, and its rules start from their defaults.
 ``--set`` overrides merge key by key into whatever the file or the default gave. Component sections (``[stream]``, ``[model]``,
 ``[boundary]``, ``[strategy.NAME]``, ``[tracking.NAME]``) are validated against the schema their
 component registered (see :mod:`lifelong.pipeline`).
@@ -20,10 +22,12 @@ from typing import Any, Literal
 
 from lifelong import options as opts
 from lifelong.errors import ConfigError, UserError
+from lifelong.promotion import PromotionOptions
 
 COMPONENT_SECTIONS = ("stream", "model", "boundary", "tracking")
 KERNEL_SECTIONS = ("learner", "checkpoint")
-KNOWN_SECTIONS = (*COMPONENT_SECTIONS, *KERNEL_SECTIONS, "strategy")
+# [promotion] is the kernel's too, but optional: the promotion gate is on exactly when the section exists.
+KNOWN_SECTIONS = (*COMPONENT_SECTIONS, *KERNEL_SECTIONS, "promotion", "strategy")
 
 
 @dataclass
@@ -165,3 +169,10 @@ def learner_options(pipeline: dict[str, Any]) -> LearnerOptions:
 
 def checkpoint_options(pipeline: dict[str, Any]) -> CheckpointOptions:
     return opts.validate(CheckpointOptions, pipeline.get("checkpoint"), "checkpoint")
+
+
+def promotion_options(pipeline: dict[str, Any]) -> PromotionOptions | None:
+    """The gate's rules when the pipeline has a ``[promotion]`` section (even an empty one), else None."""
+    if "promotion" not in pipeline:
+        return None
+    return opts.validate(PromotionOptions, pipeline["promotion"], "promotion")

@@ -54,11 +54,12 @@ and in its `pyproject.toml`: `[project.entry-points.lifelong] clip = "my_module"
 """
 
 KERNEL_INTRO = """\
-The options of the kernel itself, in the pipeline sections `[learner]` and `[checkpoint]`
-(`lifelong plugins --json` lists them under `kernel_options`). In a pipeline file these sections
-start from the defaults below; `lifelong run` without a file runs the built-in default pipeline
-(`lifelong/default_pipeline.toml`), whose own values are listed under each table. `--set`
-overrides merge key by key into either."""
+The options of the kernel itself, in the pipeline sections `[learner]`, `[checkpoint]` and
+`[promotion]` (`lifelong plugins --json` lists them under `kernel_options`). In a pipeline file these
+sections start from the defaults below; `lifelong run` without a file runs the built-in default
+pipeline (`lifelong/default_pipeline.toml`), whose own values are listed under each table. `--set`
+overrides merge key by key into any of them. The promotion gate is on exactly when the pipeline has
+a `[promotion]` section (even an empty one, or one `--set promotion.KEY=VALUE`)."""
 
 
 KIND_TITLES = {

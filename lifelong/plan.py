@@ -25,6 +25,7 @@ from lifelong import options as opts
 from lifelong.components import Components, construct
 from lifelong.errors import ConfigError, UserError
 from lifelong.host import PluginHost
+from lifelong.promotion import PromotionOptions
 from lifelong.readers import DeadLetters, Reader, ReaderContext, can_seek
 from lifelong.run import Run, Session
 from lifelong.types import ModelSpec, StreamInfo
@@ -53,6 +54,7 @@ class Plan:
     resolved: dict[str, Any] = field(default_factory=dict)
     resume_from: checkpoint.Snapshot | None = None  # the checkpoint a resumed run continues from
     continued_strategies: dict[str, Any] | None = None  # strategy state the model's source carried, to restore
+    promotion: PromotionOptions | None = None  # the promotion gate's rules, when [promotion] is on
 
     def run_context(self, model: torch.nn.Module, optimizer: Any, warmup: Any = None) -> Run:
         return Run(
@@ -67,6 +69,7 @@ class Plan:
             config=self.resolved,
             plugin_versions=self.plugin_versions,
             warmup=warmup,
+            promotion=self.promotion,
         )
 
 
@@ -131,6 +134,7 @@ def build(
     """Validate the whole pipeline and construct its parts; raises UserError on any problem."""
     learner = config.learner_options(pipeline)
     ckpt = config.checkpoint_options(pipeline)
+    promotion = config.promotion_options(pipeline)
     device = devices.resolve(learner.device)
     if learner.threads:
         torch.set_num_threads(learner.threads)
@@ -140,6 +144,8 @@ def build(
     session = Session(id=snapshot.session, resumed=True, step=snapshot.step) if snapshot else Session(uuid.uuid4().hex)
     components = Components(host)
     resolved: dict[str, Any] = {"learner": opts.to_dict(learner), "checkpoint": opts.to_dict(ckpt)}
+    if promotion is not None:
+        resolved["promotion"] = opts.to_dict(promotion)
 
     reader_name, reader_raw = config.split_component(pipeline.get("stream", {}), "reader", "stream")
     component, reader_opts = _component(host, "reader", reader_name, reader_raw, "stream")
@@ -215,6 +221,7 @@ def build(
         components=components,
         resolved=resolved,
         resume_from=snapshot,
+        promotion=promotion,
     )
     if snapshot is None and continues is not None:
         plan.continued_strategies = _continued_strategies(model, learner)
@@ -278,7 +285,8 @@ RESUME_MAY_DIFFER = {
     "checkpoint.keep",
     "checkpoint.dir",
 }
-RESUME_MAY_DIFFER_PREFIXES = ("tracking.",)
+# The gate's rules judge generations but change nothing that is trained.
+RESUME_MAY_DIFFER_PREFIXES = ("tracking.", "promotion.")
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -19,8 +19,9 @@ def table(summary: dict[str, Any]) -> str:
     columns = summary["experiences"]
     lines = ["accuracy matrix R[j][i] (row j: after generation j, column i: experience i)"]
     lines.append("        " + " ".join(f"exp {c:<2}" for c in columns))
+    verdicts = [g.get("promotion") for g in summary.get("generations", [])]
     for j, row in enumerate(matrix):
-        lines.append(f"gen {j:<3} " + " ".join(_cell(v) for v in row))
+        lines.append(f"gen {j:<3} " + " ".join(_cell(v) for v in row) + _verdict(verdicts[j] if j < len(verdicts) else None))
     if summary.get("initial_accuracy"):
         lines.append("initial " + " ".join(_cell(v) for v in summary["initial_accuracy"]))
 
@@ -38,7 +39,23 @@ def table(summary: dict[str, Any]) -> str:
         f"{summary['wall_seconds']:.1f} s wall, {len(summary['generations'])} generations, "
         f"{summary['dead_letters']['count']} dead letters"
     )
+    champion = summary.get("champion")
+    if champion:
+        label = "none" if champion["champion"] is None else champion["champion"]
+        if isinstance(label, int):
+            label = f"generation {label}"
+        lines.append(f"promotion gate: {len(champion['passed'])} of {champion['judged']} generations passed; champion: {label}")
     return "\n".join(lines)
+
+
+def _verdict(promotion: dict[str, Any] | None) -> str:
+    """The gate's verdict at the end of a matrix row: ``  pass``, or ``  FAIL`` and the failed rules."""
+    if not promotion:
+        return ""
+    if promotion.get("passed"):
+        return "   pass"
+    failed = [name for name, rule in promotion.get("rules", {}).items() if not rule.get("passed")]
+    return "   FAIL " + ", ".join(failed)
 
 
 def heatmap(summary: dict[str, Any], path: str | Path) -> Path:

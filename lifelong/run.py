@@ -12,6 +12,7 @@ from lifelong.types import Batch, ModelSpec, StreamInfo
 if TYPE_CHECKING:
     from lifelong.components import Components
     from lifelong.config import LearnerOptions
+    from lifelong.promotion import PromotionOptions
 
 
 @dataclass
@@ -41,7 +42,9 @@ class Run:
     ``learner.strategies`` order), ``session``, and ``components`` to build other registered
     components with the plugin host that started the run. ``config`` is the whole resolved
     pipeline as plain data, for trackers to record; no plugin should take decisions from it.
-    ``optimizer`` is None during ``validate`` (it does not exist yet).
+    ``optimizer`` is None during ``validate`` (it does not exist yet). ``promotion`` holds the
+    promotion gate's rules when ``[promotion]`` is on (each generation then carries its verdict
+    in ``generation.promotion``), else None.
     """
 
     model: torch.nn.Module
@@ -55,6 +58,7 @@ class Run:
     config: dict[str, Any]
     plugin_versions: dict[str, str | None] = field(default_factory=dict)
     warmup: Batch | None = None  # the first stream samples, when the model asked for them (warmup_samples)
+    promotion: PromotionOptions | None = None
 
     @property
     def seed(self) -> int:

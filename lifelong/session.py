@@ -16,7 +16,10 @@ generation → trackers, with checkpoints written off the training thread. Its g
   counters, accuracy matrix, test sets and the dead-letter file are restored. On the CPU the
   result is bit-identical to the uninterrupted run's.
 - Memory stays bounded: a generation is handed to trackers and forgotten; only its summary row
-  (index, parent, span, records) stays.
+  (index, parent, span, records) stays, and, with ``[promotion]`` on, the champion's weights.
+- With ``[promotion]`` on, every generation is judged by the promotion gate
+  (:mod:`lifelong.promotion`) before trackers see it: its verdict is ``generation.promotion``
+  and its summary row's ``promotion``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from lifelong.background import BackgroundWriter
 from lifelong.errors import Interrupted
 from lifelong.learner import Learner, build_optimizer, parameter_groups, prepare
 from lifelong.plan import Plan, say
+from lifelong.promotion import Gate
 from lifelong.readers import Fetched, Prefetcher
 from lifelong.rng import rng_state, set_rng_state
 from lifelong.span import Span
@@ -93,6 +97,7 @@ class Runner:
         self.checkpoints_written = 0
         self.checkpoint_path: Path | None = None
         self.writer = BackgroundWriter("lifelong-checkpoint") if plan.checkpoint.dir else None
+        self.gate = Gate(plan.promotion) if plan.promotion is not None else None
 
     # -- evaluation and boundaries ----------------------------------------------------------------------
     def _sync(self) -> None:
@@ -119,6 +124,8 @@ class Runner:
         row = self.test_sets.evaluate(self.columns, self._streaming)
         self.matrix.append(row)
         generation = self._generation(experience, row)
+        if self.gate is not None:
+            self._judge(generation, row)
         known = list(row.values())
         eval_metrics = {"eval/acc": sum(known) / len(known)} if known else {}
         eval_metrics.update({f"eval/exp_{exp}": acc for exp, acc in row.items()})
@@ -163,6 +170,33 @@ class Runner:
         self.last_generation = generation
         return generation
 
+    def _judge(self, generation: Generation, row: dict[int, float]) -> None:
+        """The gate's verdict on ``generation``, scored against the champion on the same held-out sets."""
+        gate = self.gate
+        compared = [exp for exp in generation.experiences_covered if exp in row]
+        missing = gate.missing(compared)
+        if missing:  # sets that appeared after the champion was made: score the champion on them now
+            gate.champion.scores.update(self._score_with(gate.champion.state, missing, generation.state))
+        verdict = gate.judge(row, compared, generation.experience.experience_ids)
+        generation.promotion = verdict.to_dict()
+        self.generations[-1]["promotion"] = generation.promotion
+        if verdict.passed:
+            gate.crown(generation.index, generation.state, row)  # shares the CPU copy trackers already have
+
+    def _score_with(self, state: dict[str, torch.Tensor], experiences: list[int], current: dict[str, torch.Tensor]) -> dict[int, float]:
+        """Scores of the weights ``state`` on ``experiences``, in the training model, which is then put
+        back to ``current`` (its exact weights: a CPU copy taken after its last step).
+
+        Loading the champion into the live model, rather than building a second module, scores
+        exactly what the champion was (wrapped models, PathNet's path buffers, transfer heads) at
+        the price of two weight copies per boundary that needs it.
+        """
+        self.model.load_state_dict(state)
+        try:
+            return self.test_sets.score(experiences)
+        finally:
+            self.model.load_state_dict(current)
+
     # -- checkpoints ------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         """Everything the session needs to go on, as CPU copies: taken on the training thread."""
@@ -200,6 +234,7 @@ class Runner:
             "test_sets": self.test_sets.state(),
             "span": self.span.state(),
             "metrics": self.learner.metrics.state_dict(),
+            "promotion": self.gate.state_dict() if self.gate is not None else None,
         }
 
     def _restore(self, snapshot: checkpoint.Snapshot) -> None:
@@ -226,6 +261,8 @@ class Runner:
         self.test_sets.restore(state["test_sets"], snapshot.test_set)
         self.span = Span.from_state(state["span"])
         self.learner.metrics.load_state_dict(state["metrics"])
+        if self.gate is not None and state.get("promotion") is not None:
+            self.gate.load_state_dict(state["promotion"])
 
     def _maybe_checkpoint(self) -> None:
         """At the end of a batch: write a checkpoint when one is due and the writer is free."""
@@ -317,6 +354,9 @@ class Runner:
             if plan.continued_strategies:
                 say(f"continued the state of {sorted(plan.continued_strategies)} from {plan.session.continues['ref']}")
             self.initial = self.test_sets.evaluate(self.columns, None)
+            if self.gate is not None and plan.session.continues:
+                # The model this run continued from is the champion its first generation must beat.
+                self.gate.crown(plan.session.continues.get("ref"), checkpoint.to_cpu(self.model.state_dict()), self.initial)
         return warmup
 
     def execute(self, heatmap_path: str | Path | None = None) -> dict[str, Any]:
@@ -420,11 +460,20 @@ class Runner:
             "resumed_from": str(self.plan.resume_from.path) if self.plan.resume_from is not None else None,
             "continues": self.plan.session.continues,
             "generations": self.generations,
+            "champion": self._champion(),
             "checkpoint": str(self.checkpoint_path) if self.checkpoint_path else None,
             "dead_letters": self.plan.dead_letters.summary(),
             "config": self.plan.resolved,
         }
         return summary
+
+    def _champion(self) -> dict[str, Any] | None:
+        """With the gate on: the champion's label and how many generations passed; else None."""
+        if self.gate is None:
+            return None
+        passed = [row["index"] for row in self.generations if (row.get("promotion") or {}).get("passed")]
+        label = self.gate.champion.label if self.gate.champion is not None else None
+        return {"champion": label, "passed": passed, "judged": len(self.generations)}
 
     def _close(self, summary: dict[str, Any], heatmap_path: str | Path | None) -> dict[str, Any]:
         """Draw the heatmap, let trackers finish, and merge what they report into the summary."""

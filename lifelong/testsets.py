@@ -86,7 +86,15 @@ class TestSets(Mapping):
 
     def evaluate(self, columns: list[int], streaming: int | None) -> dict[int, float]:
         self.refresh(columns, streaming)
-        return {exp: evaluate(self.model, data, self.device, self.eval_batch_size) for exp, data in self.sets.items()}
+        return self.score(list(self.sets))
+
+    def score(self, experiences: list[int]) -> dict[int, float]:
+        """The model's score on the known sets among ``experiences``, without asking the reader."""
+        return {
+            exp: evaluate(self.model, self.sets[exp], self.device, self.eval_batch_size)
+            for exp in experiences
+            if exp in self.sets
+        }
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def state(self) -> dict[str, str]:

@@ -78,6 +78,8 @@ class StreamInfo:
     ``num_tasks`` is the number of heads (1 unless ``scenario == "task"``). ``experiences`` lists the
     experience ids in stream order when known in advance (benchmarks), else None.
     ``num_batches`` sizes the progress bar when known. ``class_names`` maps head indices to labels.
+    ``feature_names`` names the input's features in order, for flat inputs whose reader knows them
+    (a csv header): served generations then match named inputs by name.
     """
 
     input_shape: tuple[int, ...]
@@ -87,6 +89,7 @@ class StreamInfo:
     experiences: list[int] | None = None
     num_batches: int | None = None
     class_names: list[str] | None = None
+    feature_names: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +100,7 @@ class StreamInfo:
             "experiences": self.experiences,
             "num_batches": self.num_batches,
             "class_names": self.class_names,
+            "feature_names": self.feature_names,
         }
 
     @staticmethod
@@ -109,6 +113,7 @@ class StreamInfo:
             experiences=data.get("experiences"),
             num_batches=data.get("num_batches"),
             class_names=data.get("class_names"),
+            feature_names=data.get("feature_names"),
         )
 
 
@@ -162,3 +167,5 @@ class Generation:
     records: dict[str, Any] = field(default_factory=dict)  # filled by trackers, e.g. model version
     session: str = ""
     continues: dict[str, Any] | None = None
+    # The promotion gate's verdict when ``[promotion]`` is on (lifelong.promotion.Verdict.to_dict), else None.
+    promotion: dict[str, Any] | None = None

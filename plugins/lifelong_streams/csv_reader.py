@@ -228,7 +228,8 @@ class CsvStream(RecordStream):
         self.classes = {name: i for i, name in enumerate(classes)}
         self.num_tasks = max_experience + 1 if self.task else 1
         test_source = str(Path(options.test_path).expanduser()) if options.test_path else ""
-        self._set_up((len(self.columns.features),), classes, test_source)
+        features = [self.columns.names[i] for i in self.columns.features]
+        self._set_up((len(features),), classes, test_source, features)
 
     def _scan(self) -> tuple[list[str], int]:
         """The classes (given, or every label of a valid row) and the largest experience id (task scenario)."""

@@ -130,7 +130,9 @@ class RecordStream:
         comes as (line, None, -1, -1, position after it), already dead-lettered unless ``quiet``."""
         raise NotImplementedError
 
-    def _set_up(self, input_shape: tuple[int, ...], classes: list[str], test_source: str) -> None:
+    def _set_up(
+        self, input_shape: tuple[int, ...], classes: list[str], test_source: str, feature_names: list[str] | None = None
+    ) -> None:
         self._lock = threading.Lock()  # test sets are written on the reader thread, read on the training thread
         self._held: dict[int, Rows] = {}
         self._ready: dict[int, Batch] = {}
@@ -144,6 +146,7 @@ class RecordStream:
             # a stream alone does not know its future experiences.
             experiences=list(self._fixed) if test_source else None,
             class_names=list(classes),
+            feature_names=feature_names,
         )
 
     def _read_test(self, source: str) -> dict[int, Batch]:

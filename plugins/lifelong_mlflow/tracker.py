@@ -31,6 +31,16 @@ What lands in MLflow:
   alias of the newest version, so ``models:/<name>@latest`` needs no move. ``generation.records``
   gets ``run_id``, ``registered_model``, ``version``, ``model_uri``, ``model_id`` and, on the first
   generation of a continued session, ``continues``.
+- **promotion** (with ``[promotion]`` on, :mod:`lifelong.promotion`): each version is also tagged
+  with the gate's verdict (``lifelong.gate.verdict`` passed/failed, ``lifelong.gate`` the whole
+  verdict as JSON, ``lifelong.gate.<rule>`` each measured value, ``lifelong.gate.champion_version``
+  the version it was compared with when the champion is a generation of this process) and gets
+  the alias ``challenger``;
+  ``champion`` moves to it only when it passed (:func:`lifelong_mlflow.registry.set_champion`,
+  by ``gate``). A champion set by hand (``lifelong models promote`` or ``rollback``) after this
+  run's last move is never overruled: the passing version is tagged ``lifelong.gate.held`` with
+  the reason and stays a challenger until a person promotes it. ``alias`` may not be
+  ``champion`` or ``challenger`` then (refused by ``validate``).
 - **nothing twice**: in a resumed session, before a generation is logged, the version and the READY
   logged model tagged with its session and index are looked up; a generation that was registered
   before the stop is reused with its records (``alias`` moved only if it points elsewhere), and one
@@ -81,7 +91,7 @@ from lifelong.background import BackgroundWriter
 from lifelong.errors import Interrupted
 from lifelong.run import Run
 from lifelong.types import Generation
-from lifelong_mlflow import pyfunc
+from lifelong_mlflow import pyfunc, registry
 from lifelong_mlflow.options import MLflowOptions
 
 # MLflow's request and value limits (mlflow.utils.validation).
@@ -193,8 +203,19 @@ class MLflowTracker:
         self._tracking_uri = options.tracking_uri
         self._experiment_id: str | None = None
         self._run_id: str | None = None
+        # ms: when this session's run started or last moved champion; a hand move after it is respected.
+        self._crowned_at = 0
 
     # -- training thread: enqueue only -----------------------------------------------------
+    @hookimpl
+    def validate(self, run: Run) -> None:
+        if run.promotion is not None and self.options.alias in (registry.CHAMPION, registry.CHALLENGER):
+            raise ValueError(
+                f"tracking.mlflow.alias = {self.options.alias!r} would move with every generation, but with "
+                f"[promotion] on the gate moves {registry.CHALLENGER!r} to every version and {registry.CHAMPION!r} "
+                "only to those that pass: set alias to 'latest' (or another name)"
+            )
+
     @hookimpl
     def on_run_start(self, run: Run) -> None:
         self._writer = BackgroundWriter("lifelong-mlflow")
@@ -281,6 +302,7 @@ class MLflowTracker:
                     client.delete_tag(run_id, stale)
             client.set_tag(run_id, "lifelong.resumed_step", str(step))
             self._client, self._experiment_id, self._run_id = client, experiment_id, run_id
+            self._crowned_at = existing.info.start_time
         else:
             run = client.create_run(
                 experiment_id,
@@ -288,6 +310,7 @@ class MLflowTracker:
                 tags={mlflow_key(k): _text(v, MAX_TAG_LENGTH) for k, v in resolve_tags(tags).items()},
             )
             self._client, self._experiment_id, self._run_id = client, experiment_id, run.info.run_id
+            self._crowned_at = run.info.start_time
             params = [Param(key, value) for key, value in flatten(config).items()]
             for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
                 client.log_batch(self._run_id, params=chunk, synchronous=True)
@@ -354,6 +377,9 @@ class MLflowTracker:
         client, run_id, index = self._client, self._run_id, generation.index
         session = getattr(generation, "session", None) or self._session
         tags = generation_tags(generation, session)
+        champion = (generation.promotion or {}).get("champion")
+        if isinstance(champion, int) and self._records.get(champion, {}).get("version") is not None:
+            tags["lifelong.gate.champion_version"] = str(self._records[champion]["version"])
         name = self.options.registered_model
         key = {"lifelong.session": str(session), "lifelong.generation": str(index)}
         if name and self._resumed:
@@ -361,6 +387,8 @@ class MLflowTracker:
             if done:  # registered before this session stopped: reuse it
                 version = min(done, key=lambda v: int(v.version))
                 self._move_alias(name, version.version)
+                if generation.promotion is not None:
+                    self._promote(name, version.version, generation.promotion, version.tags or {})
                 # MLflow's SQL registry does not return a version's model_id: the logged model's tags find it.
                 logged = None if version.model_id else self._ready_logged_model(key)
                 records = self._version_records(name, version)
@@ -387,6 +415,8 @@ class MLflowTracker:
                 logged.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([{"name": name, "version": version.version}])}
             )
             self._move_alias(name, version.version, known_new=True)
+            if generation.promotion is not None:
+                self._promote(name, version.version, generation.promotion, {})
             records.update(self._version_records(name, version), model_id=logged.model_id)
         else:
             records.update(registered_model=None, version=None, model_uri=f"models:/{logged.model_id}")
@@ -447,13 +477,41 @@ class MLflowTracker:
         alias = self.options.alias
         if not alias or alias.lower() == "latest":
             return
-        if not known_new:
-            try:
-                if str(self._client.get_model_version_by_alias(name, alias).version) == str(version):
-                    return
-            except MlflowException:
-                pass  # no such alias yet
-        self._client.set_registered_model_alias(name, alias, version)
+        if known_new or self._alias_version(name, alias) != str(version):
+            self._client.set_registered_model_alias(name, alias, version)
+
+    def _promote(self, name: str, version: str, verdict: dict[str, Any], tags: dict[str, str]) -> None:
+        """``challenger`` to this version; ``champion`` too if it passed and no person moved it since.
+
+        ``tags`` are the version's tags when it existed before this process (a resumed session):
+        one crowned before the stop is not crowned again.
+        """
+        client = self._client
+        if str(self._alias_version(name, registry.CHALLENGER)) != str(version):
+            client.set_registered_model_alias(name, registry.CHALLENGER, version)
+        if not verdict.get("passed") or registry.SINCE_TAG in tags:
+            return
+        current = self._alias_version(name, registry.CHAMPION)
+        if current is not None and str(current) != str(version):
+            held = client.get_model_version(name, str(current)).tags or {}
+            by, since = held.get(registry.BY_TAG), int(held.get(registry.SINCE_TAG, "0") or 0)
+            if by in ("promote", "rollback") and since >= self._crowned_at:
+                client.set_model_version_tag(
+                    name,
+                    version,
+                    registry.HELD_TAG,
+                    f"passed, but champion v{current} was set by hand ({by}: {held.get(registry.REASON_TAG, '')}); "
+                    f"promote by hand: lifelong models promote {name} {version} --reason ...",
+                )
+                return
+        registry.set_champion(client, name, version, by="gate", reason=verdict.get("reason", "passed the promotion gate"))
+        self._crowned_at = int(time.time() * 1000)
+
+    def _alias_version(self, name: str, alias: str) -> str | None:
+        try:
+            return str(self._client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None  # no such alias yet
 
     @staticmethod
     def _version_records(name: str, version: Any) -> dict[str, Any]:
@@ -581,4 +639,14 @@ def generation_tags(generation: Generation, session: str | None = None) -> dict[
     )
     for exp, acc in generation.accuracy.items():
         tags[f"lifelong.acc.exp_{exp}"] = f"{acc:.6g}"
+    verdict = getattr(generation, "promotion", None)
+    if verdict is not None:
+        tags[registry.VERDICT_TAG] = "passed" if verdict["passed"] else "failed"
+        text = json.dumps(verdict)
+        if len(text) > MAX_TAG_LENGTH:  # hundreds of experiences: the rules without the per-experience scores
+            text = json.dumps({k: v for k, v in verdict.items() if k not in ("scores", "champion_scores")})
+        tags[registry.GATE_TAG] = _text(text, MAX_TAG_LENGTH)
+        for rule, outcome in verdict["rules"].items():
+            value = outcome.get("value")
+            tags[f"{registry.GATE_TAG}.{rule}"] = "n/a" if value is None else f"{value:.6g}"
     return tags

@@ -230,7 +230,7 @@ def _versions_table(found: list[Any]) -> str:
                 _cell(v.session and v.session[:8]),
                 _cell(v.parent, 24),
                 "-" if v.acc is None else f"{v.acc:.3f}",
-                str(len(v.scores)) if v.scores else "-",
+                str(len(v.acc_scores)) if v.acc_scores else "-",
                 _gate(v),
                 ",".join(v.aliases) or "-",
                 _cell(utc(v.since)),

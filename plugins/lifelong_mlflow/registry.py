@@ -70,6 +70,7 @@ SESSION_TAG = "lifelong.session"
 PARENT_TAG = "lifelong.parent"
 HELD_TAG = "lifelong.gate.held"  # the tracker's: passed, but champion was moved by hand and stays
 SCORE_PREFIX = "lifelong.acc.exp_"
+COVERED_TAG = "lifelong.experiences_covered"
 # Versions per search request: MLflow's SQL stores and its server accept up to 200,000, but a page
 # of 1,000 keeps each HTTP response small and each request well inside the client's timeout.
 PAGE_SIZE = 1000
@@ -90,6 +91,7 @@ class VersionInfo:
     session: str | None = None
     parent: str | None = None
     scores: dict[int, float] = field(default_factory=dict)  # experience id -> score (``lifelong.acc.exp_<i>``)
+    covered: list[int] | None = None  # experiences its lineage trained on (``lifelong.experiences_covered``)
     verdict: str | None = None  # ``passed``, ``failed`` or None (not judged)
     failed_rules: dict[str, float | None] = field(default_factory=dict)  # rule -> measured value
     gate: dict[str, Any] | None = None  # the parsed ``lifelong.gate`` JSON; None when absent or unreadable
@@ -104,8 +106,21 @@ class VersionInfo:
 
     @property
     def acc(self) -> float | None:
-        """The mean of the version's scores (ACC over the experiences it was scored on)."""
-        return sum(self.scores.values()) / len(self.scores) if self.scores else None
+        """ACC: the mean score over the experiences its lineage trained on, as the gate computes it.
+
+        A benchmark scores every generation on every experience, the future ones included, so a
+        plain mean over all scores would count experiences it was never trained on. Without the
+        ``lifelong.experiences_covered`` tag, the mean of every score.
+        """
+        scores = self.acc_scores
+        return sum(scores.values()) / len(scores) if scores else None
+
+    @property
+    def acc_scores(self) -> dict[int, float]:
+        """The scores ACC averages."""
+        if self.covered is None:
+            return self.scores
+        return {exp: score for exp, score in self.scores.items() if exp in self.covered}
 
     def to_dict(self) -> dict[str, Any]:
         champion = None
@@ -117,7 +132,8 @@ class VersionInfo:
             "session": self.session,
             "parent": self.parent,
             "acc": self.acc,
-            "n_scores": len(self.scores),
+            "n_scores": len(self.acc_scores),
+            "covered": self.covered,
             "scores": {str(exp): score for exp, score in sorted(self.scores.items())},
             "verdict": self.verdict,
             "failed_rules": self.failed_rules,
@@ -220,6 +236,11 @@ def version_info(mv: Any, aliases: dict[str, int] | None = None) -> VersionInfo:
         score = _float(value)
         if exp.isdigit() and score is not None:
             info.scores[int(exp)] = score
+    try:
+        covered = json.loads(tags.get(COVERED_TAG, "null"))
+        info.covered = [int(exp) for exp in covered] if isinstance(covered, list) else None
+    except (ValueError, TypeError):
+        info.covered = None
     info.gate = _json_dict(tags.get(GATE_TAG))
     verdict = tags.get(VERDICT_TAG)
     if verdict is None and info.gate is not None and isinstance(info.gate.get("passed"), bool):

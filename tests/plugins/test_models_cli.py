@@ -358,3 +358,13 @@ def test_list_promote_and_rollback_through_a_real_mlflow_server(tmp_path):
         assert result.stdout.startswith("champion: v3 -> v2 (rollback: v3 forgets)")
         assert store.champion() == 2 and store.tags(3)["lifelong.rolled_back"] == "v3 forgets"
         assert run(store, "list").stdout.splitlines()[1].split() == [NAME, "4", "v4", "v2", "v4"]
+
+
+def test_acc_counts_only_the_experiences_the_lineage_trained_on(store):
+    """A benchmark scores a generation on future experiences too (near 0): ACC must leave them out."""
+    store.register(NAME, 0, [0.9, 0.0, 0.1], **{"lifelong.experiences_covered": "[0]"})
+    store.register(NAME, 1, [0.8, 0.9, 0.0], **{"lifelong.experiences_covered": "[0, 1]"})
+    listed = {v["version"]: v for v in json.loads(run(store, "list", NAME, "--json").stdout)["versions"]}
+    assert listed[1]["acc"] == pytest.approx(0.9) and listed[1]["n_scores"] == 1
+    assert listed[2]["acc"] == pytest.approx(0.85) and listed[2]["n_scores"] == 2
+    assert len(listed[2]["scores"]) == 3  # every score is still there

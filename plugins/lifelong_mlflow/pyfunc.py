@@ -13,15 +13,29 @@ the run's strategy names in ``learner.strategies`` order, the nested state with 
 references into the safetensors file, and the generation's session and index). Serving never reads
 them; the ``mlflow`` initializer (:mod:`lifelong_transfer.initializers`) does.
 
+Every generation carries an MLflow signature (:func:`lifelong_mlflow.contract.signature`): a double
+column per feature when the reader named them (a csv header), else a float32 tensor of shape
+``(-1, *input_shape)``; a ``task`` input when the model has several heads; and the params switch
+``probabilities``. MLflow enforces it before ``predict`` runs; ``predict`` then applies the input
+contract of :mod:`lifelong_mlflow.contract` (width, names, task ids, finite numbers), raising
+:class:`~lifelong_mlflow.contract.InputError` (a ``ValueError``) instead of reshaping.
+
 Loading needs the ``lifelong`` package and the plugin that registered the model component::
 
     import mlflow
-    model = mlflow.pyfunc.load_model("models:/lifelong@latest")
-    classes = model.predict(images)          # (N, *input_shape) or (N, prod(input_shape))
-    classes = model.predict(frame)           # DataFrame: feature columns, plus "task" if multi-head
+    model = mlflow.pyfunc.load_model("models:/lifelong@champion")
+    labels = model.predict(images)                  # float32 (N, *input_shape)
+    labels = model.predict(frame)                   # DataFrame: the named features, plus "task" if multi-head
+    labels = model.predict({"x": images, "task": ids})   # multi-head model without feature names
+    table = model.predict(images, params={"probabilities": True})
 
-``predict`` returns the predicted class index of every row as a NumPy ``int64`` array (indices
-within the sample's head in the task-incremental scenario).
+``predict`` returns the predicted class of every row: its **name** (a NumPy ``str`` array) when the
+generation knows its class names (``info.class_names``), else its index (``int64``). Names label
+the outputs of every head: in the task-incremental scenario readers give the label set of one head,
+shared by all heads, so a row's name is read in its own task's head. With
+``params={"probabilities": True}`` it returns a pandas DataFrame instead: a ``class`` column (the
+same names or indices) and one column of probabilities (softmax of the head's logits) per class,
+named by the class names (or ``"0"``, ``"1"`` … when unknown).
 """
 
 from __future__ import annotations
@@ -34,20 +48,19 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
-import numpy as np
 import torch
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.models import Model
 
-from lifelong.learner import prepare
 from lifelong.types import ModelSpec
+from lifelong_mlflow import contract
 
 WEIGHTS = "weights.safetensors"
 SPEC = "model.json"
 STRATEGY_TENSORS = "strategies.safetensors"
 STRATEGY_INDEX = "strategies.json"
 STRATEGIES_FORMAT = "lifelong-strategies/1"
-TASK_COLUMN = "task"
+TASK_COLUMN = contract.TASK
 # Referenced by path, never imported here: importing it hands a model to MLflow's loader.
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 
@@ -66,6 +79,7 @@ def save(
 
     ``pip_requirements`` is explicit because inferring requirements costs seconds per model;
     ``mlflow_model`` carries the MLmodel metadata (logged model id, run id) when it is logged.
+    The signature is computed from ``spec`` (:func:`lifelong_mlflow.contract.signature`).
     ``strategy_state`` (name -> nested state, CPU tensors), when given, is stored with the run's
     ``strategies`` names and ``lineage`` (``{"session": …, "generation": …}``) in the two optional
     strategy artifacts.
@@ -79,6 +93,10 @@ def save(
         artifacts = {"weights": str(weights), "spec": str(spec_file)}
         if strategy_state is not None:
             artifacts.update(_write_strategies(Path(tmp), strategy_state, strategies, lineage))
+        # Set on the metadata rather than passed as signature=: MLflow then warns, at every save,
+        # that no input example was given (one would cost a model load and a predict per save).
+        mlflow_model = mlflow_model if mlflow_model is not None else Model()
+        mlflow_model.signature = contract.signature(spec)
         with _no_artifact_progress_bars():
             mlflow.pyfunc.save_model(
                 str(path),
@@ -133,51 +151,32 @@ class GenerationModel(mlflow.pyfunc.PythonModel):
     """Serves one generation; ``model_config={"device": "cuda"}`` at load time moves it to a GPU."""
 
     # MLflow 3 wraps predict to validate inputs against its type hints and warns when there are none;
-    # this switch (the one MLflow's own ChatModel uses) skips both: predict takes arrays and
-    # DataFrames alike, with an optional task column, which no single hint describes.
+    # this switch (the one MLflow's own ChatModel uses) skips both: predict takes arrays, DataFrames
+    # and dicts alike, which no single hint describes. The logged signature still applies.
     _skip_type_hint_validation = True
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from safetensors.torch import load_file
+        from lifelong_mlflow.serving.scorer import Scorer
 
-        from lifelong.components import Components
-
-        with open(context.artifacts["spec"]) as handle:
-            self.spec = ModelSpec.from_dict(json.load(handle))
+        device = (context.model_config or {}).get("device", "cpu")
         # A serving process has no run: the model is rebuilt with the plugins installed here.
-        model = Components.default().build_model(self.spec, "model.json")
-        model.load_state_dict(load_file(context.artifacts["weights"]))
-        self.device = torch.device((context.model_config or {}).get("device", "cpu"))
-        self.model = model.to(self.device).eval()
+        self.scorer = Scorer.from_files(context.artifacts["spec"], context.artifacts["weights"], device)
+        self.spec = self.scorer.spec
 
     def predict(self, context, model_input, params=None):
-        features, task = _split_input(model_input)
-        info = self.spec.info
-        x = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32)).reshape(-1, *info.input_shape)
-        if info.num_tasks > 1 and task is None:
-            raise ValueError(f"this model has {info.num_tasks} task heads: give a {TASK_COLUMN!r} column or key")
-        with torch.no_grad():
-            x = prepare(self.model, x.to(self.device))
-            if task is None:
-                logits = self.model(x)
-            else:
-                logits = self.model(x, torch.from_numpy(np.array(task, dtype=np.int64)).to(self.device))
-        return logits.argmax(dim=1).cpu().numpy()
+        """Class names (or indices) per row; a DataFrame of probabilities with ``params={"probabilities": True}``."""
+        scorer = self.scorer
+        probabilities = scorer.probabilities(scorer.contract.check(model_input))
+        labels = scorer.contract.labels(probabilities.argmax(axis=1))
+        if not (params or {}).get(contract.PROBABILITIES):
+            return labels
+        return probability_frame(labels, probabilities, scorer.contract.classes)
 
 
-def _split_input(model_input: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """Features and optional task ids from an array, a DataFrame or a ``{"x", "task"}`` dict."""
-    if isinstance(model_input, dict):
-        task = model_input.get(TASK_COLUMN)
-        return np.asarray(model_input["x"]), None if task is None else np.asarray(task)
-    columns = getattr(model_input, "columns", None)
-    if columns is not None:
-        task = None
-        if TASK_COLUMN in columns:
-            task = model_input[TASK_COLUMN].to_numpy()
-            model_input = model_input.drop(columns=[TASK_COLUMN])
-        if len(model_input.columns) == 1 and model_input.dtypes.iloc[0].kind == "O":
-            # One column whose cells are whole samples (lists or arrays), as JSON serving sends them.
-            return np.stack([np.asarray(v, dtype=np.float32) for v in model_input.iloc[:, 0]]), task
-        return model_input.to_numpy(dtype=np.float32), task
-    return np.asarray(model_input), None
+def probability_frame(labels, probabilities, classes: list[str]):
+    """A ``class`` column, then one probability column per class (in head order)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(probabilities, columns=classes)
+    frame.insert(0, contract.CLASS, labels, allow_duplicates=True)
+    return frame

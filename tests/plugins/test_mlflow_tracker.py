@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from lifelong import checkpoint, config, options, pipeline
 from lifelong.components import Components
@@ -121,14 +122,16 @@ def test_served_model_predicts_like_the_trained_one(tracked, global_uri):
     runner.model.eval()
     with torch.no_grad():
         expected = runner.model(test_set.x).argmax(dim=1).numpy()
+    names = np.array(runner.plan.model_spec.info.class_names)  # the generation knows its class names
     images = test_set.x.numpy()
     predicted = served.predict(images)
-    assert predicted.dtype == np.int64
-    np.testing.assert_array_equal(predicted, expected)
-    accuracy = float((predicted == test_set.y.numpy()).mean())
+    assert predicted.dtype.kind == "U"
+    np.testing.assert_array_equal(predicted, names[expected])
+    accuracy = float((predicted == names[test_set.y.numpy()]).mean())
     assert accuracy == pytest.approx(summary["accuracy_matrix"][-1][last], abs=1e-6)
-    # Flattened rows in a DataFrame, as a REST client would send them, give the same answer.
-    np.testing.assert_array_equal(served.predict(pd.DataFrame(images.reshape(len(images), -1))), expected)
+    # A DataFrame with one column of flattened samples, as a REST client sends them, gives the same answer.
+    flat = pd.DataFrame({"image": list(images.reshape(len(images), -1))})
+    np.testing.assert_array_equal(served.predict(flat), names[expected])
 
 
 def test_run_holds_config_metrics_and_artifacts(tracked):
@@ -292,11 +295,12 @@ def test_multi_head_model_needs_and_uses_task_ids(tmp_path):
     task = np.arange(12) % 5
     with torch.no_grad():
         expected = model(torch.from_numpy(x).reshape(-1, 1, 8, 8), torch.from_numpy(task)).argmax(dim=1).numpy()
-    frame = pd.DataFrame(x).assign(task=task)
+    # The signature names two tensors, x and task: a dict of them, or a DataFrame of samples and ids.
+    frame = pd.DataFrame({"x": list(x), "task": task})
     np.testing.assert_array_equal(served.predict(frame), expected)
-    np.testing.assert_array_equal(served.predict({"x": x, "task": task}), expected)
-    with pytest.raises(ValueError, match="task"):
-        served.predict(x)
+    np.testing.assert_array_equal(served.predict({"x": x.reshape(-1, 1, 8, 8), "task": task}), expected)
+    with pytest.raises(MlflowException, match=r"missing inputs \['x', 'task'\]"):
+        served.predict(x.reshape(-1, 1, 8, 8))
     assert not any(p.suffix == ".pkl" for p in (tmp_path / "model").rglob("*"))  # nothing to unpickle
 
 
@@ -340,7 +344,7 @@ def test_against_a_real_mlflow_server(tmp_path, monkeypatch):
         assert [int(v.version) for v in versions(client)] == [1, 2]
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         served = mlflow.pyfunc.load_model("models:/lifelong@latest")
-        assert served.predict(np.zeros((3, 64), dtype=np.float32)).shape == (3,)
+        assert served.predict(np.zeros((3, 1, 8, 8), dtype=np.float32)).shape == (3,)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:

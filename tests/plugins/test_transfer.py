@@ -511,7 +511,7 @@ def test_served_transfer_generations_predict_like_the_trained_model(run, digits,
         x = torch.from_numpy(np.load(digits)["x"][:40])
         with torch.no_grad():
             expected = model(model.prepare(x)).argmax(1).numpy()
-        assert (served.predict(x.numpy()) == expected).all()
+        assert (served.predict(x.numpy()) == np.array(spec.info.class_names)[expected]).all()
 
 
 # -- end to end -----------------------------------------------------------------------------------------

@@ -5,13 +5,17 @@
 #
 #   deploy/local-service.sh start            # start the MLflow server (once)
 #   deploy/local-service.sh run [ARGS…]      # lifelong run ARGS… against it
-#   deploy/local-service.sh stop             # stop the server
+#   deploy/local-service.sh models [ARGS…]   # lifelong models ARGS… (list, promote, rollback) against it
+#   deploy/local-service.sh serve [ARGS…]    # lifelong serve models:/$LIFELONG_MODEL@champion, following it
+#   deploy/local-service.sh stop             # stop the MLflow server
 #
-# A scheduler (cron, a systemd timer) calls `run` with the pipeline of each retraining round; a
-# serving process loads models:/lifelong@latest from http://127.0.0.1:$PORT.
+# A scheduler (cron, a systemd timer) calls `run` with the pipeline of each retraining round; with
+# a [promotion] section in it, only generations that pass the gate move the `champion` alias, and
+# `serve` (a long-running process of its own) swaps each new champion in without a restart.
 set -euo pipefail
 LIFELONG_HOME=${LIFELONG_HOME:-$HOME/.lifelong}
 PORT=${LIFELONG_MLFLOW_PORT:-5000}
+MODEL=${LIFELONG_MODEL:-lifelong}
 PIDFILE="$LIFELONG_HOME/mlflow.pid"
 URI="http://127.0.0.1:$PORT"
 mkdir -p "$LIFELONG_HOME/artifacts"
@@ -38,6 +42,14 @@ run)
     shift
     MLFLOW_TRACKING_URI="$URI" exec lifelong run "$@"
     ;;
+models)
+    shift
+    MLFLOW_TRACKING_URI="$URI" exec lifelong models "$@"
+    ;;
+serve)
+    shift
+    MLFLOW_TRACKING_URI="$URI" exec lifelong serve "models:/$MODEL@champion" "$@"
+    ;;
 stop)
     if [ -f "$PIDFILE" ]; then
         kill -- "-$(cat "$PIDFILE")" 2>/dev/null || true
@@ -46,6 +58,6 @@ stop)
     fi
     ;;
 *)
-    echo "usage: $0 start | run [lifelong run arguments…] | stop" >&2; exit 2
+    echo "usage: $0 start | run [lifelong run arguments…] | models [arguments…] | serve [arguments…] | stop" >&2; exit 2
     ;;
 esac

@@ -1,4 +1,5 @@
-"""The ``mlflow`` tracker: one MLflow run per pipeline run, every generation a registered model version.
+"""The ``mlflow`` tracker: one MLflow run per pipeline run, every generation a registered model version;
+and the commands that manage and serve those versions: ``lifelong models`` and ``lifelong serve``.
 
 Options (``[tracking.mlflow]``): ``tracking_uri``, ``experiment``, ``registered_model``, ``run_name``,
 ``alias``, ``flush_seconds``, ``max_pending_generations``, ``pip_requirements`` (see
@@ -24,6 +25,16 @@ def mlflow_tracker(options: MLflowOptions):
     from lifelong_mlflow.tracker import MLflowTracker
 
     return MLflowTracker(options)
+
+
+@hookimpl
+def register_commands(register):
+    # click only at import; each command imports MLflow, torch and the web stack when it runs.
+    from lifelong_mlflow.models_command import models
+    from lifelong_mlflow.serve_command import serve
+
+    register(models)
+    register(serve)
 
 
 @hookimpl

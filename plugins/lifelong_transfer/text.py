@@ -7,9 +7,9 @@ each text as its UTF-8 bytes, zero-padded to a fixed length, in a uint8 tensor; 
 - the reader stays model-agnostic: the same stream feeds any text model, and the tokenizer is
   part of the model that owns its vocabulary, so a generation can never be paired with a
   different tokenizer than the one it was trained with;
-- a served generation takes the same bytes (``np.frombuffer(text.encode(), np.uint8)``, padded):
-  a client needs no tokenizer, and the MLflow pyfunc's float32 conversion of its input is
-  lossless for byte values (``prepare`` rounds them back);
+- a served generation takes the same bytes (``np.frombuffer(text.encode(), np.uint8)``, padded,
+  sent as float32: the generation's signature is a float32 tensor, which MLflow enforces): a
+  client needs no tokenizer, and float32 holds byte values exactly (``prepare`` rounds them back);
 - tokenizing in ``prepare`` is cheap and happens once per sample (the kernel caches prepared
   inputs), so replay memories and extra epochs hold token ids, not bytes.
 

@@ -72,3 +72,20 @@ def source_fingerprint() -> str:
         except OSError:
             digest.update(b"<unreadable>")
     return digest.hexdigest()[:12]
+
+
+def provenance(command: str, commit_at_start: str, source_at_start: str) -> dict:
+    """What reproduces a result and whether the code moved under it: the command, the commit and the
+    source fingerprint at both ends, torch, CPUs, OMP threads and the load at the end."""
+    source_at_end = source_fingerprint()
+    return {
+        "command": command,
+        "commit": git_commit(),
+        "commit_at_start": commit_at_start,
+        "source_fingerprint": [source_at_start, source_at_end],
+        "code_changed_during_run": source_at_start != source_at_end,
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "omp_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+        "load_average_at_end": load_average(),
+    }

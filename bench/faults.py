@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from common import git_commit, load_average, save_figure, source_fingerprint
+from common import git_commit, provenance, save_figure, source_fingerprint
 
 from lifelong import checkpoint, config, pipeline
 from lifelong.host import PluginHost
@@ -899,24 +899,15 @@ def main() -> int:
                 result["cost"] = cost(args, tmp / "cost")
     finally:
         Process.kill_all()
-    source_at_end = source_fingerprint()
     result["meta"] = {
-        "command": command,
-        "commit": git_commit(),
-        "commit_at_start": commit_at_start,
-        "source_fingerprint": [source_at_start, source_at_end],
-        "code_changed_during_run": source_at_start != source_at_end,
-        "torch": torch.__version__,
+        **provenance(command, commit_at_start, source_at_start),
         "mlflow": __import__("mlflow").__version__ if not args.skip_cost else None,
-        "cpu_count": os.cpu_count(),
-        "omp_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
         "epochs": args.epochs,
         "every_batches": args.every_batches,
         "seed": args.seed,
         "kills": args.kills,
         "name": args.name,
         "bench_seconds": time.monotonic() - started,
-        "load_average_at_end": load_average(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2, default=str))

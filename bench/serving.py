@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import git_commit, load_average, source_fingerprint
+from common import git_commit, provenance, source_fingerprint
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -323,6 +323,8 @@ def main() -> int:
     parser.add_argument("--poll-seconds", type=float, default=0.5, help="lifelong serve's alias poll")
     parser.add_argument("--name", default="serving")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the servers this bench started are stopped by their finally blocks.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     command = ("OMP_NUM_THREADS=1 python bench/serving.py " + " ".join(sys.argv[1:])).strip()
     commit_at_start, source_at_start = git_commit(), source_fingerprint()
     started = time.monotonic()
@@ -370,25 +372,16 @@ def main() -> int:
         "mlflow_p99_ms": mlflow_top["p99_ms"],
         "target_met": ratio >= TARGET_RATIO and lifelong_top["p99_ms"] <= mlflow_top["p99_ms"],
     }
-    source_at_end = source_fingerprint()
     result["meta"] = {
-        "command": command,
-        "commit": git_commit(),
-        "commit_at_start": commit_at_start,
-        "source_fingerprint": [source_at_start, source_at_end],
-        "code_changed_during_run": source_at_start != source_at_end,
-        "torch": torch.__version__,
+        **provenance(command, commit_at_start, source_at_start),
         "mlflow": __import__("mlflow").__version__,
         "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "omp_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
         "seconds": args.seconds,
         "clients": args.clients,
         "poll_seconds": args.poll_seconds,
         "rounds": args.rounds,
         "server_exit_status": exits,
         "bench_seconds": time.monotonic() - started,
-        "load_average_at_end": load_average(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2, default=str))

@@ -23,7 +23,7 @@ import torch
 from lifelong import checkpoint, config, device as devices, hookspecs
 from lifelong import options as opts
 from lifelong.components import Components, construct
-from lifelong.errors import ConfigError, UserError
+from lifelong.errors import ConfigError
 from lifelong.host import PluginHost
 from lifelong.promotion import PromotionOptions
 from lifelong.readers import DeadLetters, Reader, ReaderContext, can_seek

@@ -16,7 +16,6 @@ from lifelong_strategies.anchors import QuadraticAnchor
 from lifelong_strategies.ewc import EWC, EWCOptions, Reservoir, fisher_diagonal
 from lifelong_strategies.l2 import L2, L2Options
 from lifelong_strategies.lwf import LwF, LwFOptions
-from tests.conftest import run_pipeline
 
 
 # -- models ----------------------------------------------------------------------------------------

@@ -8,13 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -36,6 +30,7 @@ from lifelong_mlflow import pyfunc
 from lifelong_mlflow.options import MLflowOptions
 from lifelong_mlflow.tracker import MLflowTracker, flatten, ui_hint
 from lifelong_models.mlp import MLP, MLPOptions
+from tests.fixtures.mlflow_server import mlflow_server
 
 EXPERIENCES = 5
 FAST = ["learner.progress=false", "learner.epochs=1"]
@@ -304,35 +299,9 @@ def test_multi_head_model_needs_and_uses_task_ids(tmp_path):
     assert not any(p.suffix == ".pkl" for p in (tmp_path / "model").rglob("*"))  # nothing to unpickle
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_against_a_real_mlflow_server(tmp_path, monkeypatch):
-    port = free_port()
-    store = ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
-    store += ["--artifacts-destination", str(tmp_path / "artifacts")]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", *f"--host 127.0.0.1 --port {port} --workers 1".split(), *store],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group, so stopping it also stops its workers
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow server did not start (exit status {server.poll()})")
-                time.sleep(0.25)
+    with mlflow_server(tmp_path) as uri:
         monkeypatch.chdir(tmp_path)
         summary, _ = execute(tmp_path, [f"tracking.mlflow.tracking_uri={uri}", "stream.experiences=2"])
         result = summary["trackers"]["mlflow"]
@@ -345,13 +314,6 @@ def test_against_a_real_mlflow_server(tmp_path, monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         served = mlflow.pyfunc.load_model("models:/lifelong@latest")
         assert served.predict(np.zeros((3, 1, 8, 8), dtype=np.float32)).shape == (3,)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def test_a_run_that_crashes_is_marked_failed(tmp_path):

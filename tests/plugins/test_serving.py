@@ -12,7 +12,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,8 @@ import pytest
 from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import cli
+from tests.fixtures.mlflow_server import free_port
 from tests.fixtures.served_models import CLASSES, FEATURES, TABULAR, TASKS, mlp_state, register, spec_of
 
 pytestmark = pytest.mark.slow
@@ -31,12 +32,6 @@ ROW = dict(zip(FEATURES, [5.1, 3.5, 1.4, 0.2]))
 POLL = "0.1"
 START_TIMEOUT = 90.0
 FOLLOW_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Served:
@@ -388,3 +383,29 @@ def test_start_up_failures_exit_2_with_one_paragraph(store, tmp_path):
     result = serve("models:/iris@champion", "--tracking-uri", f"sqlite:///{tmp_path / 'typo.db'}")
     assert result.returncode == 2 and "no MLflow store at" in result.stderr
     assert not (tmp_path / "typo.db").exists()
+
+
+def test_train_gate_serve_promote_and_roll_back_end_to_end(tmp_path):
+    """The README's walk-through: a gated run, the server on its champion, a manual promote and a rollback."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = ["learner.progress=false", "learner.strategies=['naive']", "promotion.max_forgetting=0.05"]
+    trained = cli(
+        "run", *[a for s in [*settings, f"tracking.mlflow.tracking_uri='{uri}'"] for a in ("--set", s)],
+        "--summary", str(tmp_path / "summary.json"), cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["champion"]["passed"] == [0]  # naive forgets
+    served = Served(tmp_path, "models:/lifelong@champion", uri)
+    try:
+        served.wait_for_health()
+        served.wait_until(lambda: served.request("GET", "/ready")[0] == 200, "/ready")
+        status, answer = served.json("POST", "/predict", {"instances": [[0.0] * 64]})
+        assert status == 200 and answer["version"] == "1" and answer["predictions"][0] in answer["classes"]
+        moved = cli("models", "promote", "lifelong", "3", "--reason", "checked by hand", "--tracking-uri", uri)
+        assert moved.returncode == 0 and "failed the promotion gate" in moved.stderr, moved.stderr
+        served.wait_until(lambda: served.version() == "3", "the server to follow the promotion to v3")
+        back = cli("models", "rollback", "lifelong", "--reason", "v3 misbehaves", "--tracking-uri", uri)
+        assert back.returncode == 0 and "champion: v3 -> v1" in back.stdout, back.stdout + back.stderr
+        served.wait_until(lambda: served.version() == "1", "the server to follow the rollback to v1")
+    finally:
+        assert served.stop() == 0

@@ -40,6 +40,9 @@ class SplitOptions:
             raise ValueError(f"experiences must be at least 1, got {self.experiences}")
 
 
+MAX_PERMUTATIONS = 1000
+
+
 @dataclass
 class PermutedOptions:
     scenario: Literal["class", "task", "domain"] = field(default="domain", metadata={"help": "class, task or domain incremental"})
@@ -49,6 +52,9 @@ class PermutedOptions:
 
     def check(self) -> None:
         SplitOptions.check(self)  # type: ignore[arg-type]
+        # each permutation is a full copy of the data set in memory: bound it before anything is built
+        if self.experiences > MAX_PERMUTATIONS:
+            raise ValueError(f"experiences must be at most {MAX_PERMUTATIONS} (each is a permuted copy of the data), got {self.experiences}")
 
 
 def holdout(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,11 @@
 """The ``csv`` reader: a labelled stream read line by line from a delimited text file.
 
-Format: a header line naming the columns, then one record per line. The ``label`` column holds
-the class (any text, compared after trimming spaces), the optional ``experience`` column a
+Format: a header line naming the columns, then one record per physical line (a quoted field may
+not hold a line break: numeric features and class labels never need one). The ``label`` column
+holds the class (compared after trimming spaces), the optional ``experience`` column a
 non-negative integer experience id (``2.0`` reads as 2; without the column every row is experience
-0), and every other column is a numeric feature. Blank lines
-are skipped; the file is read as UTF-8 (a byte-order mark is allowed).
+0), and every other column is a numeric feature. Blank lines are skipped; the file is read as
+UTF-8 (a byte-order mark is allowed).
 
 The file is streamed: ``__iter__`` (run on the kernel's reader thread) reads it with the csv module
 and yields minibatches of ``batch_size`` rows in file order, cut early where the experience id
@@ -12,11 +13,19 @@ changes, so a batch never spans two experiences. Batch offsets are 1-based line 
 header is line 1), half-open. The reader is resumable: it seeks by byte offset and line
 (:mod:`lifelong_streams.records`).
 
-Classes: ``classes`` lists the label values in head order. Without it the reader scans the file
-once upfront and takes every label of a valid row, sorted (numerically when all labels are
-numbers): the model needs the class count before the first batch, which a stream cannot know
-otherwise. Give ``classes`` to skip that pass on large files. The task scenario also needs the
-number of heads upfront, so it always scans the experience column (``num_tasks`` = largest id + 1).
+Classes: ``classes`` lists the label values in head order; a label not among them is a dead
+letter. Without it the reader scans the file once upfront (the model needs the class count before
+the first batch, which a stream cannot know otherwise), and the scan fixes the classes under this
+label policy (:mod:`lifelong_streams.records`): when more than half of the valid rows have an
+integer label, the column holds class numbers — the classes are its non-negative integers in
+numeric order (``3``, ``03`` and ``3.0`` are one class), and a row whose label is not a
+non-negative integer (``cat``, ``3.5``, ``-1``) is a dead letter; otherwise every non-empty label
+is a class, sorted as text (numerically when all are numbers). More than ``max_classes`` classes
+(default 1000) is refused before training: a label column with that many values is almost always
+an id or a measurement. The scan prints one line naming the classes and the rows it will reject.
+Give ``classes`` to skip that pass on large files, or to accept labels the policy rejects. The
+task scenario also needs the number of heads upfront, so it always scans the experience column
+(``num_tasks`` = largest id + 1; heads × classes beyond ``max_classes`` are refused).
 
 Scenarios: ``class`` and ``domain`` read the same way (one head; the scenario is recorded in
 StreamInfo). ``task`` adds per-sample task ids equal to the experience id; labels index the head of
@@ -31,10 +40,15 @@ not know its future experiences) and ``test_fraction`` holds out each row whose 
 without knowing the file's length. An experience's held-out rows are handed to the kernel once the
 stream has moved past it (``test_set`` returns None until then).
 
-Bad records never stop the stream: a wrong number of fields, a non-numeric, NaN or infinite
-feature, an empty label or one not in ``classes``, an experience id that is not a non-negative
-integer, or text the csv module cannot parse go to the dead-letter file with the reason (naming
-the column), the file as source, the line number as offset and the raw line as record.
+Bad records never stop the stream: a wrong number of fields; a feature that is not a number, NaN,
+infinite, or beyond float32's range (±3.4e38: ``1e308`` is finite in float64 but infinite once cast
+to the training dtype, and one such value turns every weight into NaN); an empty label, one not in
+``classes`` or one the label policy rejects; an experience id that is not a non-negative integer
+below 2^53; bytes that are not valid UTF-8; a quote left open at the end of its line (only that
+line is dropped: reading resynchronises at the next line, so one stray quote never swallows the
+rows after it); or other text the csv module cannot parse go to the dead-letter file with the
+reason (naming the column), the file as source, the line number as offset and the raw line as
+record.
 
 >>> import tempfile
 >>> from lifelong.readers import DeadLetters, ReaderContext
@@ -60,7 +74,24 @@ import numpy as np
 
 from lifelong.errors import ConfigError, UserError
 from lifelong.readers import ReaderContext
-from lifelong_streams.records import BadRecord, Lines, Position, RecordStream, check_options, label_order
+from lifelong_streams.records import (
+    columns_hint,
+    FLOAT32_MAX,
+    MAX_CLASSES,
+    BadRecord,
+    Continued,
+    Labels,
+    LabelScan,
+    Lines,
+    Position,
+    RecordStream,
+    check_options,
+    check_task_heads,
+    clip,
+    short,
+)
+
+MAX_EXPERIENCE = 2**53  # experience ids must be below this (exact in float64, which parses them)
 
 
 @dataclass
@@ -73,6 +104,7 @@ class CsvOptions:
     scenario: Literal["class", "task", "domain"] = field(default="class", metadata={"help": "class, task (task id = experience id) or domain incremental"})
     classes: list[str] | None = field(default=None, metadata={"help": "label values in head order; default: scan the file upfront"})
     delimiter: str = field(default=",", metadata={"help": "field delimiter, one character"})
+    max_classes: int = field(default=MAX_CLASSES, metadata={"help": "most classes a scanned label column may hold (more is refused: usually an id column); declared classes are not limited"})
 
     def check(self) -> None:
         check_options(self, "column")
@@ -109,10 +141,10 @@ class Columns:
                 raise UserError(f"{source!r}: column {name!r} appears twice in the header")
             seen.add(name)
         if options.label not in seen:
-            raise UserError(f"{source!r} has no label column {options.label!r} (columns: {', '.join(names)}); set stream.label")
+            raise UserError(f"{source!r} has no label column {options.label!r} ({columns_hint(names)}); set stream.label")
         if options.experience and options.experience not in seen:
             raise UserError(
-                f"{source!r} has no experience column {options.experience!r} (columns: {', '.join(names)}); set stream.experience"
+                f"{source!r} has no experience column {options.experience!r} ({columns_hint(names)}); set stream.experience"
             )
         own = [n for n in names if n not in (options.label, options.experience)]
         if not own:
@@ -133,17 +165,15 @@ class Columns:
             names=names,
         )
 
-    def parse(self, fields: list[str], classes: dict[str, int] | None) -> tuple[np.ndarray, str | int, int]:
-        """Features, label (its index when ``classes`` is given, else its text) and experience id."""
+    def parse(self, fields: list[str], labels: Labels | None) -> tuple[np.ndarray, str | int, int]:
+        """float32 features, label (its class index under ``labels``, else its text) and experience id."""
         if len(fields) != self.width:
             raise BadRecord(f"expected {self.width} fields, got {len(fields)}")
         label = fields[self.label].strip()
         if not label:
             raise BadRecord(f"label column {self.names[self.label]!r} is empty")
-        if classes is not None:
-            if label not in classes:
-                raise BadRecord(f"label {label!r} in column {self.names[self.label]!r} is not one of the classes")
-            label = classes[label]
+        if labels is not None:
+            label = labels(label)
         exp = 0
         if self.experience is not None:
             exp = _experience_id(fields[self.experience], self.names[self.experience])
@@ -151,19 +181,30 @@ class Columns:
             x = np.array([fields[i] for i in self.features], dtype=np.float64)
         except ValueError:
             x = None
-        if x is None or not np.isfinite(x).all():
-            x = np.array([_feature(fields[i], self.names[i]) for i in self.features])
-        return x, label, exp
+        if x is not None:
+            with np.errstate(over="ignore", invalid="ignore"):
+                x32 = x.astype(np.float32)
+            if np.isfinite(x32).all():
+                return x32, label, exp
+        return np.array([_feature(fields[i], self.names[i]) for i in self.features], dtype=np.float32), label, exp
 
 
 def _feature(text: str, column: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise BadRecord(f"feature column {column!r} is not a number: {text!r}") from None
+        raise BadRecord(f"feature column {column!r} is not a number: {short(text)}") from None
     if not math.isfinite(value):
-        raise BadRecord(f"feature column {column!r} is {text.strip()} (NaN or infinite)")
+        raise BadRecord(f"feature column {column!r} is {clip(text.strip())} (NaN or infinite)")
+    if abs(value) > FLOAT32_MAX and not _fits_float32(value):
+        raise BadRecord(f"feature column {column!r} is {value:g}, beyond float32's range (±3.4e38)")
     return value
+
+
+def _fits_float32(value: float) -> bool:
+    """Whether ``value`` stays finite when cast to float32 (values just above the largest round down to it)."""
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(np.float32(value)))
 
 
 def _experience_id(text: str, column: str) -> int:
@@ -171,46 +212,114 @@ def _experience_id(text: str, column: str) -> int:
     try:
         value = float(text)
     except ValueError:
-        raise BadRecord(f"experience column {column!r} is not an integer: {text!r}") from None
-    if not value.is_integer() or value < 0:
-        raise BadRecord(f"experience column {column!r} is not a non-negative integer: {text!r}")
+        raise BadRecord(f"experience column {column!r} is not an integer: {short(text)}") from None
+    if not value.is_integer() or not 0 <= value < MAX_EXPERIENCE:
+        raise BadRecord(f"experience column {column!r} is not a non-negative integer below 2^53: {short(text)}")
     return int(value)
 
 
 def read_header(source: str, delimiter: str) -> list[str]:
+    """The header: the first physical line (after a byte-order mark), parsed as one CSV record."""
     if not Path(source).is_file():
         raise UserError(f"csv file {source!r} does not exist (stream.path or stream.test_path)")
     try:
-        with open(source, newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f, delimiter=delimiter), None)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        with open(source, "rb") as handle:
+            lines = Lines(handle)
+            lines.single = True
+            header = next(csv.reader(lines, delimiter=delimiter), None)
+            error = lines.utf8_error
+    except Continued:
+        raise UserError(f"csv file {source!r}: its header line has a quote that is not closed") from None
+    except (OSError, csv.Error) as exc:
         raise UserError(f"csv file {source!r}: cannot read its header line: {exc}") from None
+    if error:
+        raise UserError(f"csv file {source!r}: its header line is {error}")
     if not header:
         raise UserError(f"csv file {source!r} is empty: expected a header line naming the columns")
     return header
 
 
-def records(source: str, delimiter: str, start: Position | None = None) -> Iterator[Record]:
+def records(source: str, delimiter: str, start: Position | None = None, width: int | None = None) -> Iterator[Record]:
     """Every record after the header (or from ``start``), with its line number, raw text and the
-    position after it; blank lines are skipped."""
+    position after it; blank lines are skipped.
+
+    A record is one physical line, unless ``width`` is given (the text reader, whose texts may hold
+    line breaks in quoted fields). Then a record may span lines, but only as well-formed CSV: it is
+    parsed strictly (a closing quote must be followed by the delimiter or the line end), and one
+    that spans lines but fails to parse, ends inside a quote at the end of the file, or has not
+    ``width`` fields is taken to be a stray quote. (Leniently parsed, a stray quote is closed by the
+    opening quote of a later good record, and the rest of that line often gives the right width by
+    accident, swallowing every record in between.) Either way a quote left open dead-letters one
+    physical line, and reading resynchronises at the next line boundary. A record on one line keeps
+    the csv module's lenient reading (``"a"b`` reads as ``ab``).
+    """
     with open(source, "rb") as handle:
         lines = Lines(handle, start)
-        reader = csv.reader(lines, delimiter=delimiter)
+        reader = csv.reader(lines, delimiter=delimiter, strict=width is not None)
         if start is None:
-            next(reader, None)  # the header
+            lines.single = True
+            try:
+                next(reader, None)  # the header (read_header has checked it)
+            except (Continued, csv.Error):
+                pass
             lines.take()
+        lines.single = width is None
         while True:
             line = lines.line
+            error = ""
             try:
-                fields = next(reader)
+                fields: list[str] | None = next(reader)
             except StopIteration:
                 return
+            except Continued:
+                fields, error = None, "a quote is not closed by the end of the line (a record is one line)"
             except csv.Error as exc:
-                yield Record(line, lines.take(), None, lines.position(), f"unparseable CSV: {exc}")
+                fields, error = None, f"unparseable CSV: {exc}"
+                if width is not None and len(lines.taken) == 1 and not lines.ended:
+                    fields, error = _one_line(lines.taken[0], delimiter, fields, error)
+            if len(lines.taken) > 1 and (fields is None or lines.ended or len(fields) != width):
+                if fields is None:
+                    why = f"does not parse ({error.removeprefix('unparseable CSV: ')})"
+                else:
+                    why = "runs to the end of the file" if lines.ended else f"has {len(fields)} fields, not {width}"
+                spanned = len(lines.taken)
+                raw = lines.give_back()
+                reason = f"a quote is not closed by the end of the line (read on over {spanned} lines, the record {why})"
+                yield Record(line, raw, None, lines.position(), reason)
                 continue
+            if fields is not None and lines.ended:
+                fields, error = None, "a quote is not closed by the end of the file"
+            if fields is not None and lines.utf8_error:
+                fields, error = None, lines.utf8_error
             raw = lines.take()
-            if fields:
+            if fields is None:
+                yield Record(line, raw, None, lines.position(), error)
+            elif fields:
                 yield Record(line, raw, fields, lines.position())
+
+
+class _OneLine:
+    """One line for a csv reader; asking for another raises Continued."""
+
+    def __init__(self, text: str):
+        self.text: str | None = text
+
+    def __iter__(self) -> _OneLine:
+        return self
+
+    def __next__(self) -> str:
+        if self.text is None:
+            raise Continued
+        text, self.text = self.text, None
+        return text
+
+
+def _one_line(text: str, delimiter: str, fields: list[str] | None, error: str) -> tuple[list[str] | None, str]:
+    """A line the strict parser refused, read leniently on its own: its fields, or the strict error."""
+    try:
+        return next(csv.reader(_OneLine(text), delimiter=delimiter)), ""
+    except (Continued, csv.Error, StopIteration):
+        return fields, error
 
 
 class CsvStream(RecordStream):
@@ -224,33 +333,48 @@ class CsvStream(RecordStream):
         self.source = str(Path(options.path).expanduser())
         self.columns = Columns.from_header(read_header(self.source, options.delimiter), options, self.source)
         self.task = options.scenario == "task"
-        classes, max_experience = self._scan()
-        self.classes = {name: i for i, name in enumerate(classes)}
+        self._column = f"column {options.label!r}"
+        classes, integers, max_experience = self._scan()
+        self.labels = Labels(classes, integers, self._column)
         self.num_tasks = max_experience + 1 if self.task else 1
+        if self.task and options.classes is not None:
+            check_task_heads(self.num_tasks, len(classes), options.max_classes, f"csv file {self.source!r}")
         test_source = str(Path(options.test_path).expanduser()) if options.test_path else ""
         features = [self.columns.names[i] for i in self.columns.features]
         self._set_up((len(features),), classes, test_source, features)
 
-    def _scan(self) -> tuple[list[str], int]:
-        """The classes (given, or every label of a valid row) and the largest experience id (task scenario)."""
+    def _scan(self) -> tuple[list[str], bool, int]:
+        """The classes (given, or scanned under the label policy), whether the column holds class
+        numbers, and the largest experience id (task scenario)."""
         given = self.options.classes
+        what = f"csv file {self.source!r}, label column {self.options.label!r}"
         if given is not None and not self.task:
-            return list(given), 0
-        index = {name: i for i, name in enumerate(given)} if given is not None else None
-        labels: set[str] = set()
-        max_experience = -1
+            return list(given), False, 0
+        labels = Labels(list(given), False, self._column) if given is not None else None
+        scan = LabelScan(self.options.max_classes)
+        max_experience, largest_at = -1, 0
         for record in records(self.source, self.options.delimiter):
             if record.fields is None:
                 continue
             try:
-                _, label, exp = self.columns.parse(record.fields, index)
+                _, label, exp = self.columns.parse(record.fields, labels)
             except BadRecord:
                 continue  # reported when the stream reaches it
-            labels.add(label)  # type: ignore[arg-type]
-            max_experience = max(max_experience, exp)
+            if labels is None:
+                scan.add(label)  # type: ignore[arg-type]
+                if scan.full():
+                    break
+            if exp > max_experience:
+                max_experience, largest_at = exp, record.line
         if max_experience < 0:
             raise UserError(f"csv file {self.source!r} has no valid rows, so its classes cannot be known")
-        return (list(given) if given is not None else label_order(labels)), max_experience
+        if given is not None:
+            return list(given), False, max_experience
+        names, integers = scan.classes(what)
+        if self.task:
+            check_task_heads(max_experience + 1, len(names), self.options.max_classes, f"{what} (experience id at line {largest_at})")
+        scan.report(f"csv {self.source!r}")
+        return names, integers, max_experience
 
     def _parsed(
         self, source: str, start: Position | None = None, quiet: bool = False
@@ -263,7 +387,7 @@ class CsvStream(RecordStream):
             try:
                 if record.fields is None:
                     raise BadRecord(record.error)
-                x, y, exp = columns.parse(record.fields, self.classes)
+                x, y, exp = columns.parse(record.fields, self.labels)
                 if exp >= self.num_tasks and self.task:
                     raise BadRecord(f"experience id {exp} has no task head (the training file has {self.num_tasks} tasks)")
             except BadRecord as bad:

@@ -5,7 +5,12 @@ Format (loaded with ``allow_pickle=False``):
 - ``x``: numeric array of shape (N, ...), one sample per row;
 - ``y``: N labels, either integers ≥ 0 used as class indices as given (``num_classes`` = largest
   label + 1, so labels never need remapping), or strings mapped to indices in sorted order
-  (``class_names`` lists them);
+  (``class_names`` lists them). Labels are bounded by ``max_classes`` (default 1000), since the
+  data would otherwise set the model's size (a label of 200000 builds a 200,001-class head, 10^12
+  cannot be allocated at all): more than ``max_classes`` distinct labels is refused before
+  training (UserError, exit 2, naming the count and the option), and an integer label at or above
+  ``max_classes`` among fewer distinct labels is a dead letter (one junk index must not stop the
+  stream nor size the model);
 - ``experience`` (optional): N non-negative integer experience ids; without it every row is
   experience 0.
 
@@ -16,19 +21,23 @@ streams again at that place as a separate block.
 Scenarios: ``class`` and ``domain`` read the same way (one head, labels as given; the scenario is
 recorded in StreamInfo). ``task`` adds per-sample task ids equal to the experience id, with one head
 per id (``num_tasks`` = largest id + 1) and labels still as given, so give each experience local
-labels 0..k-1 to keep the heads small.
+labels 0..k-1 to keep the heads small (heads × classes beyond ``max_classes`` are refused).
 
 Held-out data comes from ``test_path`` (an archive in the same format; its experience ids name the
 test set of each experience) or from ``test_fraction`` of each experience's rows, stratified by
 class and drawn with the run's seed (the same rows for the same seed). Both are known before
 training, so every experience's test set is available from the start.
 
-Bad rows — NaN or infinite values in ``x``, a label that is missing (NaN or empty), negative or not
-an integer, an experience id that is not a non-negative integer, a test label the training data
-does not have — go to the dead-letter file (source: the file, offset: the row index, record: the
-row's label and experience id; ``x`` is not copied, as rows can be large) and the rest streams. A
-missing or unreadable file, missing ``x`` or ``y``, or arrays of different lengths raise UserError
-before training.
+Bad rows — a value in ``x`` that is NaN or infinite *after the cast to the training dtype float32*
+(``1e308`` is finite in float64 but not in float32, and one such value turns every weight into
+NaN), a label that is missing (NaN or empty), negative, not an integer or not below
+``max_classes``, an experience id that is not a non-negative integer below 2^53, a test label the
+training data does not have — go to the dead-letter file (source: the file, offset: the row index,
+record: the row's label and experience id; ``x`` is not copied, as rows can be large; the reason
+names the first bad feature and its value) and the rest streams: the archive is read upfront, but
+a bad row is still one record, never a reason to refuse the file. A missing or unreadable file,
+missing ``x`` or ``y``, arrays of different lengths, or more distinct labels than ``max_classes``
+raise UserError before training.
 
 >>> import tempfile, numpy as np
 >>> from lifelong.readers import DeadLetters, ReaderContext
@@ -54,6 +63,9 @@ from lifelong.readers import ReaderContext
 from lifelong.types import Batch, StreamInfo
 from lifelong_streams.arrays import ArrayStream
 from lifelong_streams.benchmarks import holdout
+from lifelong_streams.records import MAX_CLASSES, check_max_classes, check_task_heads, say, short
+
+MAX_EXPERIENCE = 2**53  # experience ids must be below this
 
 
 @dataclass
@@ -62,8 +74,10 @@ class NpzOptions:
     test_path: str = field(default="", metadata={"help": "held-out .npz in the same format; empty: hold out test_fraction"})
     test_fraction: float = field(default=0.0, metadata={"help": "share of each experience's rows held out for evaluation"})
     scenario: Literal["class", "task", "domain"] = field(default="class", metadata={"help": "class, task (task id = experience id) or domain incremental"})
+    max_classes: int = field(default=MAX_CLASSES, metadata={"help": "integer labels must be below it and distinct labels at most it (more is refused; a label above is a dead letter)"})
 
     def check(self) -> None:
+        check_max_classes(self.max_classes)
         if not 0.0 <= self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
         if self.test_path and self.test_fraction:
@@ -102,7 +116,7 @@ def npz_reader(options: NpzOptions, context: ReaderContext) -> NpzStream:
     if not options.path:
         raise ConfigError("stream.path", "missing: name the .npz file to read")
     source = str(Path(options.path).expanduser())
-    rows = _read(source, context)
+    rows = _read(source, context, options.max_classes)
     if options.scenario == "task" and not rows.has_experience:
         raise UserError(f"{source!r} has no 'experience' array; the task scenario takes its task ids from it")
     if not len(rows.y):
@@ -128,6 +142,8 @@ def npz_reader(options: NpzOptions, context: ReaderContext) -> NpzStream:
     task = options.scenario == "task"
     experiences = list(dict.fromkeys(rows.experience.tolist()))
     num_tasks = int(max(rows.experience.max(), test.experience.max(initial=0))) + 1 if task else 1
+    if task:
+        check_task_heads(num_tasks, len(names), options.max_classes, f"npz file {source!r}")
     info = StreamInfo(
         input_shape=tuple(rows.x.shape[1:]),
         num_classes=len(names),
@@ -149,8 +165,13 @@ def npz_reader(options: NpzOptions, context: ReaderContext) -> NpzStream:
     return NpzStream(run_experience, info, runs, tests, context.batch_size, source, offsets)
 
 
-def _read(source: str, context: ReaderContext) -> _Rows:
-    """The archive's valid rows; bad ones go to the dead letters."""
+def _read(source: str, context: ReaderContext, max_classes: int | None = None) -> _Rows:
+    """The archive's valid rows, ``x`` as float32; bad ones go to the dead letters.
+
+    ``max_classes`` (the training file): more distinct labels than that is a UserError, and an
+    integer label at or above it a bad row. A test file's labels are checked against the training
+    file's classes instead (:func:`_known_labels`).
+    """
     arrays = _open(source)
     x, y = arrays["x"], arrays["y"]
     n = len(x) if x.ndim else 0
@@ -163,12 +184,14 @@ def _read(source: str, context: ReaderContext) -> _Rows:
         raise UserError(f"{source!r}: experience must hold one id per row of x ({n}), got shape {exp.shape}")
 
     reasons: dict[int, str] = {}
-    finite = np.isfinite(x.reshape(n, -1)).all(axis=1) if x.dtype.kind == "f" else np.ones(n, bool)
-    for i in np.flatnonzero(~finite):
-        reasons.setdefault(int(i), "x has a NaN or infinite value")
+    x, bad = _features(x)
+    reasons.update(bad)
     y, bad = _integers(y, "label", source, allow_text=True)
     for i, reason in bad.items():
         reasons.setdefault(i, reason)
+    if max_classes is not None:
+        for i, reason in _bounded(y, bad, max_classes, source).items():
+            reasons.setdefault(i, reason)
     if exp is None:
         exp = np.zeros(n, dtype=np.int64)
     else:
@@ -182,6 +205,55 @@ def _read(source: str, context: ReaderContext) -> _Rows:
     keep = np.ones(n, bool)
     keep[list(reasons)] = False
     return _Rows(x[keep], y[keep], exp[keep], np.flatnonzero(keep), has_experience=raw_exp is not None)
+
+
+def _features(x: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+    """``x`` cast to float32 (the training dtype) and the reason for each row with a value that is
+    not finite after the cast, naming the first such feature."""
+    n = len(x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x32 = x.astype(np.float32, copy=False)
+    if x.dtype.kind != "f":
+        return x32, {}  # booleans and integers of up to 64 bits are always finite in float32
+    flat = x32.reshape(n, int(np.prod(x.shape[1:], dtype=np.int64)))
+    finite = np.isfinite(flat).all(axis=1)
+    reasons: dict[int, str] = {}
+    original = x.reshape(flat.shape)
+    for i in np.flatnonzero(~finite).tolist():
+        j = int(np.flatnonzero(~np.isfinite(flat[i]))[0])
+        where = j if x.ndim <= 2 else tuple(int(k) for k in np.unravel_index(j, x.shape[1:]))
+        value = original[i, j]
+        if np.isfinite(value):
+            reasons[i] = f"x has {float(value):g} at feature {where}, beyond float32's range (±3.4e38)"
+        else:
+            reasons[i] = f"x has a NaN or infinite value ({float(value)}) at feature {where}"
+    return x32, reasons
+
+
+def _bounded(y: np.ndarray, bad: dict[int, str], max_classes: int, source: str) -> dict[int, str]:
+    """Refuse more than ``max_classes`` distinct labels; the reason for each integer label at or above it."""
+    ok = np.ones(len(y), bool)
+    ok[list(bad)] = False
+    distinct = np.unique(y[ok])
+    if len(distinct) > max_classes:
+        largest = f" (largest {int(distinct[-1])})" if y.dtype.kind != "U" else ""
+        raise UserError(
+            f"{source!r} has {len(distinct)} distinct labels{largest}, more than max_classes = {max_classes}: "
+            "a label array with that many values is usually not a class; check y or raise stream.max_classes"
+        )
+    if y.dtype.kind == "U":
+        return {}
+    over = np.flatnonzero(ok & (y >= max_classes))
+    if len(over):
+        say(
+            f"npz {source!r}: {len(over)} row(s) have a label at or above max_classes = {max_classes} (largest "
+            f"{int(y[over].max())}) and go to the dead letters; raise stream.max_classes if the data has that many classes"
+        )
+    return {
+        int(i): f"label {int(y[i])} is not below max_classes ({max_classes}): integer labels are class indices "
+        "and size the model's head; raise stream.max_classes if the data has that many classes"
+        for i in over
+    }
 
 
 def _open(source: str) -> dict[str, np.ndarray]:
@@ -201,29 +273,55 @@ def _open(source: str) -> dict[str, np.ndarray]:
 
 
 def _integers(values: np.ndarray, what: str, source: str, allow_text: bool) -> tuple[np.ndarray, dict[int, str]]:
-    """Non-negative integers as int64 (text labels pass through as str) and the reason for each bad row."""
+    """Non-negative integers below 2^53 as int64 (text labels pass through as str) and the reason for each bad row."""
     kind = values.dtype.kind
+    bad: dict[int, str] = {}
     if kind == "S":
+        for i, data in enumerate(values.tolist()):
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad[i] = f"{what} is not valid UTF-8: byte 0x{data[exc.start]:02x} at position {exc.start + 1}"
         values, kind = np.char.decode(values, "utf-8", "replace"), "U"
     if kind == "U" and allow_text:
-        return values, {int(i): f"{what} is empty" for i in np.flatnonzero(np.char.strip(values) == "")}
-    bad: dict[int, str] = {}
+        empty = {int(i): f"{what} is empty" for i in np.flatnonzero(np.char.strip(values) == "")}
+        return values, {**empty, **bad}
+
+    def large(value: Any) -> str:
+        return f"{what} {value} is too large (at most 2^53 - 1)"
+
+    out = np.zeros(len(values), dtype=np.int64)
     if kind == "U":
-        out = np.zeros(len(values), dtype=np.int64)
         for i, text in enumerate(values.tolist()):
             try:
-                out[i] = int(text)
-            except ValueError:
-                bad[i] = f"{what} {text!r} is not an integer"
+                number = int(text)
+            except ValueError:  # not an integer, or more digits than Python converts
+                bad[i] = f"{what} {short(text)} is not an integer"
+                continue
+            if number >= MAX_EXPERIENCE:
+                bad[i] = large(short(text))
+            elif number < 0:
+                bad[i] = f"{what} {number} is negative"
+            else:
+                out[i] = number
     elif kind in "biu":
-        out = values.astype(np.int64)
+        huge = values >= MAX_EXPERIENCE
+        for i in np.flatnonzero(huge):
+            bad[int(i)] = large(values[i])
+        fine = ~huge
+        out[fine] = values[fine].astype(np.int64)
     elif kind == "f":
-        out = np.zeros(len(values), dtype=np.int64)
-        for i in np.flatnonzero(np.isnan(values)):
+        nan = np.isnan(values)
+        for i in np.flatnonzero(nan):
             bad[int(i)] = f"{what} is missing (NaN)"
-        for i in np.flatnonzero(~np.isnan(values) & ((values != np.floor(values)) | np.isinf(values))):
+        with np.errstate(invalid="ignore"):
+            integral = ~nan & np.isfinite(values) & (values == np.floor(values))
+        for i in np.flatnonzero(~nan & ~integral):
             bad[int(i)] = f"{what} {values[i]} is not an integer"
-        ok = np.isfinite(values) & (values == np.floor(values))
+        huge = integral & (values >= MAX_EXPERIENCE)
+        for i in np.flatnonzero(huge):
+            bad[int(i)] = large(f"{values[i]:g}")
+        ok = integral & ~huge
         out[ok] = values[ok].astype(np.int64)
     else:
         raise UserError(f"{source!r}: {what}s must be integers{' or strings' if allow_text else ''}, got dtype {values.dtype}")

@@ -16,9 +16,20 @@ Everything else follows the ``csv`` reader (:mod:`lifelong_streams.csv_reader`):
 scans the experience field for the number of heads; held-out data from ``test_path`` (read
 upfront; its experience ids in first-seen order are the accuracy matrix's columns) or a
 ``test_fraction`` chosen by hash of (seed, line), handed over once the stream has moved past the
-experience. Bad records — unparseable JSON or CSV, a line that is not a JSON object, a missing,
-non-text or empty text, a missing or empty label or one not in ``classes``, a bad experience id —
-go to the dead-letter file with the reason, the file, the line number and the raw line.
+experience. The label policy is the csv reader's (:mod:`lifelong_streams.records`): without
+``classes`` the upfront scan fixes the classes; when more than half of the valid records have an
+integer label (a JSON number like ``3`` or ``3.0``, or text like ``"3"``) the field holds class
+numbers and a label that is not a non-negative integer (``"cat"``, ``3.5``, ``-1``) is a dead
+letter; otherwise every non-empty label is a class, compared as text; more than ``max_classes``
+classes (default 1000) is refused before training. Features are bytes, so no value can overflow
+the training dtype.
+
+Bad records — unparseable JSON or CSV, a line that is not a JSON object, bytes that are not valid
+UTF-8, a missing, non-text or empty text, a missing, empty, NaN or infinite label, one not in
+``classes`` or one the label policy rejects, a bad experience id — go to the dead-letter file with
+the reason, the file, the line number and the raw line. In a CSV file a quoted text may span lines;
+a quote left open dead-letters its first physical line only, and reading resynchronises at the next
+line (see :func:`lifelong_streams.csv_reader.records`).
 
 >>> import tempfile, json
 >>> from lifelong.readers import DeadLetters, ReaderContext
@@ -37,16 +48,30 @@ go to the dead-letter file with the reason, the file, the line number and the ra
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import numpy as np
+from lifelong_streams.csv_reader import MAX_EXPERIENCE, read_header, records
+from lifelong_streams.records import (
+    columns_hint,
+    MAX_CLASSES,
+    BadRecord,
+    Labels,
+    LabelScan,
+    Lines,
+    Position,
+    RecordStream,
+    check_options,
+    check_task_heads,
+    clip,
+    short,
+)
 
 from lifelong.errors import ConfigError, UserError
 from lifelong.readers import ReaderContext
-from lifelong_streams.csv_reader import read_header, records
-from lifelong_streams.records import BadRecord, Lines, Position, RecordStream, check_options, label_order
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
@@ -64,6 +89,7 @@ class TextOptions:
     classes: list[str] | None = field(default=None, metadata={"help": "label values in head order; default: scan the file upfront"})
     max_bytes: int = field(default=512, metadata={"help": "UTF-8 bytes kept per text (cut on a character boundary, zero-padded)"})
     delimiter: str = field(default=",", metadata={"help": "CSV field delimiter, one character"})
+    max_classes: int = field(default=MAX_CLASSES, metadata={"help": "most classes a scanned label field may hold (more is refused: usually an id field); declared classes are not limited"})
 
     def check(self) -> None:
         check_options(self, "field")
@@ -85,7 +111,9 @@ def encode(text: str, max_bytes: int) -> np.ndarray:
 
 def _label_text(value: Any, name: str) -> str:
     if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
-        raise BadRecord(f"label field {name!r} is {json.dumps(value)}, not a class name or number")
+        raise BadRecord(f"label field {name!r} is {clip(json.dumps(value))}, not a class name or number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRecord(f"label field {name!r} is {value}, not a class name or number")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value).strip()
@@ -98,9 +126,13 @@ def _experience(value: Any, name: str) -> int:
     try:
         number = float(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError):
-        raise BadRecord(f"experience field {name!r} is not an integer: {value!r}") from None
+        raise BadRecord(f"experience field {name!r} is not an integer: {short(value)}") from None
+    except OverflowError:  # a JSON integer beyond float's range
+        raise BadRecord(f"experience field {name!r} is not a non-negative integer below 2^53: {short(value)}") from None
     if isinstance(value, bool) or not number.is_integer() or number < 0:
-        raise BadRecord(f"experience field {name!r} is not a non-negative integer: {value!r}")
+        raise BadRecord(f"experience field {name!r} is not a non-negative integer: {short(value)}")
+    if number >= MAX_EXPERIENCE:
+        raise BadRecord(f"experience field {name!r} is not a non-negative integer below 2^53: {short(value)}")
     return int(number)
 
 
@@ -117,10 +149,13 @@ class TextStream(RecordStream):
         self.source = str(Path(options.path).expanduser())
         self.task = options.scenario == "task"
         self._check_file(self.source)
-        classes, max_experience = self._scan()
+        self._column = f"field {options.label!r}"
+        classes, integers, max_experience = self._scan()
         self.class_list = classes
-        self.classes = {name: i for i, name in enumerate(classes)}
+        self.labels = Labels(classes, integers, self._column)
         self.num_tasks = max_experience + 1 if self.task else 1
+        if self.task and options.classes is not None:
+            check_task_heads(self.num_tasks, len(classes), options.max_classes, f"text file {self.source!r}")
         test_source = str(Path(options.test_path).expanduser()) if options.test_path else ""
         if test_source:
             self._check_file(test_source)
@@ -140,7 +175,7 @@ class TextStream(RecordStream):
         header = read_header(source, self.options.delimiter)
         for name in (self.options.text, self.options.label, self.options.experience):
             if name and name not in header:
-                raise UserError(f"{source!r} has no column {name!r} (columns: {', '.join(header)})")
+                raise UserError(f"{source!r} has no column {name!r} ({columns_hint(header)})")
 
     def _records(
         self, source: str, start: Position | None = None
@@ -148,7 +183,7 @@ class TextStream(RecordStream):
         """(line, raw text, fields or None, error, position after it) of every record, from ``start``."""
         if not self._jsonl(source):
             header = read_header(source, self.options.delimiter)
-            for record in records(source, self.options.delimiter, start):
+            for record in records(source, self.options.delimiter, start, width=len(header)):
                 if record.fields is None:
                     yield record.line, record.raw, None, record.error, record.after
                 elif len(record.fields) != len(header):
@@ -159,13 +194,20 @@ class TextStream(RecordStream):
         with open(source, "rb") as handle:
             lines = Lines(handle, start)
             for text in lines:
+                error = lines.utf8_error
                 line, raw = lines.line - 1, lines.take()
                 if not raw.strip():
                     continue
+                if error:
+                    yield line, raw, None, error, lines.position()
+                    continue
                 try:
                     value = json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    yield line, raw, None, f"unparseable JSON: {exc}", lines.position()
+                except ValueError as exc:  # JSONDecodeError, or an integer of more than 4,300 digits
+                    yield line, raw, None, f"unparseable JSON: {str(exc)[:120]}", lines.position()
+                    continue
+                except RecursionError:
+                    yield line, raw, None, "unparseable JSON: nested too deeply", lines.position()
                     continue
                 if not isinstance(value, dict):
                     yield line, raw, None, f"expected a JSON object, got {type(value).__name__}", lines.position()
@@ -193,23 +235,37 @@ class TextStream(RecordStream):
             exp = _experience(fields[o.experience], o.experience)
         return text, label, exp
 
-    def _scan(self) -> tuple[list[str], int]:
+    def _scan(self) -> tuple[list[str], bool, int]:
+        """The classes (given, or scanned under the label policy), whether the label field holds
+        class numbers, and the largest experience id (task scenario)."""
         given = self.options.classes
         if given is not None and not self.task:
-            return list(given), 0
-        labels: set[str] = set()
-        max_experience = -1
-        for _, _, fields, error, _ in self._records(self.source):
+            return list(given), False, 0
+        scan = LabelScan(self.options.max_classes)
+        max_experience, largest_at = -1, 0
+        for line, _, fields, error, _ in self._records(self.source):
             try:
                 _, label, exp = self._fields(fields, error)
             except BadRecord:
                 continue
-            if given is None or label in given:
-                labels.add(label)
-                max_experience = max(max_experience, exp)
+            if given is not None and label not in given:
+                continue
+            if given is None:
+                scan.add(label)
+                if scan.full():
+                    break
+            if exp > max_experience:
+                max_experience, largest_at = exp, line
         if max_experience < 0:
             raise UserError(f"text file {self.source!r} has no valid records, so its classes cannot be known")
-        return (list(given) if given is not None else label_order(labels)), max_experience
+        if given is not None:
+            return list(given), False, max_experience
+        what = f"text file {self.source!r}, label field {self.options.label!r}"
+        names, integers = scan.classes(what)
+        if self.task:
+            check_task_heads(max_experience + 1, len(names), self.options.max_classes, f"{what} (experience id at line {largest_at})")
+        scan.report(f"text {self.source!r}")
+        return names, integers, max_experience
 
     def _parsed(
         self, source: str, start: Position | None = None, quiet: bool = False
@@ -217,8 +273,7 @@ class TextStream(RecordStream):
         for line, raw, fields, error, after in self._records(source, start):
             try:
                 text, label, exp = self._fields(fields, error)
-                if label not in self.classes:
-                    raise BadRecord(f"label {label!r} in field {self.options.label!r} is not one of the classes")
+                y = self.labels(label)
                 if self.task and exp >= self.num_tasks:
                     raise BadRecord(f"experience id {exp} has no task head (the training file has {self.num_tasks} tasks)")
             except BadRecord as bad:
@@ -226,7 +281,7 @@ class TextStream(RecordStream):
                     self.context.dead_letter(str(bad), source, line, raw)
                 yield line, None, -1, -1, after
                 continue
-            yield line, encode(text, self.options.max_bytes), self.classes[label], exp, after
+            yield line, encode(text, self.options.max_bytes), y, exp, after
 
 
 def text_reader(options: TextOptions, context: ReaderContext) -> TextStream:

@@ -204,11 +204,12 @@ def test_csv_scans_for_classes_when_not_given(tmp_path):
     path = write_csv(tmp_path / "s.csv", "a;label\n1;10\n2;9\n3;x,y\n4;10\n5;\n")
     ctx = context(tmp_path, batch_size=10)
     reader = csv_reader(CsvOptions(path=path, delimiter=";"), ctx)
-    assert reader.info().class_names == ["10", "9", "x,y"]  # not all numbers: text order
-    assert [b.y.tolist() for b in reader] == [[0, 1, 2, 0]]
-    assert [d["offset"] for d in dead_letters(ctx)] == [6]  # reported once, by the stream, not by the scan
-    numeric = csv_reader(CsvOptions(path=write_csv(tmp_path / "n.csv", "a,label\n1,10\n2,9\n")), context(tmp_path))
-    assert numeric.info().class_names == ["9", "10"]
+    # issue 13: most labels are integers, so the column holds class numbers and 'x,y' is a dead letter
+    assert reader.info().class_names == ["9", "10"]  # numeric order
+    assert [b.y.tolist() for b in reader] == [[1, 0, 1]]
+    assert [d["offset"] for d in dead_letters(ctx)] == [4, 6]  # reported once, by the stream, not by the scan
+    text = csv_reader(CsvOptions(path=write_csv(tmp_path / "t.csv", "a,label\n1,b\n2,10\n3,a\n")), context(tmp_path))
+    assert text.info().class_names == ["10", "a", "b"]  # mostly text: every label is a class, text order
 
 
 def test_csv_task_scenario_and_quoted_fields(tmp_path):

@@ -14,20 +14,53 @@ component registered (see :mod:`lifelong.pipeline`).
 from __future__ import annotations
 
 import copy
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from lifelong import options as opts
-from lifelong.errors import ConfigError, UserError
+from lifelong.errors import ConfigError, UserError, brief, clip
 from lifelong.promotion import PromotionOptions
 
 COMPONENT_SECTIONS = ("stream", "model", "boundary", "tracking")
 KERNEL_SECTIONS = ("learner", "checkpoint")
 # [promotion] is the kernel's too, but optional: the promotion gate is on exactly when the section exists.
 KNOWN_SECTIONS = (*COMPONENT_SECTIONS, *KERNEL_SECTIONS, "promotion", "strategy")
+
+
+MAX_SEED = 2**32 - 1  # numpy's legacy seeds and most libraries' random_state take no more
+MAX_EPOCHS = 10_000
+MAX_BATCH = 2**20  # samples in one batch (training or evaluation)
+DEVICE_TYPES = ("cpu", "cuda", "mps")  # "meta" has no storage; others are not supported by the kernel
+MAX_FILE_BYTES = 64 * 2**20  # a pipeline file; a larger one is almost certainly not a pipeline
+MAX_DEPTH = opts.MAX_DEPTH  # tables nested in a pipeline, its sections included
+
+
+def max_threads() -> int:
+    """The most CPU threads ``learner.threads`` may ask for: 4 per core (more only contend)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_device_name(name: str, where: str = "learner.device") -> None:
+    """``auto``, or a device of a type the kernel trains on (cpu, cuda, cuda:N, mps); ConfigError otherwise.
+
+    Whether the device exists here is :func:`lifelong.device.resolve`'s question, asked when the plan
+    is built; this is the name's form, refused in any pipeline wherever it runs.
+    """
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(where, f"expected auto, cpu, cuda, cuda:N or mps, got {brief(name)}") from None
+    if device.type not in DEVICE_TYPES:
+        raise ConfigError(where, f"expected auto, cpu, cuda, cuda:N or mps, got {brief(name)} (a {device.type!r} device cannot train)")
 
 
 @dataclass
@@ -47,18 +80,37 @@ class LearnerOptions:
     threads: int = field(default=0, metadata={"help": "CPU threads for torch; 0: torch's default (one per core)"})
     max_batches: int = field(default=0, metadata={"help": "end the run after this many stream batches in all (counting those before a resume); 0: the whole stream"})
     deterministic: bool = field(default=False, metadata={"help": "torch.use_deterministic_algorithms: bit-identical resumes on any device (on the CPU they are already)"})
+    max_nonfinite_batches: int = field(default=10, metadata={"help": "stop the run (exit 2) when this many stream batches in a row had a non-finite loss or gradients; such a batch is never applied and its records go to the dead letters; 0: never stop"})
     continue_strategies: bool = field(default=True, metadata={"help": "when the model continues from a stored generation or checkpoint, restore its strategies' state too (if the strategy list matches)"})
 
     def check(self) -> None:
+        if self.max_nonfinite_batches < 0:
+            raise ValueError(f"max_nonfinite_batches must be 0 (never stop) or positive, got {self.max_nonfinite_batches}")
         if self.max_batches < 0:
             raise ValueError(f"max_batches must be 0 (no limit) or positive, got {self.max_batches}")
         for name in ("epochs", "batch_size", "log_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.threads < 0:
-            raise ValueError(f"threads must be 0 (torch's default) or positive, got {self.threads}")
+        if self.epochs > MAX_EPOCHS:
+            raise ValueError(f"epochs must be at most {MAX_EPOCHS}, got {self.epochs}")
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) > MAX_BATCH:
+                raise ValueError(f"{name} must be at most {MAX_BATCH} samples, got {getattr(self, name)}")
+        threads = max_threads()
+        if not 0 <= self.threads <= threads:
+            raise ValueError(
+                f"threads must be 0 (torch's default) or 1 to {threads} (4 per CPU core here), got {self.threads}"
+            )
+        # lr, momentum and weight_decay are finite already (lifelong.options refuses NaN and infinity)
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be 0 or positive, got {self.weight_decay}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer in [0, {MAX_SEED}] (2**32 - 1), got {self.seed}")
+        check_device_name(self.device)
         if len(set(self.strategies)) != len(self.strategies):
             raise ValueError(f"strategies lists a name twice: {self.strategies}")
 
@@ -84,25 +136,79 @@ def default_pipeline() -> dict[str, Any]:
     return tomllib.loads(text)
 
 
+# 64 dotted keys in a row ([a.b.c…] or a.b.c… = 1): tomllib takes time quadratic in a dotted key's
+# length (10 s for 100,000 parts), so keys nested deeper than any pipeline's are refused before it
+# parses them. Anchored at a word start, so the scan stays linear.
+_DEEP_KEY = re.compile(r"(?<![A-Za-z0-9_-])(?:[A-Za-z0-9_-]++[ \t]*+\.[ \t]*+){64}")
+
+
+def depth(value: Any, limit: int = MAX_DEPTH + 1) -> int:
+    """How deeply ``value`` nests tables and lists: 0 for a scalar, 1 for a flat table. Iterative, so
+    any depth is measured without recursion; it stops counting past ``limit``.
+
+    >>> depth(1), depth({"a": 1}), depth({"a": {"b": [1, [2]]}})
+    (0, 1, 4)
+    """
+    if not isinstance(value, (dict, list)):
+        return 0
+    deepest, stack = 1, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)):
+                deepest = max(deepest, level + 1)
+                if deepest > limit:
+                    return deepest
+                stack.append((child, level + 1))
+    return deepest
+
+
+class _TooDeep(UserError):
+    """A TOML text nested beyond any pipeline's depth."""
+
+
+def parse_toml(text: str, what: str) -> dict[str, Any]:
+    """``tomllib.loads`` with every failure a UserError naming ``what``; nesting is bounded."""
+    if _DEEP_KEY.search(text):
+        raise _TooDeep(f"{what} has a key of more than 64 dotted parts: no pipeline nests that deep")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{what} is not valid TOML: {clip(str(exc))}") from None
+    except RecursionError:
+        raise _TooDeep(f"{what} nests arrays or inline tables too deeply (a pipeline nests at most {MAX_DEPTH} levels)") from None
+    if depth(data) > MAX_DEPTH + 1:  # the document itself is one level
+        raise _TooDeep(f"{what} nests tables or arrays more than {MAX_DEPTH} levels deep")
+    return data
+
+
 def read_pipeline(path: str | Path | None) -> dict[str, Any]:
     """The raw pipeline: the file's sections over the default pipeline's."""
     merged = default_pipeline()
     if path is None:
         return merged
     path = Path(path)
+    name = brief(str(path))
     if not path.is_file():
-        raise UserError(f"pipeline file {str(path)!r} does not exist")
+        raise UserError(f"pipeline file {name} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"pipeline file {str(path)!r} is not valid TOML: {exc}") from None
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise UserError(
+                f"pipeline file {name} is {size} bytes; a pipeline file is at most {MAX_FILE_BYTES // 2**20} MiB "
+                "(is it a data file?)"
+            )
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"pipeline file {str(path)!r} is not UTF-8 text: {exc}") from None
+        raise UserError(f"pipeline file {name} is not UTF-8 text (byte {exc.start} is not UTF-8)") from None
+    except OSError as exc:
+        raise UserError(f"pipeline file {name} cannot be read: {exc.strerror or exc}") from None
+    data = parse_toml(text, f"pipeline file {name}")
     for section, value in data.items():
         if section not in KNOWN_SECTIONS:
             raise ConfigError(section, f"unknown section (known sections: {', '.join(KNOWN_SECTIONS)})")
         if not isinstance(value, dict):
-            raise ConfigError(section, f"expected a table, got {value!r}")
+            raise ConfigError(section, f"expected a table, got {brief(value)}")
         merged[section] = copy.deepcopy(value)
     for section in KERNEL_SECTIONS:
         if section not in data:
@@ -113,15 +219,22 @@ def read_pipeline(path: str | Path | None) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b=c`` into (["a", "b"], value); the value is read as TOML, else taken as a string."""
     if "=" not in text:
-        raise UserError(f"--set {text!r}: expected section.key=value")
+        raise UserError(f"--set {brief(text)}: expected section.key=value")
     key, raw = text.split("=", 1)
     parts = [p.strip() for p in key.strip().split(".")]
     if len(parts) < 2 or not all(parts):
-        raise UserError(f"--set {text!r}: expected section.key=value, e.g. learner.lr=0.01")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
+        raise UserError(f"--set {brief(text)}: expected section.key=value, e.g. learner.lr=0.01")
+    if len(parts) > MAX_DEPTH:
+        raise UserError(f"--set {brief(text)}: a key of {len(parts)} parts nests deeper than any pipeline")
+    if "\n" in raw or "\r" in raw:
+        value: Any = raw  # a TOML value is one line: "v = 1\nw = 2" must not parse as two keys
+    else:
+        try:
+            value = parse_toml(f"v = {raw}", f"--set {brief(text)}")["v"]
+        except _TooDeep:
+            raise
+        except UserError:
+            value = raw  # not a TOML value: the text itself
     return parts, value
 
 
@@ -144,8 +257,10 @@ def apply_overrides(pipeline: dict[str, Any], overrides: list[str]) -> dict[str,
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise UserError(f"--set {text!r}: {part!r} is not a table")
+                raise UserError(f"--set {brief(text)}: {brief(part)} is not a table")
         node[parts[-1]] = value
+    if depth(pipeline) > MAX_DEPTH + 1:
+        raise UserError(f"the pipeline nests tables or arrays more than {MAX_DEPTH} levels deep")
     return pipeline
 
 
@@ -156,10 +271,12 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, Any]:
 
 def split_component(section: dict[str, Any], key: str, where: str) -> tuple[str, dict[str, Any]]:
     """``{"reader": "csv", "path": …}`` into ("csv", {"path": …})."""
+    if not isinstance(section, dict):
+        raise ConfigError(where, f"expected a table, got {brief(section)}")
     rest = dict(section)
     name = rest.pop(key, None)
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"{where}.{key}", "missing: name the component to use")
+        raise ConfigError(f"{where}.{key}", "missing: name the component to use" if name is None else f"expected a component name, got {brief(name)}")
     return name, rest
 
 

@@ -9,6 +9,8 @@ opened.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import sys
 import uuid
@@ -20,10 +22,10 @@ import numpy as np
 import pluggy
 import torch
 
-from lifelong import checkpoint, config, device as devices, hookspecs
+from lifelong import checkpoint, config, device as devices, hookspecs, resources
 from lifelong import options as opts
 from lifelong.components import Components, construct
-from lifelong.errors import ConfigError
+from lifelong.errors import ConfigError, brief
 from lifelong.host import PluginHost
 from lifelong.promotion import PromotionOptions
 from lifelong.readers import DeadLetters, Reader, ReaderContext, can_seek
@@ -105,6 +107,37 @@ def _named_tables(host: PluginHost, kind: str, pipeline: dict[str, Any], section
     return tables
 
 
+def writable(path: str | Path, where: str, what: str, directory: bool = False) -> None:
+    """Refuse (ConfigError naming ``where``) an output path the run could not write, before anything opens.
+
+    ``path`` need not exist: the run creates it and its missing parents, so the nearest existing
+    ancestor must be a writable directory. An existing ``path`` must be a directory when
+    ``directory``, else anything but one (a file, or a device such as /dev/null), and writable.
+    """
+    if "\x00" in str(path):
+        raise ConfigError(where, f"{what} {brief(str(path))} holds a NUL character")
+    path = Path(path).expanduser()
+    shown = brief(str(path))
+    try:
+        if path.exists() or path.is_symlink():
+            if directory and not path.is_dir():
+                raise ConfigError(where, f"{what} {shown} is a file, not a directory")
+            if not directory and path.is_dir():
+                raise ConfigError(where, f"{what} {shown} is a directory, not a file")
+            if not os.access(path, os.W_OK | (os.X_OK if directory else 0)):
+                raise ConfigError(where, f"{what} {shown} is not writable")
+            return
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ConfigError(where, f"{what} {shown} cannot be created: {brief(str(parent))} is a file, not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(where, f"{what} {shown} cannot be created: directory {brief(str(parent))} is not writable")
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, a permission on an ancestor
+        raise ConfigError(where, f"{what} {shown} cannot be used: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 def _checkpoint_directory(options: config.CheckpointOptions, resume: bool) -> checkpoint.Snapshot | None:
     """Refuse to overwrite an earlier session's checkpoints; on resume, the newest valid checkpoint."""
     if resume and not options.dir:
@@ -112,8 +145,7 @@ def _checkpoint_directory(options: config.CheckpointOptions, resume: bool) -> ch
     if not options.dir:
         return None
     directory = Path(options.dir).expanduser()
-    if directory.exists() and not directory.is_dir():
-        raise ConfigError("checkpoint.dir", f"{str(directory)!r} is a file, not a directory")
+    writable(directory, "checkpoint.dir", "checkpoint directory", directory=True)
     if not resume:
         if not checkpoint.is_empty(directory):
             raise ConfigError(
@@ -125,16 +157,116 @@ def _checkpoint_directory(options: config.CheckpointOptions, resume: bool) -> ch
     return checkpoint.latest(directory, report=say)
 
 
+@contextlib.contextmanager
+def _building(where: str):
+    """Building a component from the user's options: what the allocator or the file system refuses is a
+    UserError naming ``where``, not a traceback.
+
+    The estimates (:mod:`lifelong.resources`) refuse sizes that cannot fit before anything is
+    allocated; this is the net for what they do not cover. An ``OSError`` here comes from a path in
+    the options (a name too long, a file that cannot be read), so it is the user's to fix.
+    """
+    try:
+        yield
+    except MemoryError:
+        raise ConfigError(where, "ran out of memory while building it: use a smaller size") from None
+    except OSError as exc:
+        name = f" {brief(str(exc.filename))}" if exc.filename is not None else ""
+        raise ConfigError(where, f"cannot use{name}: {exc.strerror or type(exc).__name__}") from None
+    except RuntimeError as exc:  # torch: "DefaultCPUAllocator: can't allocate memory", CUDA out of memory
+        text = str(exc)
+        if isinstance(exc, torch.OutOfMemoryError) or "allocate" in text or "out of memory" in text:
+            first = text.splitlines()[0] if text else type(exc).__name__
+            raise ConfigError(where, f"ran out of memory while building it ({brief(first)}): use a smaller size") from None
+        raise
+
+
+def _check_training_memory(
+    model: torch.nn.Module, learner: config.LearnerOptions, info: StreamInfo, device: torch.device, where: str
+) -> None:
+    """What training the model adds to its weights must fit on the device (see :mod:`lifelong.resources`).
+
+    Parameters: gradients and optimizer state (on the CPU the weights exist already and are missing
+    from the free memory; on an accelerator the model moves there whole). Activations: a training
+    step keeps every layer's output and its gradient for a batch of ``2 × batch_size`` (a stream
+    batch and as many replayed samples); evaluation holds the largest layer's input and output for
+    ``eval_batch_size`` samples. The larger of the two counts, since they never overlap.
+    """
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    needed = resources.training_bytes(trained, learner.optimizer, learner.momentum)
+    if device.type == "cpu":
+        needed -= trained * resources.FLOAT_BYTES
+    else:
+        needed += frozen * resources.FLOAT_BYTES
+    what = f"training {trained:,} parameters with {learner.optimizer} (gradients and optimizer state)"
+    measured = resources.activation_bytes(model, info.input_shape, info.num_tasks)
+    if measured is not None:
+        total, largest = measured
+        activations = max(2 * total * 2 * learner.batch_size, 2 * largest * learner.eval_batch_size)
+        needed += activations
+        what += (
+            f" and its activations ({resources.format_bytes(total)} per sample: learner.batch_size = "
+            f"{learner.batch_size}, learner.eval_batch_size = {learner.eval_batch_size})"
+        )
+    resources.require(needed, what, where, device)
+
+
+def _check_input_dtype(model: torch.nn.Module, info: StreamInfo, reader: Reader, where: str) -> None:
+    """A model that cannot take the stream's samples fails here, not at the first batch after trackers opened.
+
+    Only for readers whose samples are not floats (``x_dtype``: the text reader's UTF-8 bytes are
+    uint8) and models without a ``prepare`` step (which converts them): one zero sample goes
+    through the model in eval mode, without gradients. A dtype error is the user's combination
+    to fix (a text reader with an mlp); any other error is left to the run.
+    """
+    dtype = getattr(reader, "x_dtype", None)
+    if dtype is None or getattr(model, "prepare", None) is not None:
+        return
+    try:
+        dtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+    except (TypeError, ValueError):
+        return
+    if dtype.is_floating_point:
+        return
+    x = torch.zeros((1, *info.input_shape), dtype=dtype)
+    args = (x,) if info.num_tasks <= 1 else (x, torch.zeros(1, dtype=torch.long))
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*args)
+    except RuntimeError as exc:
+        first = (str(exc).splitlines() or [""])[0]
+        if "dtype" in first or "Byte" in first or "Long" in first or "Int" in first:
+            raise ConfigError(
+                where,
+                f"the model cannot take this stream's samples: {str(dtype).replace('torch.', '')} of shape "
+                f"{tuple(info.input_shape)} ({brief(first)}); a text stream's bytes need a text model (minilm)",
+            ) from None
+    finally:
+        model.train(training)
+
+
 def build(
     host: PluginHost,
     pipeline: dict[str, Any],
     dead_letter_path: str | Path = "dead_letters.jsonl",
     resume: bool = False,
+    summary_path: str | Path | None = None,
 ) -> Plan:
-    """Validate the whole pipeline and construct its parts; raises UserError on any problem."""
+    """Validate the whole pipeline and construct its parts; raises UserError on any problem.
+
+    Output paths (the dead-letter file, ``summary_path`` and its heatmap beside it, the checkpoint
+    directory) are checked writable here, before anything is opened.
+    """
     learner = config.learner_options(pipeline)
     ckpt = config.checkpoint_options(pipeline)
     promotion = config.promotion_options(pipeline)
+    writable(dead_letter_path, "--dead-letters", "dead-letter file")
+    if summary_path is not None:
+        writable(summary_path, "--summary", "summary file")
+        writable(Path(summary_path).with_suffix(".png"), "--summary", "heatmap (beside the summary)")
     device = devices.resolve(learner.device)
     if learner.threads:
         torch.set_num_threads(learner.threads)
@@ -151,13 +283,15 @@ def build(
     component, reader_opts = _component(host, "reader", reader_name, reader_raw, "stream")
     dead_letters = DeadLetters(dead_letter_path, run=session.id)
     context = ReaderContext(batch_size=learner.batch_size, seed=learner.seed, dead_letter=dead_letters)
-    reader = construct(component.factory, "stream", reader_opts, context)
-    info = reader.info()
+    with _building("stream"):
+        reader = construct(component.factory, "stream", reader_opts, context)
+        info = reader.info()
     resolved["stream"] = {"reader": reader_name, **opts.to_dict(reader_opts)}
 
     model_name, model_raw = config.split_component(pipeline.get("model", {}), "name", "model")
     component, model_opts = _component(host, "model", model_name, model_raw, "model")
-    model = construct(component.factory, "model", model_opts, info, components=components)
+    with _building("model"):
+        model = construct(component.factory, "model", model_opts, info, components=components)
     model_spec = getattr(model, "model_spec", None) or ModelSpec(model_name, opts.to_dict(model_opts), info)
     resolved["model"] = {"name": model_name, **opts.to_dict(model_opts)}
 
@@ -166,10 +300,14 @@ def build(
     resolved["strategy"] = {}
     for name in learner.strategies:
         component, strategy_opts = _component(host, "strategy", name, strategy_tables.get(name), f"strategy.{name}")
-        strategies[name] = construct(component.factory, f"strategy.{name}", strategy_opts)
+        with _building(f"strategy.{name}"):
+            strategies[name] = construct(component.factory, f"strategy.{name}", strategy_opts)
         resolved["strategy"][name] = opts.to_dict(strategy_opts)
 
-    tracking = dict(pipeline.get("tracking", {}))
+    tracking = pipeline.get("tracking", {})
+    if not isinstance(tracking, dict):
+        raise ConfigError("tracking", f"expected a table, got {brief(tracking)}")
+    tracking = dict(tracking)
     tracker_names = tracking.pop("trackers", [])
     if not isinstance(tracker_names, list) or not all(isinstance(n, str) for n in tracker_names):
         raise ConfigError("tracking.trackers", f"expected a list of tracker names, got {tracker_names!r}")
@@ -178,22 +316,29 @@ def build(
     resolved["tracking"] = {"trackers": tracker_names}
     for name in tracker_names:
         component, tracker_opts = _component(host, "tracker", name, tracker_tables.get(name), f"tracking.{name}")
-        trackers[name] = construct(component.factory, f"tracking.{name}", tracker_opts)
+        with _building(f"tracking.{name}"):
+            trackers[name] = construct(component.factory, f"tracking.{name}", tracker_opts)
         resolved["tracking"][name] = opts.to_dict(tracker_opts)
 
     detector_name, detector_raw = config.split_component(pipeline.get("boundary", {}), "detector", "boundary")
     component, detector_opts = _component(host, "boundary_detector", detector_name, detector_raw, "boundary")
-    detector = construct(component.factory, "boundary", detector_opts)
+    with _building("boundary"):
+        detector = construct(component.factory, "boundary", detector_opts)
     resolved["boundary"] = {"detector": detector_name, **opts.to_dict(detector_opts)}
 
     pm = _lifecycle_manager(strategies, trackers)
     try:
-        wrapped = pm.hook.wrap_model(model=model, spec=model_spec)
+        with _building("learner.strategies"):
+            wrapped = pm.hook.wrap_model(model=model, spec=model_spec)
     except (ValueError, TypeError) as exc:
         raise ConfigError("learner.strategies", str(exc)) from None
+    where_model = "model"
     if wrapped is not None:
         model, model_spec = wrapped
         resolved["model"] = {"name": model_spec.name, **model_spec.options}
+        where_model = "learner.strategies"
+    _check_training_memory(model, learner, info, device, where_model)
+    _check_input_dtype(model, info, reader, where_model)
     model_hooks = getattr(model, "lifecycle_hooks", None)
     if model_hooks is not None:
         pm.register(model_hooks(), name="model:hooks")  # registered last: called first
@@ -280,6 +425,7 @@ RESUME_MAY_DIFFER = {
     "learner.device",
     "learner.deterministic",
     "learner.continue_strategies",
+    "learner.max_nonfinite_batches",
     "checkpoint.every_batches",
     "checkpoint.every_seconds",
     "checkpoint.keep",

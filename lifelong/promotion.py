@@ -62,8 +62,8 @@ class PromotionOptions:
     def check(self) -> None:
         for name in ("min_new_score", "min_acc", "max_forgetting", "acc_tolerance"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number of at least 0, got {value}")
+            if not (math.isfinite(value) and 0 <= value <= 1):  # scores (accuracy, ROC-AUC) are in [0, 1]
+                raise ValueError(f"{name} must be a number in [0, 1] (scores are accuracies), got {value}")
 
 
 @dataclass

@@ -68,7 +68,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lifelong import hookimpl
+from lifelong import hookimpl, resources
 from lifelong.errors import ConfigError, UserError
 from lifelong.types import Batch
 from lifelong_avalanche import catalogue, state
@@ -353,8 +353,16 @@ class AvalancheAdapter:
 
     @hookimpl
     def validate(self, run) -> None:
-        """An unusable combination fails before training (and before trackers open a run)."""
+        """An unusable combination fails before training (and before trackers open a run); so does a
+        reservoir of ``experience_samples`` that cannot fit on the device."""
         self._check_heads(run.info.num_tasks)
+        per_sample = resources.elements(run.info.input_shape) * resources.FLOAT_BYTES + 16
+        resources.require(
+            (self.options.experience_samples + 1) * per_sample,
+            f"a reservoir of {self.options.experience_samples:,} samples of shape {tuple(run.info.input_shape)}",
+            f"{WHERE}.experience_samples",
+            run.device,
+        )
 
     @hookimpl
     def on_run_start(self, run) -> None:

@@ -10,6 +10,8 @@ training on it, the model object at construction time, or Avalanche's evaluation
 
 from __future__ import annotations
 
+from lifelong.errors import brief
+
 # Supported: class name -> one line for the docs and error messages.
 SUPPORTED: dict[str, str] = {
     "SynapticIntelligencePlugin": "Synaptic Intelligence (Zenke et al. 2017): path-integral importance, quadratic penalty",
@@ -81,7 +83,7 @@ def problem(name: str) -> str | None:
     """Why ``name`` cannot be used (refused or unknown), or None when it is supported."""
     found = canonical(name)
     if found is None:
-        return f"unknown Avalanche plugin {name!r}; supported: {valid_names()}"
+        return f"unknown Avalanche plugin {brief(name)}; supported: {valid_names()}"
     if found in REFUSED:
         return f"Avalanche's {found} is not supported by the adapter: it {REFUSED[found]}"
     return None

@@ -38,8 +38,11 @@ class DriftOptions:
     min_batches: int = field(default=20, metadata={"help": "no boundary sooner than this many batches after the last"})
 
     def check(self) -> None:
+        # threshold and delta are finite already (lifelong.options refuses NaN and infinity)
         if self.threshold <= 0 or self.delta < 0:
             raise ValueError(f"threshold must be positive and delta non-negative, got {self.threshold}, {self.delta}")
+        if self.warmup < 0 or self.min_batches < 0:
+            raise ValueError(f"warmup and min_batches must be 0 or more, got {self.warmup}, {self.min_batches}")
 
 
 class LossDrift:

@@ -9,9 +9,12 @@ from typing import Literal
 import torch
 from torch import nn
 
+from lifelong import resources
+from lifelong.errors import brief
 from lifelong.types import StreamInfo
 from lifelong_models.heads import TaskHeads
 
+MAX_LAYERS = 1000
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
@@ -22,8 +25,10 @@ class MLPOptions:
     dropout: float = field(default=0.0, metadata={"help": "dropout after each hidden layer"})
 
     def check(self) -> None:
+        if len(self.hidden) > MAX_LAYERS:
+            raise ValueError(f"hidden lists {len(self.hidden)} layers; an mlp has at most {MAX_LAYERS}")
         if any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden widths must be positive, got {self.hidden}")
+            raise ValueError(f"hidden widths must be positive, got {brief(self.hidden)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -39,8 +44,14 @@ class MLP(nn.Module):
 
     def __init__(self, options: MLPOptions, info: StreamInfo):
         super().__init__()
-        layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(info.input_shape)
+        parameters = resources.mlp_parameters(width, options.hidden, info.num_classes * info.num_tasks)
+        resources.require(
+            2 * parameters * resources.FLOAT_BYTES,
+            f"an mlp of {parameters:,} parameters over {width} inputs (weights and gradients)",
+            "model.hidden",
+        )
+        layers: list[nn.Module] = [nn.Flatten()]
         for hidden in options.hidden:
             layers += [nn.Linear(width, hidden), ACTIVATIONS[options.activation]()]
             if options.dropout:

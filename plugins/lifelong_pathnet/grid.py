@@ -24,11 +24,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lifelong import resources
 from lifelong.errors import UserError
 from lifelong.types import StreamInfo
 from lifelong_pathnet.evolution import path_modules
 
 Path = tuple[tuple[int, ...], ...]  # the distinct modules of each layer
+MAX_MODULES = 10_000  # layers x modules: each is an nn.Module, built one by one
+MAX_TASKS = 10_000  # heads preallocated
+
+
+def grid_parameters(first: int, width: int, layers: int, modules: int, conv: bool, tasks: int, classes: int) -> int:
+    """Parameters of a grid whose layer 0 takes ``first`` features (linear) or channels (conv), and its heads.
+
+    >>> from lifelong.types import StreamInfo
+    >>> model = PathNetModel(GridOptions(max_tasks=4), StreamInfo((1, 8, 8), 10))
+    >>> grid_parameters(64, 20, 3, 10, False, 4, 10) == sum(p.numel() for p in model.parameters())
+    True
+    """
+    kernel = 9 if conv else 1
+    block = lambda inputs: inputs * width * kernel + width  # noqa: E731
+    return modules * (block(first) + (layers - 1) * block(width)) + tasks * (width * classes + classes)
 
 
 @dataclass
@@ -53,8 +69,15 @@ class GridShape:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.active > self.modules:
             raise ValueError(f"active (N={self.active}) cannot exceed modules (M={self.modules})")
-        if self.max_tasks < 0:
-            raise ValueError(f"max_tasks must be 0 (from the stream) or positive, got {self.max_tasks}")
+        if self.layers * self.modules > MAX_MODULES:
+            raise ValueError(
+                f"a grid of layers x modules = {self.layers} x {self.modules} is more than {MAX_MODULES:,} modules "
+                "(the paper's is 3 x 10)"
+            )
+        if not 0 <= self.max_tasks <= MAX_TASKS:
+            raise ValueError(f"max_tasks must be 0 (from the stream) or 1 to {MAX_TASKS:,}, got {self.max_tasks}")
+        if self.lr is not None and self.lr <= 0:  # finite already: lifelong.options refuses NaN and infinity
+            raise ValueError(f"lr must be positive (or unset: learner.lr), got {self.lr}")
 
 
 @dataclass
@@ -85,7 +108,7 @@ class PathNetModel(nn.Module):
     evaluation uses the active path.
     """
 
-    def __init__(self, options: GridOptions, info: StreamInfo, backbone: nn.Module | None = None):
+    def __init__(self, options: GridOptions, info: StreamInfo, backbone: nn.Module | None = None, where: str = "strategy.pathnet"):
         super().__init__()
         self.options = options
         self.num_classes = info.num_classes
@@ -107,11 +130,18 @@ class PathNetModel(nn.Module):
             raise ValueError(f"block = 'conv' needs image inputs (H, W) or (C, H, W), got {in_shape}")
         width = options.width
         first = (in_shape[0] if len(in_shape) == 3 else 1) if self.image else math.prod(in_shape)
+        tasks = task_capacity(options.max_tasks, info)
+        parameters = grid_parameters(first, width, options.layers, options.modules, self.image, tasks, info.num_classes)
+        resources.require(
+            2 * parameters * resources.FLOAT_BYTES,
+            f"a pathnet grid of {options.layers} x {options.modules} modules of width {width} and {tasks} heads: "
+            f"{parameters:,} parameters (weights and gradients)",
+            where,
+        )
         self.grid = nn.ModuleList(
             nn.ModuleList(self._block(first if layer == 0 else width, width) for _ in range(options.modules))
             for layer in range(options.layers)
         )
-        tasks = task_capacity(options.max_tasks, info)
         self.heads = nn.ModuleList(nn.Linear(width, info.num_classes) for _ in range(tasks))
         self.register_buffer("paths", torch.zeros(tasks, options.layers, options.active, dtype=torch.long))
         self.register_buffer("frozen", torch.zeros(options.layers, options.modules, dtype=torch.bool))
@@ -295,4 +325,4 @@ def build_grid(options: GridOptions, info: StreamInfo, components: Any = None) -
 
         components = components or Components.default()
         backbone = components.build_model(ModelSpec.from_dict(options.backbone), "model.backbone")
-    return PathNetModel(options, info, backbone)
+    return PathNetModel(options, info, backbone, where="model")

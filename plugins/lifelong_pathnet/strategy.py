@@ -40,6 +40,7 @@ from lifelong_pathnet.grid import GridOptions, GridShape, PathNetModel, task_cap
 log = logging.getLogger(__name__)
 
 COMPATIBLE = {"pathnet", "naive"}
+MAX_POPULATION = 10_000  # genotypes are drawn one by one on the host at every boundary
 
 
 @dataclass
@@ -54,6 +55,8 @@ class PathNetOptions(GridShape):
         super().check()
         if self.population < 1 or self.tournament_batches < 1:
             raise ValueError("population and tournament_batches must be at least 1")
+        if self.population > MAX_POPULATION:
+            raise ValueError(f"population must be at most {MAX_POPULATION:,} genotypes (the paper's is 64), got {self.population}")
         if self.mutation_rate is not None and not 0.0 <= self.mutation_rate <= 1.0:
             raise ValueError(f"mutation_rate must be in [0, 1], got {self.mutation_rate}")
 

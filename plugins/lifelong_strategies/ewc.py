@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from lifelong import hookimpl
+from lifelong import hookimpl, resources
 from lifelong.learner import forward
 from lifelong.types import Batch
 from lifelong_strategies.anchors import Named, QuadraticAnchor, trainable
@@ -64,6 +64,7 @@ class EWCOptions:
     fisher_samples: int = field(default=1000, metadata={"help": "stream samples per experience the Fisher is estimated on (a uniform reservoir)"})
 
     def check(self) -> None:
+        # lambda and gamma are finite numbers already: lifelong.options refuses NaN and infinity
         if self.lambda_ < 0:
             raise ValueError(f"lambda must not be negative, got {self.lambda_}")
         if not 0.0 <= self.gamma <= 1.0:
@@ -345,6 +346,21 @@ class EWC:
         self.model: torch.nn.Module | None = None
         self.generator: torch.Generator | None = None
         self.reservoir = Reservoir(self.options.fisher_samples)
+
+    @hookimpl
+    def validate(self, run) -> None:
+        """The Fisher samples (a reservoir on the device) and the penalty (importance and anchor per
+        parameter, plus the Fisher being computed) must fit on the device."""
+        info = run.info
+        per_sample = resources.elements(info.input_shape) * resources.FLOAT_BYTES + 16
+        parameters = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+        resources.require(
+            (self.options.fisher_samples + 1) * per_sample + 3 * parameters * resources.FLOAT_BYTES,
+            f"ewc's {self.options.fisher_samples:,} Fisher samples of shape {tuple(info.input_shape)} and its "
+            f"penalty over {parameters:,} parameters",
+            "strategy.ewc.fisher_samples",
+            run.device,
+        )
 
     @hookimpl
     def on_run_start(self, run) -> None:

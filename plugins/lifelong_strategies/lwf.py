@@ -43,6 +43,9 @@ from lifelong.learner import forward
 from lifelong.types import Batch
 
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
+
+
 @dataclass
 class LwFOptions:
     alpha: float = field(default=1.0, metadata={"help": "weight α of the distillation loss"})
@@ -51,8 +54,8 @@ class LwFOptions:
     def check(self) -> None:
         if self.alpha < 0:
             raise ValueError(f"alpha must not be negative, got {self.alpha}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:  # logits / T overflows float32 near 0
+            raise ValueError(f"temperature must be in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}], got {self.temperature}")
 
 
 class LwF:

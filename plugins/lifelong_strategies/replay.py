@@ -70,7 +70,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from lifelong import hookimpl
+from lifelong import hookimpl, resources
 from lifelong.types import Batch
 
 log = logging.getLogger(__name__)
@@ -201,6 +201,27 @@ class Replay:
     def staged(self) -> int:
         """Samples of the current experience waiting for its end (``fill = "experience-end"``)."""
         return min(self.stage_seen, self.size)
+
+    def memory_estimate(self, info) -> int:
+        """Bytes the memory (and the staging memory) will take for samples of ``info.input_shape``.
+
+        Samples are counted as float32 inputs; a model whose ``prepare`` makes features stores those
+        instead, so this is an estimate.
+        """
+        per_sample = resources.elements(info.input_shape) * resources.FLOAT_BYTES + 8 + (8 if info.scenario == "task" else 0)
+        per_sample += 8 if self._balanced else 0
+        return (2 if self._at_end else 1) * (self.size + 1) * per_sample
+
+    @hookimpl
+    def validate(self, run) -> None:
+        """The memory is preallocated at the run's start: it must fit on the device."""
+        resources.require(
+            self.memory_estimate(run.info),
+            f"a replay memory of {self.size:,} samples of shape {tuple(run.info.input_shape)}"
+            + (" (and its staging memory, fill = 'experience-end')" if self._at_end else ""),
+            "strategy.replay.memory",
+            run.device,
+        )
 
     @hookimpl
     def on_run_start(self, run) -> None:

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+MAX_WARMUP = 100_000  # samples auto probes (it needs a few hundred)
+MAX_RESOLUTION = 1024  # pixels a side that images are resized to (backbones take 224 to 600)
+
 Strategy = Literal["feature-extractor", "fine-tune-top", "fine-tune-all", "auto"]
 STRATEGIES = ("feature-extractor", "fine-tune-top", "fine-tune-all")
 
@@ -72,6 +75,11 @@ class FineTuneOptions:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.expected_samples < 0 or self.large_per_class < 1 or self.warmup_samples < 10:
             raise ValueError("expected_samples must be >= 0, large_per_class >= 1 and warmup_samples >= 10")
+        if self.warmup_samples > MAX_WARMUP:  # read ahead and held in memory before the first step
+            raise ValueError(f"warmup_samples must be at most {MAX_WARMUP:,}, got {self.warmup_samples}")
+        # the difference of two accuracies; every float here is finite already (lifelong.options)
+        if not -1 <= self.similarity_margin <= 1:
+            raise ValueError(f"similarity_margin must be in [-1, 1] (a difference of accuracies), got {self.similarity_margin}")
 
 
 @dataclass
@@ -86,8 +94,8 @@ class ImageOptions:
     input_max: float = field(default=1.0, metadata={"help": "the input value of white: 1.0 for [0, 1] floats, 255 for bytes"})
 
     def check_image(self) -> None:
-        if self.resolution < 16:
-            raise ValueError(f"resolution must be at least 16, got {self.resolution}")
+        if not 16 <= self.resolution <= MAX_RESOLUTION:
+            raise ValueError(f"resolution must be in [16, {MAX_RESOLUTION}], got {self.resolution}")
         for name in ("mean", "std"):
             values = getattr(self, name)
             if values and len(values) not in (1, 3):

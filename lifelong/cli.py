@@ -1,8 +1,10 @@
 """The ``lifelong`` command: ``run`` a pipeline, list ``plugins``, and the commands plugins register
 (``serve`` and ``models`` from the mlflow plugin).
 
-User errors (config, unknown names, bad files) exit with status 2 and one paragraph that names
-the problem; they never print a traceback.
+Exit status: 0 when the run finished and every tracker recorded all of it; 2 for a user error
+(config, unknown names, bad files, a tracker that cannot be reached, a run that diverged), with
+one paragraph that names the problem and never a traceback; 3 when the run finished but a tracker
+reports that it did not record all of it (``complete: false``); 128 + N when signal N stopped it.
 """
 
 from __future__ import annotations
@@ -89,9 +91,11 @@ def run(
 
     try:
         raw = config.load(pipeline_file, list(overrides))
-        plan = pipeline.build(_host(ctx), raw, dead_letter_path, resume=resume)
+        plan = pipeline.build(_host(ctx), raw, dead_letter_path, resume=resume, summary_path=summary_path)
     except UserError as exc:
         _fail(str(exc))
+    except (MemoryError, RecursionError) as exc:  # what no estimate caught: still the pipeline's sizes
+        _fail(f"the pipeline could not be built: {type(exc).__name__} (a size or a nesting in it is too large)")
     source = pipeline_file or "the built-in default pipeline"
     verb = "resuming" if resume else "running"
     click.echo(f"lifelong: {verb} {source} on {plan.device} (session {plan.session.id})", err=True)
@@ -113,11 +117,25 @@ def run(
     if summary.get("checkpoint"):
         click.echo(f"checkpoint: {summary['checkpoint']}")
     if summary_path:
-        Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(summary_path).write_text(json.dumps(summary, indent=2, default=str))
+        try:
+            Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(summary_path).write_text(json.dumps(summary, indent=2, default=str))
+        except OSError as exc:  # checked writable before training; the disk may have changed since
+            _fail(f"--summary: cannot write {summary_path}: {exc.strerror or exc}")
         click.echo(f"summary: {summary_path}")
         if summary.get("heatmap"):
             click.echo(f"heatmap: {summary['heatmap']}")
+    incomplete = sorted(
+        name
+        for name, result in summary.get("trackers", {}).items()
+        if isinstance(result, dict) and result.get("complete") is False
+    )
+    if incomplete:
+        click.echo(
+            f"error: the run finished, but {', '.join(incomplete)} did not record all of it (see above); exit status 3",
+            err=True,
+        )
+        sys.exit(3)
 
 
 @main.command()

@@ -12,32 +12,24 @@ else ``sqlite:///mlflow.db`` in the working directory (the tracker's default too
 from __future__ import annotations
 
 import json
-import os
-import re
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from lifelong.errors import UserError
+from lifelong_mlflow.store import (  # noqa: F401 - DB_CONNECT_ATTEMPTS and HTTP_DEFAULTS are read from here too
+    DB_CONNECT_ATTEMPTS,
+    HTTP_DEFAULTS,
+    bounded,
+    describe_error,
+    schema_problem,
+)
 
-# MLflow's HTTP client waits 120 s per request and retries 7 times with a growing backoff: minutes
-# against a server that is down. A command line should answer in seconds (a refused connection
-# fails at once, a silent host after 2 x 5 s). Values the user has set win.
-HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
-}
-# MLflow's SQL stores retry connecting to their database 15 times (about 100 s) before giving up.
-DB_CONNECT_ATTEMPTS = 3
-_UNREACHABLE = re.compile(r"Failed to establish|Max retries exceeded|timed out|Connection (refused|reset|aborted)")
-_ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")]+|(?:Read|Connect)?\s?timed out")
-
+# Short timeouts and few retries (a refused connection fails at once, a silent host after 2 x 5 s),
+# and the half-migrated store check: shared with the tracker's preflight (lifelong_mlflow.store).
 TRACKING_URI = click.option(
     "--tracking-uri",
     metavar="URI",
@@ -147,38 +139,21 @@ def _with_store(tracking_uri: str | None, action: Callable[[Any], Any]) -> tuple
             _fail(_store_error(f"{type(exc).__name__}: {exc}", uri))
 
 
-@contextmanager
-def _quick_failures() -> Iterator[None]:
-    """Short timeouts and few retries for this command (see HTTP_DEFAULTS), undone afterwards.
-
-    Undone so that a caller running the command in-process (a test, a notebook) keeps its own settings.
-    """
-    added = {key: value for key, value in HTTP_DEFAULTS.items() if key not in os.environ}
-    os.environ.update(added)
-    try:
-        from mlflow.store.db import utils as db_utils
-    except ImportError:  # mlflow-skinny: no SQL stores
-        db_utils = None
-    # A module constant MLflow reads on every connect; there is no setting for it.
-    attempts = getattr(db_utils, "MAX_RETRY_COUNT", None)
-    if attempts is not None:
-        db_utils.MAX_RETRY_COUNT = min(attempts, DB_CONNECT_ATTEMPTS)
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
-        if attempts is not None:
-            db_utils.MAX_RETRY_COUNT = attempts
+def _quick_failures():
+    """Short timeouts and few retries for this command (see HTTP_DEFAULTS), undone afterwards."""
+    return bounded(HTTP_DEFAULTS)
 
 
 def _missing_sqlite(uri: str) -> str | None:
-    """Why a sqlite store cannot be used, or None: MLflow would create an empty one, and "no such model" would mislead."""
+    """Why a sqlite store cannot be used, or None: MLflow would create an empty one, and "no such model" would
+    mislead; a half-migrated one would fail with a database error (the message says how to repair it)."""
     if not uri.startswith("sqlite:///"):
         return None
     path = uri[len("sqlite:///") :].split("?", 1)[0]
-    if not path or path == ":memory:" or Path(path).is_file():
+    if not path or path == ":memory:":
         return None
+    if Path(path).is_file():
+        return schema_problem(Path(path))
     return (
         f"there is no MLflow store at {path}: run from the directory that holds it, or pass "
         "--tracking-uri (or set MLFLOW_TRACKING_URI) to the store your runs log to"
@@ -186,14 +161,7 @@ def _missing_sqlite(uri: str) -> str | None:
 
 
 def _store_error(message: str, uri: str) -> str:
-    first = message.strip().splitlines()[0] if message.strip() else "no detail"
-    if _UNREACHABLE.search(message):
-        cause = _ERRNO.search(message)
-        return (
-            f"cannot reach the MLflow store at {uri} ({cause.group(0).strip() if cause else first[:200]}); "
-            "start the server, or pass --tracking-uri (or set MLFLOW_TRACKING_URI) to a store that is up"
-        )
-    return f"the MLflow store at {uri} failed: {first[:500]}"
+    return describe_error(message, uri)
 
 
 # -- output -------------------------------------------------------------------------------------

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 _ALIAS = re.compile(r"^[\w\-]{1,255}$")
+ON_UNREACHABLE = ("fail", "continue")
 
 
 @dataclass
@@ -44,6 +47,30 @@ class MLflowOptions:
             "registering is slower than training); the total wait is reported as backpressure_seconds"
         },
     )
+    on_unreachable: Literal["fail", "continue"] = field(
+        default="fail",
+        metadata={
+            "help": "what a run does when the preflight (before training: reach the store, create or resume the "
+            "run, write its params) fails or times out: 'fail' stops with exit status 2 and nothing trained; "
+            "'continue' trains without recording anything (the summary says so and the run is incomplete)"
+        },
+    )
+    preflight_seconds: float = field(
+        default=10.0,
+        metadata={
+            "help": "the longest the preflight may take; creating a fresh sqlite store's schema (once, ~10 s) is "
+            "not counted. Each request in it times out after 5 s and is retried once, unless "
+            "MLFLOW_HTTP_REQUEST_TIMEOUT or MLFLOW_HTTP_REQUEST_MAX_RETRIES are set"
+        },
+    )
+    drain_seconds: float = field(
+        default=120.0,
+        metadata={
+            "help": "the longest the run waits for MLflow at its end (and for a free generation slot during "
+            "training); past it the writer is abandoned: the generations not yet written are listed as "
+            "unrecorded and the result says complete = false"
+        },
+    )
     pip_requirements: list[str] = field(
         default_factory=list,
         metadata={
@@ -60,7 +87,13 @@ class MLflowOptions:
             raise ValueError(
                 f"alias must be letters, digits, '_' or '-' and not look like a version (v1), got {self.alias!r}"
             )
-        if self.flush_seconds < 0:
-            raise ValueError(f"flush_seconds must be at least 0, got {self.flush_seconds}")
+        if not math.isfinite(self.flush_seconds) or self.flush_seconds < 0:
+            raise ValueError(f"flush_seconds must be a finite number, at least 0, got {self.flush_seconds}")
+        if self.on_unreachable not in ON_UNREACHABLE:
+            raise ValueError(f"on_unreachable must be one of {', '.join(ON_UNREACHABLE)}, got {self.on_unreachable!r}")
+        for name in ("preflight_seconds", "drain_seconds"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number of seconds above 0, got {value}")
         if self.max_pending_generations < 1:
             raise ValueError(f"max_pending_generations must be at least 1, got {self.max_pending_generations}")

@@ -52,8 +52,29 @@ What lands in MLflow:
 Every MLflow call runs on one background thread (:class:`lifelong.background.BackgroundWriter`),
 through an ``MlflowClient`` bound to this tracker's URI and explicit run ids, never the fluent
 active-run API (its run and tracking URI are process-wide state). The training thread only appends
-to a list and enqueues. Failures never stop training: they are collected and returned by
-``on_run_end`` under ``errors``, with a one-line ``message``.
+to a list and enqueues. Failures after the preflight never stop training: they are collected and
+returned by ``on_run_end`` under ``errors``, with a one-line ``message``.
+
+**Preflight.** ``on_run_start`` waits, before the first batch, for the writer to reach the store,
+create (or find) the run and write its params and ``config.json``, for at most
+``preflight_seconds`` (its requests time out after 5 s and are retried once; a fresh sqlite store
+gets its schema first, under a file lock, and a half-migrated one is refused with the commands that
+repair it: :mod:`lifelong_mlflow.store`). If that fails, ``on_unreachable = "fail"`` (the default)
+raises :class:`lifelong.errors.UserError`: exit status 2, nothing trained, the run (if it was
+created) marked FAILED; ``"continue"`` trains without sending anything more to MLflow.
+
+**Never hanging on the store.** For the whole run every MLflow request is bounded
+(:data:`lifelong_mlflow.store.RUN_HTTP`: 30 s per request, 4 retries; the SQL stores' connect
+attempts to 3; values set in the environment win), and the run never waits on the writer more than
+``drain_seconds``: at the end, for the queue to empty, and during training, for a free generation
+slot. Past that the writer is abandoned (its daemon thread never keeps the process alive), nothing
+more is sent, and the result says what is missing.
+
+**The result says whether everything was recorded.** Besides ``run_id``, ``message`` and
+``errors``, ``on_run_end`` returns ``complete`` (true only when the run exists, every generation
+handed to the tracker was written and registered, and the run was closed FINISHED) and
+``unrecorded`` (the indices of the generations that were not). A run that was not closed stays
+RUNNING in MLflow, and the message says so.
 
 Memory stays bounded: each queued generation holds CPU copies of the model and the strategies'
 state, so at most ``max_pending_generations`` may be queued or being written; at that many, a
@@ -65,6 +86,7 @@ KILLED with ``lifelong.stopped_by`` = the signal; any other error ends it FAILED
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -88,10 +110,11 @@ from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 import lifelong
 from lifelong import hookimpl
 from lifelong.background import BackgroundWriter
-from lifelong.errors import Interrupted
+from lifelong.errors import Interrupted, UserError
+from lifelong.plan import say
 from lifelong.run import Run
 from lifelong.types import Generation
-from lifelong_mlflow import pyfunc, registry
+from lifelong_mlflow import pyfunc, registry, store
 from lifelong_mlflow.options import MLflowOptions
 
 # MLflow's request and value limits (mlflow.utils.validation).
@@ -205,6 +228,15 @@ class MLflowTracker:
         self._run_id: str | None = None
         # ms: when this session's run started or last moved champion; a hand move after it is respected.
         self._crowned_at = 0
+        # What was recorded: the generations handed over, those written (by the writer), the status the
+        # run was closed with; and why tracking stopped early (a failed preflight going on, an abandoned writer).
+        self._started = False
+        self._given: list[int] = []
+        self._recorded: set[int] = set()
+        self._status: str | None = None
+        self._offline: str | None = None
+        self._errors: list[str] = []
+        self._bounds: contextlib.ExitStack | None = None
 
     # -- training thread: enqueue only -----------------------------------------------------
     @hookimpl
@@ -218,7 +250,10 @@ class MLflowTracker:
 
     @hookimpl
     def on_run_start(self, run: Run) -> None:
+        self._bounds = contextlib.ExitStack()
+        self._bounds.enter_context(store.bounded(store.RUN_HTTP))  # every MLflow call of this run is bounded
         self._writer = BackgroundWriter("lifelong-mlflow")
+        self._started = True
         self._last_flush = time.monotonic()
         session = run.session
         self._session, self._resumed, self._strategies = session.id, session.resumed, run.strategies
@@ -235,10 +270,58 @@ class MLflowTracker:
         if session.continues:
             tags["lifelong.continues"] = str(session.continues.get("ref"))
         config = json.loads(json.dumps(run.config, default=str))  # a private copy for the writer thread
-        self._writer.submit(self._start, config, tags, session.id, session.resumed, session.step)
+        problem = self._preflight(config, tags, session.id, session.resumed, session.step)
+        if problem is None:
+            return
+        self._errors.append(problem)
+        going_on = self.options.on_unreachable == "continue"
+        if going_on:
+            self._offline = problem  # nothing more is sent to MLflow in this run
+        if self._run_id is not None and not self._writer.abandoned:  # created, then a write failed: say so there
+            self._writer.submit(self._fail, UserError(problem))
+        self._close_writer(self.options.preflight_seconds)
+        if going_on:
+            say(f"mlflow: {problem}; training without recording it (tracking.mlflow.on_unreachable = continue)")
+            return
+        self._started = False
+        self._release_bounds()
+        raise UserError(
+            f"tracking.mlflow: {problem}. Nothing was trained. To train without recording, set "
+            'tracking.mlflow.on_unreachable = "continue"'
+        )
+
+    def _preflight(
+        self, config: dict[str, Any], tags: dict[str, str], session: str, resumed: bool, step: int
+    ) -> str | None:
+        """Before the first batch: reach the store, create (or find) the run and write its params, in
+        ``preflight_seconds``; why it failed, or None.
+
+        A local sqlite store is prepared first under its lock (:func:`lifelong_mlflow.store.prepare`):
+        a fresh one gets its schema, a half-migrated one is refused with its repair.
+        """
+        uri = self._tracking_uri = self.options.tracking_uri or mlflow.get_tracking_uri()
+        seconds = self.options.preflight_seconds
+        try:
+            with store.bounded(store.HTTP_DEFAULTS):
+                store.prepare(uri)
+                self._writer.submit(self._start, config, tags, session, resumed, step)
+                done = self._writer.wait(seconds)
+        except store.StoreError as exc:
+            return str(exc)
+        if not done:
+            self._writer.abandon()
+            return (
+                f"the MLflow store at {uri} did not answer within {seconds:g} s (tracking.mlflow.preflight_seconds); "
+                "check that it is up and not overloaded"
+            )
+        if self._writer.errors:
+            return store.describe_error(_last_line(self._writer.errors[-1]), uri, _REMEDY)
+        return None
 
     @hookimpl
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        if not self._live():
+            return
         now = int(time.time() * 1000)
         self._step = step
         self._pending.extend((key, value, now, step) for key, value in metrics.items())
@@ -251,33 +334,71 @@ class MLflowTracker:
         continues = getattr(generation, "continues", None)
         if continues:
             generation.records["continues"] = dict(continues)
+        self._given.append(generation.index)
+        if not self._live():
+            return
         # Not the generation: its weights need not outlive the upload.
         self._records[generation.index] = generation.records
         if not self._slots.acquire(blocking=False):
             waited = time.perf_counter()
-            self._slots.acquire()
+            free = self._slots.acquire(timeout=self.options.drain_seconds)
             self.backpressure_seconds += time.perf_counter() - waited
+            if not free:  # the writer wrote no generation for drain_seconds: stop waiting for it
+                self._writer.abandon()
+                self._offline = (
+                    f"MLflow wrote no generation for {self.options.drain_seconds:g} s "
+                    "(tracking.mlflow.drain_seconds), so the run stopped recording"
+                )
+                say(f"mlflow: {self._offline}; training goes on")
+                return
         self._writer.submit(self._log_generation_slot, generation)
 
     @hookimpl
     def on_run_end(self, summary: dict[str, Any]) -> dict[str, Any] | None:
-        if self._writer is None:
+        if not self._started:
             return None
-        self._flush()
-        # The heatmap file is deleted once this hook returns, so the writer is drained before that.
-        self._writer.submit(self._finish, summary)
-        errors = self._writer.close()
-        self._writer = None
-        return self._report(errors)
+        if self._live():
+            self._flush()
+            # The heatmap file is deleted once this hook returns, so the writer is drained before that,
+            # for at most drain_seconds.
+            self._writer.submit(self._finish, summary)
+        self._close_writer(self.options.drain_seconds)
+        self._release_bounds()
+        return self._report(self._errors)
 
     @hookimpl
     def on_run_failed(self, error: BaseException) -> None:  # KILLED for Interrupted, else FAILED
-        if self._writer is None:
+        if not self._started:
             return
-        self._flush()
-        self._writer.submit(self._fail, error)
-        self._writer.close()
+        if self._live():
+            self._flush()
+            self._writer.submit(self._fail, error)
+        self._close_writer(self.options.drain_seconds)
+        self._release_bounds()
+        self._started = False
+
+    def _live(self) -> bool:
+        """Whether MLflow calls are still being made (not after a failed preflight going on, or an abandoned writer)."""
+        return self._writer is not None and self._offline is None and not self._writer.abandoned
+
+    def _close_writer(self, seconds: float) -> None:
+        """Close the writer, waiting at most ``seconds``; past them it is abandoned and the run says so."""
+        writer = self._writer
+        if writer is None:
+            return
+        errors = writer.close(seconds)
         self._writer = None
+        self._errors.extend(e for e in errors if e not in self._errors)
+        if writer.abandoned and self._offline is None:
+            self._offline = (
+                f"MLflow did not finish within {seconds:g} s (tracking.mlflow.drain_seconds): "
+                f"{writer.dropped} queued call(s) not made"
+            )
+
+    def _release_bounds(self) -> None:
+        if self._bounds is not None:
+            self._bounds.close()
+            self._bounds = None
 
     def _flush(self) -> None:
         if self._pending:
@@ -367,6 +488,8 @@ class MLflowTracker:
     def _log_generation_slot(self, generation: Generation) -> None:
         try:
             self._log_generation(generation)
+            if self._run_id is not None:  # without a run, _log_generation wrote nothing
+                self._recorded.add(generation.index)
         finally:
             self._slots.release()
 
@@ -456,6 +579,8 @@ class MLflowTracker:
                         "a run continuing from it starts its strategies afresh"
                     )
                     pyfunc.save(target, generation.state, generation.model_spec, self.requirements, metadata)
+                # Recorded in the registry, apart from the artifact store, so lifelong serve can tell changed weights.
+                tags[registry.WEIGHTS_DIGEST_TAG] = pyfunc.file_digest(target / "artifacts" / pyfunc.WEIGHTS)
                 client.log_model_artifacts(logged.model_id, str(target))
         except BaseException:
             client.finalize_logged_model(logged.model_id, "FAILED")
@@ -542,9 +667,11 @@ class MLflowTracker:
         client.log_text(run_id, json.dumps(report, indent=2, default=str), "summary.json")
         if summary.get("heatmap"):
             client.log_artifact(run_id, summary["heatmap"])
-        if self._writer is not None and self._writer.errors:
-            client.set_tag(run_id, "lifelong.logging_errors", str(len(self._writer.errors)))
+        writer = self._writer
+        if writer is not None and writer.errors:
+            client.set_tag(run_id, "lifelong.logging_errors", str(len(writer.errors)))
         client.set_terminated(run_id, "FINISHED")
+        self._status = "FINISHED"
 
     def _earlier_records(self, entries: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
         """Records of the summary's generations this process did not log (a resumed session's earlier ones)."""
@@ -573,25 +700,44 @@ class MLflowTracker:
             for key, value in tags.items():
                 self._client.set_tag(self._run_id, key, value)
             self._client.set_terminated(self._run_id, "KILLED")
+            self._status = "KILLED"
             return
         self._client.set_tag(self._run_id, "lifelong.error", f"{type(error).__name__}: {error}"[:5000])
         self._client.set_terminated(self._run_id, "FAILED")
+        self._status = "FAILED"
 
     # -- result ----------------------------------------------------------------------------
     def _report(self, errors: list[str]) -> dict[str, Any]:
+        """``on_run_end``'s result: where the run is, whether every generation was recorded, and what failed.
+
+        ``complete`` is true only when the run exists, every generation handed over was written (and
+        registered) and the run was closed; ``unrecorded`` lists the generations that were not.
+        """
         versions = sorted(r["version"] for r in self._records.values() if r.get("version") is not None)
+        unrecorded = [index for index in self._given if index not in self._recorded]
+        complete = self._run_id is not None and self._status == "FINISHED" and not unrecorded and self._offline is None
         result: dict[str, Any] = {
             "run_id": self._run_id,
             "experiment_id": self._experiment_id,
             "tracking_uri": self._tracking_uri,
             "registered_model": self.options.registered_model or None,
             "backpressure_seconds": round(self.backpressure_seconds, 6),
+            "complete": complete,
+            "unrecorded": unrecorded,
         }
         if self._run_id is None:
-            first = errors[0].strip().splitlines()[-1] if errors else "unknown error"
+            first = self._offline or (_last_line(errors[0]) if errors else "unknown error")
             result["message"] = f"MLflow logging failed, nothing was recorded: {first}"
         else:
             parts = []
+            if self._offline:
+                parts.append(self._offline)
+            if unrecorded:
+                parts.append(f"generation(s) {_spans(unrecorded)} not recorded")
+            if self._status is None:
+                parts.append("the run was not closed (MLflow shows it RUNNING)")
+            elif self._status != "FINISHED":
+                parts.append(f"the run was closed as {self._status}")
             if versions:
                 span = f"v{versions[0]}" if len(versions) == 1 else f"v{versions[0]}-v{versions[-1]}"
                 parts.append(f"registered {self.options.registered_model!r} {span}")
@@ -602,6 +748,28 @@ class MLflowTracker:
         if errors:
             result["errors"] = errors
         return result
+
+
+_REMEDY = "start it, or set tracking.mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to a store that is up"
+
+
+def _last_line(text: str) -> str:
+    """The exception line of a traceback (or the text's last line)."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text
+
+
+def _spans(indices: list[int]) -> str:
+    """``[0, 1, 2, 5]`` → ``"0-2, 5"``."""
+    parts, run = [], [indices[0]]
+    for index in indices[1:]:
+        if index == run[-1] + 1:
+            run.append(index)
+        else:
+            parts.append(run)
+            run = [index]
+    parts.append(run)
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in parts)
 
 
 def generation_tags(generation: Generation, session: str | None = None) -> dict[str, str]:

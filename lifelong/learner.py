@@ -3,6 +3,17 @@
 The step never synchronises with the device: losses and accuracies stay tensors and are summed on
 the device by :class:`lifelong.metrics.RunningMetrics`; the pipeline reads them every
 ``log_every`` batches.
+
+**The non-finite guard.** A batch whose loss or gradients are not finite (an overflow, a poisoned
+record, a diverging learning rate) is never applied, and the host does not wait to find out: the
+gradients are checked on the device with the kernel AMP's GradScaler uses
+(``torch._amp_foreach_non_finite_check_and_unscale_``, with a scale of 1), and the flag goes to
+the optimizer, which is built *fused* (one kernel for every parameter): a fused Adam, AdamW or SGD
+reads ``found_inf`` on the device and leaves parameters, moments and step counts untouched when it
+is set. The flags are read with the running metrics (:class:`lifelong.metrics.RunningMetrics`);
+the session dead-letters the skipped batches' records and stops a run that keeps diverging. Where
+a fused optimizer is not available (a device without fused kernels) the kernel falls back to the
+plain one and says that non-finite batches are only counted, not skipped.
 """
 
 from __future__ import annotations
@@ -39,11 +50,18 @@ def parameter_groups(model: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(name: str, params: list[Any], lr: float, momentum: float, weight_decay: float):
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    """The optimizer, fused when the parameters' device has fused kernels (see the module docstring)."""
+    kinds = {"sgd": (torch.optim.SGD, {"momentum": momentum}), "adamw": (torch.optim.AdamW, {}), "adam": (torch.optim.Adam, {})}
+    cls, extra = kinds.get(name, kinds["adam"])
+    try:
+        return cls(params, lr=lr, weight_decay=weight_decay, fused=True, **extra)
+    except (RuntimeError, ValueError, TypeError):  # no fused kernels for this device or dtype
+        return cls(params, lr=lr, weight_decay=weight_decay, **extra)
+
+
+def skips_nonfinite(optimizer: Any) -> bool:
+    """True when ``optimizer`` honours a device-side ``found_inf`` flag (PyTorch's fused optimizers)."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
 
 
 class Learner:
@@ -55,6 +73,12 @@ class Learner:
         self.hooks = hooks
         self.device = device
         self.metrics = RunningMetrics(device)
+        # 1.0 when the batch in hand had a non-finite loss or gradient; the fused optimizer reads it.
+        self.found_inf = torch.zeros((), device=device)
+        self._unit_scale = torch.ones((), device=device)
+        self.skips = skips_nonfinite(optimizer)
+        if self.skips:
+            optimizer.found_inf, optimizer.grad_scale = self.found_inf, None
 
     def step(self, batch: Batch, prequential: bool = True) -> None:
         """Train on one stream batch (already on the device) plus whatever strategies add to it.
@@ -76,11 +100,22 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         hooks.before_optimizer_step(model=self.model, optimizer=self.optimizer)
-        self.optimizer.step()
+        found = self._check_finite(total)
+        self.optimizer.step()  # a fused optimizer skips the update on the device when ``found`` is set
         stream_outputs = outputs[: len(batch)].detach()
         hooks.after_step(batch=batch, outputs=stream_outputs, first_pass=prequential)
-        if prequential:
-            self.metrics.update(loss, stream_outputs, batch.y)
+        self.metrics.update(loss, stream_outputs, batch.y, found, counted=prequential)
+
+    def _check_finite(self, total: torch.Tensor) -> torch.Tensor:
+        """Set ``found_inf`` on the device when the loss or a gradient is not finite; no host sync."""
+        found = self.found_inf
+        found.zero_()
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self._unit_scale)
+        # fused kernels test found_inf == 1 exactly, so the loss's own flag is merged with a max, not a sum
+        torch.maximum(found, (~torch.isfinite(total.detach())).to(found.dtype), out=found)
+        return found
 
 
 @torch.no_grad()

@@ -94,20 +94,41 @@ class RunningMetrics:
 
     ``update`` adds to device tensors without synchronising, so the training loop never waits for
     the device; ``read`` (every ``log_every`` batches) is the one place the host waits. Sample
-    counts are known on the host and never touch the device.
+    counts are known on the host and never touch the device. Each stream batch's non-finite flag
+    (:class:`lifelong.learner.Learner`) is kept on the device too and read with the rest: a
+    skipped batch adds no loss and no correct prediction (its samples count as misses).
     """
 
     def __init__(self, device: torch.device):
         self._loss = torch.zeros((), dtype=torch.float64, device=device)  # Σ loss·n over the window
         self._correct = torch.zeros((), dtype=torch.int64, device=device)  # over the window
+        self._skipped = torch.zeros((), dtype=torch.int64, device=device)  # every skipped step of the run
+        self._flags: list[torch.Tensor] = []  # per stream batch of the window: 1 when it was skipped
         self._n = 0
         self._total_correct = 0
         self._total_n = 0
+        self.skipped_steps = 0  # as of the last read
 
-    def update(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    def update(
+        self,
+        loss: torch.Tensor,
+        outputs: torch.Tensor,
+        targets: torch.Tensor,
+        found: torch.Tensor | None = None,
+        counted: bool = True,
+    ) -> None:
+        """One step; ``found`` is its non-finite flag (None: finite), ``counted`` False for steps that
+        are not a stream batch's first pass (extra epochs), which only count towards skipped steps."""
+        if found is None:
+            found = torch.zeros((), device=self._loss.device)
+        self._skipped.add_(found.to(torch.int64))
+        if not counted:
+            return
         n = targets.shape[0]
-        self._loss.add_(loss.detach(), alpha=n)
-        self._correct.add_((outputs.argmax(dim=1) == targets).sum())
+        applied = 1 - found
+        self._loss.add_(torch.nan_to_num(loss.detach(), nan=0.0, posinf=0.0, neginf=0.0) * applied * n)
+        self._correct.add_((outputs.argmax(dim=1) == targets).sum() * applied.to(torch.int64))
+        self._flags.append(found.detach().clone())
         self._n += n
 
     def state_dict(self) -> dict[str, Any]:
@@ -115,21 +136,35 @@ class RunningMetrics:
         return {
             "loss": self._loss.detach().to("cpu", copy=True),
             "correct": self._correct.detach().to("cpu", copy=True),
+            "skipped": self._skipped.detach().to("cpu", copy=True),
+            "flags": [flag.to("cpu", copy=True) for flag in self._flags],
             "n": self._n,
             "total_correct": self._total_correct,
             "total_n": self._total_n,
+            "skipped_steps": self.skipped_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._loss.copy_(state["loss"])
         self._correct.copy_(state["correct"])
         self._n, self._total_correct, self._total_n = int(state["n"]), int(state["total_correct"]), int(state["total_n"])
+        if "skipped" in state:  # checkpoints from before the non-finite guard have none
+            self._skipped.copy_(state["skipped"])
+            self._flags = [flag.to(self._loss.device) for flag in state["flags"]]
+            self.skipped_steps = int(state["skipped_steps"])
 
-    def read(self) -> dict[str, float]:
-        """Window means since the last read plus the whole-run prequential accuracy; resets the window."""
+    def read(self) -> dict[str, Any]:
+        """Window means since the last read plus the whole-run prequential accuracy; resets the window.
+
+        ``skipped_in_window`` lists the window's stream batches (0 = the first since the last read)
+        that were not applied; ``skipped_steps`` counts every skipped step of the run.
+        """
+        flags = torch.stack(self._flags).tolist() if self._flags else []
         loss, correct, n = self._loss.item(), int(self._correct.item()), self._n
+        self.skipped_steps = int(self._skipped.item())
         self._loss.zero_()
         self._correct.zero_()
+        self._flags = []
         self._n = 0
         self._total_correct += correct
         self._total_n += n
@@ -137,4 +172,6 @@ class RunningMetrics:
             "loss": loss / n if n else float("nan"),
             "window_accuracy": correct / n if n else float("nan"),
             "prequential_accuracy": self._total_correct / self._total_n if self._total_n else float("nan"),
+            "skipped_in_window": [i for i, flag in enumerate(flags) if flag],
+            "skipped_steps": self.skipped_steps,
         }

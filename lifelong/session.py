@@ -17,6 +17,11 @@ generation → trackers, with checkpoints written off the training thread. Its g
   result is bit-identical to the uninterrupted run's.
 - Memory stays bounded: a generation is handed to trackers and forgotten; only its summary row
   (index, parent, span, records) stays, and, with ``[promotion]`` on, the champion's weights.
+- A batch whose loss or gradients are not finite is not applied (:mod:`lifelong.learner`); the
+  session lists it (``skipped_batches`` in the summary: step, source and offsets), stops the run
+  with :class:`lifelong.errors.Diverged` after ``learner.max_nonfinite_batches`` in a row, and
+  never makes a generation of weights that are not finite (a BatchNorm's running statistics can
+  take an overflow in the forward pass of a batch the guard then skips): the run stops instead.
 - With ``[promotion]`` on, every generation is judged by the promotion gate
   (:mod:`lifelong.promotion`) before trackers see it: its verdict is ``generation.promotion``
   and its summary row's ``promotion``.
@@ -37,7 +42,7 @@ import torch
 
 from lifelong import checkpoint, metrics, report
 from lifelong.background import BackgroundWriter
-from lifelong.errors import Interrupted
+from lifelong.errors import Diverged, Interrupted
 from lifelong.learner import Learner, build_optimizer, parameter_groups, prepare
 from lifelong.plan import Plan, say
 from lifelong.promotion import Gate
@@ -56,6 +61,9 @@ def optimizer_state(optimizer: Any) -> dict[str, Any]:
 
 def load_optimizer_state(optimizer: Any, saved: dict[str, Any]) -> None:
     optimizer.load_state_dict({"state": {int(k): v for k, v in saved["state"].items()}, "param_groups": saved["param_groups"]})
+
+
+MAX_LISTED = 100  # skipped batches listed in the summary (all are counted)
 
 
 class Runner:
@@ -98,6 +106,10 @@ class Runner:
         self.checkpoint_path: Path | None = None
         self.writer = BackgroundWriter("lifelong-checkpoint") if plan.checkpoint.dir else None
         self.gate = Gate(plan.promotion) if plan.promotion is not None else None
+        self._window: list[list[Any]] = []  # [step, source, start, stop] of each stream batch since the last read
+        self.skipped: list[list[Any]] = []  # the first MAX_LISTED skipped stream batches, as above
+        self.skipped_count = 0
+        self._skipped_run = 0  # skipped stream batches in a row, as of the last read
 
     # -- evaluation and boundaries ----------------------------------------------------------------------
     def _sync(self) -> None:
@@ -140,6 +152,14 @@ class Runner:
     def _generation(self, experience: Experience, row: dict[int, float]) -> Generation:
         session = self.plan.session
         index = len(self.generations)
+        state = checkpoint.to_cpu(self.model.state_dict())
+        broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if broken:  # a boundary may synchronise: one check of every weight and buffer
+            raise Diverged(
+                f"generation {index} would have non-finite weights ({', '.join(broken[:5])}"
+                f"{' …' if len(broken) > 5 else ''}), so it is not registered, promoted or served and the run "
+                "stops: check the data for values that overflow, lower learner.lr, or lower a strategy's weight"
+            )
         generation = Generation(
             index=index,
             parent=index - 1 if index else None,
@@ -147,7 +167,7 @@ class Runner:
             experiences_covered=list(self.covered),
             accuracy=row,
             model_spec=self.plan.model_spec,
-            state=checkpoint.to_cpu(self.model.state_dict()),
+            state=state,
             strategy_state={
                 name: checkpoint.to_cpu(s.state_dict()) for name, s in self.plan.strategies.items() if hasattr(s, "state_dict")
             },
@@ -227,6 +247,10 @@ class Runner:
                 "initial": [[exp, acc] for exp, acc in self.initial.items()],
                 "generations": [dict(row, records=dict(row["records"])) for row in self.generations],
                 "streaming": self._streaming,
+                "window": [list(entry) for entry in self._window],
+                "skipped": [list(entry) for entry in self.skipped],
+                "skipped_count": self.skipped_count,
+                "skipped_run": self._skipped_run,
             },
             "reader": self._position,
             "dead_letters": self._dead_letter_mark or plan.dead_letters.mark(),
@@ -256,6 +280,10 @@ class Runner:
         self.initial = {int(exp): acc for exp, acc in kernel["initial"]}
         self.generations = [dict(row) for row in kernel["generations"]]
         self._streaming = kernel["streaming"]
+        self._window = [list(entry) for entry in kernel.get("window", [])]
+        self.skipped = [list(entry) for entry in kernel.get("skipped", [])]
+        self.skipped_count = int(kernel.get("skipped_count", 0))
+        self._skipped_run = int(kernel.get("skipped_run", 0))
         self._position = state["reader"]
         self._dead_letter_mark = state["dead_letters"]
         self.test_sets.restore(state["test_sets"], snapshot.test_set)
@@ -317,6 +345,8 @@ class Runner:
     # -- the loop ---------------------------------------------------------------------------------------
     def _log(self, detector: Any) -> bool:
         values = self.learner.metrics.read()
+        self._account_skipped(values.pop("skipped_in_window"))
+        values["skipped_steps"] = float(values["skipped_steps"])
         values["samples_seen"] = float(self.samples_seen)
         values["samples_per_second"] = self.trained_samples / max(self.train_seconds_now(), 1e-9)
         self.hooks.on_metrics(step=self.step, metrics=values)
@@ -324,6 +354,24 @@ class Runner:
             self.progress.status(loss=values["loss"], sps=values["samples_per_second"])
         observe = getattr(detector, "observe", None)
         return bool(observe(values)) if observe is not None else False
+
+    def _account_skipped(self, skipped: list[int]) -> None:
+        """List the window's skipped stream batches; stop when too many came in a row."""
+        window, self._window = self._window, []
+        for i in skipped:
+            self.skipped_count += 1
+            if len(self.skipped) < MAX_LISTED:
+                self.skipped.append(window[i])
+        for i in range(len(window)):
+            self._skipped_run = self._skipped_run + 1 if i in skipped else 0
+        limit = self.plan.learner.max_nonfinite_batches
+        if limit and self._skipped_run >= limit:
+            step, source, start, stop = window[skipped[-1]]
+            raise Diverged(
+                f"training diverged: {self._skipped_run} stream batches in a row had a non-finite loss or gradients "
+                f"and were not applied (the last: stream batch {step}, {source} records {start}-{stop}). Lower "
+                "learner.lr, check the data for values that overflow, or raise learner.max_nonfinite_batches"
+            )
 
     def _warmup(self, fetched: Iterator[Fetched]) -> list[Fetched]:
         """The first stream batches holding the model's ``warmup_samples``, read before the run starts."""
@@ -418,6 +466,7 @@ class Runner:
             self.samples_seen += len(batch)
             self.trained_samples += len(batch)
             self._position, self._dead_letter_mark = batch.position, item.dead_letters
+            self._window.append([self.step, batch.source, batch.start, batch.stop])
             if self.progress is not None:
                 self.progress.advance(1)
             if self.step % log_every == 0 and self._log(detector) and self.span.count:
@@ -461,6 +510,11 @@ class Runner:
             "continues": self.plan.session.continues,
             "generations": self.generations,
             "champion": self._champion(),
+            "skipped_batches": {
+                "count": self.skipped_count,
+                "steps": final["skipped_steps"],  # every skipped update, extra epochs included
+                "listed": [dict(zip(("step", "source", "start", "stop"), entry)) for entry in self.skipped],
+            },
             "checkpoint": str(self.checkpoint_path) if self.checkpoint_path else None,
             "dead_letters": self.plan.dead_letters.summary(),
             "config": self.plan.resolved,

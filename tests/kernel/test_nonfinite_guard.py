@@ -1,0 +1,104 @@
+"""The non-finite guard: a batch whose loss or gradients overflow is not applied, without a host sync;
+a run that keeps diverging stops; a generation never holds non-finite weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lifelong.errors import Diverged
+from lifelong.host import PluginHost
+from lifelong.learner import Learner, build_optimizer, skips_nonfinite
+from lifelong.types import Batch
+from tests.conftest import run_pipeline
+
+
+class NoHooks:
+    """The lifecycle hook caller of a run without strategies."""
+
+    def __getattr__(self, name):
+        return lambda **kwargs: []
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_a_batch_that_overflows_changes_no_weight_and_no_optimizer_state(name):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    optimizer = build_optimizer(name, list(model.parameters()), 0.01, 0.9, 0.01)
+    assert skips_nonfinite(optimizer)
+    learner = Learner(model, optimizer, NoHooks(), torch.device("cpu"))
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    learner.step(Batch(x=x, y=y))  # a normal step first, so the optimizer has state
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    state = {i: {k: v.clone() for k, v in s.items()} for i, s in enumerate(optimizer.state.values())}
+    poisoned = x.clone()
+    poisoned[3, 1] = float("inf")  # what an overflow anywhere in the forward pass amounts to
+    learner.step(Batch(x=poisoned, y=y))
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(state[i][k], v) for i, s in enumerate(optimizer.state.values()) for k, v in s.items())
+    learner.step(Batch(x=x, y=y))  # and training goes on
+    assert not torch.equal(weights["0.weight"], model.state_dict()["0.weight"])
+    read = learner.metrics.read()
+    assert read["skipped_in_window"] == [1] and read["skipped_steps"] == 1
+    assert np.isfinite(read["loss"])  # the skipped batch does not poison the running loss
+
+
+def test_the_step_does_not_wait_for_the_device():
+    """The flag stays a device tensor: nothing in the step reads it on the host."""
+    model = torch.nn.Linear(4, 2)
+    learner = Learner(model, build_optimizer("adam", list(model.parameters()), 0.01, 0, 0), NoHooks(), torch.device("cpu"))
+    reads = []
+    original = torch.Tensor.item
+    torch.Tensor.item = lambda self: reads.append(self) or original(self)
+    try:
+        learner.step(Batch(x=torch.randn(4, 4), y=torch.randint(0, 2, (4,))))
+    finally:
+        torch.Tensor.item = original
+    assert reads == []
+
+
+def poisoned_csv(tmp_path, bad_rows: list[int], rows: int = 600) -> list[str]:
+    rng = np.random.default_rng(0)
+    lines = ["a,b,label"]
+    for i in range(rows):
+        label = int(rng.integers(0, 2))
+        a, b = rng.normal(2 * label - 1, 0.7, 2)
+        lines.append(f"{3e38 if i in bad_rows else a:.6g},{b:.5f},{label}")
+    (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")
+    return [
+        "stream.reader='csv'",
+        f"stream.path='{tmp_path / 's.csv'}'",
+        "stream.test_fraction=0.2",
+        "model.name='amplifier'",
+        "learner.batch_size=16",
+        "learner.log_every=5",
+        "learner.lr=0.05",  # a linear model from a random start: the default 0.001 is too slow for 185 steps
+    ]
+
+
+FIXTURES = ["tests.fixtures.energy_model", "tests.fixtures.generation_log"]
+
+
+def test_one_overflowing_row_is_skipped_and_listed_and_the_model_stays_good(tmp_path):
+    summary, runner = run_pipeline(tmp_path, poisoned_csv(tmp_path, [300]), host=PluginHost(plugins=FIXTURES))
+    skipped = summary["skipped_batches"]
+    assert skipped["count"] == 1 and skipped["steps"] == 5  # the stream batch, then each of its 4 extra epochs
+    (entry,) = skipped["listed"]
+    assert entry["start"] <= 302 < entry["stop"] or entry["start"] <= 301 < entry["stop"]  # line 302 in the file
+    assert all(torch.isfinite(v).all() for v in runner.model.state_dict().values())
+    assert summary["acc"] > 0.85
+
+
+def test_a_run_that_keeps_diverging_stops_with_a_clear_error(tmp_path):
+    overrides = poisoned_csv(tmp_path, list(range(200, 600)))  # every batch from row 200 on overflows
+    with pytest.raises(Diverged, match="in a row had a non-finite loss or gradients"):
+        run_pipeline(tmp_path, [*overrides, "learner.max_nonfinite_batches=4"], host=PluginHost(plugins=FIXTURES))
+
+
+def test_a_generation_with_non_finite_weights_is_never_made(tmp_path):
+    """The guard skipped the batch, but the model's forward-pass statistic overflowed: no generation."""
+    host = PluginHost(plugins=FIXTURES)
+    overrides = [*poisoned_csv(tmp_path, [300]), "model.name='energy'", "tracking.trackers=['generation-log']"]
+    with pytest.raises(Diverged, match="generation 0 would have non-finite weights \\(energy\\)"):
+        run_pipeline(tmp_path, overrides, host=host)

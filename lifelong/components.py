@@ -44,6 +44,24 @@ class Components:
         model, _ = self.build_model_options(spec.name, spec.options, spec.info, where)
         return model
 
+    def build_generation(self, spec: ModelSpec, where: str = "model.json") -> torch.nn.Module:
+        """The model a stored generation's spec names, for weights the caller loads itself.
+
+        A spec is data anyone who can write the artifact store can edit: it may name only an
+        architecture. A component registered as an ``initializer`` (it reads weights from a path or
+        URI in its options: ``file``, ``mlflow``) is refused, and so is any option that allows
+        unpickling, so a tampered ``model.json`` cannot make a loader run ``torch.load`` on a pickle.
+        """
+        component = self.component("model", spec.name, f"{where}.name")
+        if component.initializer:
+            raise UserError(
+                f"{where} names the initializer {spec.name!r}: a stored generation names the architecture its "
+                "weights fit, never a component that loads weights from elsewhere (was the artifact edited?)"
+            )
+        if any(key == "allow_pickle" and value for key, value in _items(spec.options)):
+            raise UserError(f"{where} sets allow_pickle: a stored generation never unpickles (was the artifact edited?)")
+        return self.build_model(spec, where)
+
     def build_model_options(
         self, name: str, raw: dict[str, Any] | None, info: StreamInfo, where: str
     ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -51,6 +69,17 @@ class Components:
         component = self.component("model", name, f"{where}.name")
         validated = opts.validate(component.options, raw, f"{where}.options")
         return construct(component.factory, where, validated, info, components=self), opts.to_dict(validated)
+
+
+def _items(options: Any):
+    """Every (key, value) of nested options (an architecture's own options may nest another's)."""
+    if isinstance(options, dict):
+        for key, value in options.items():
+            yield key, value
+            yield from _items(value)
+    elif isinstance(options, list):
+        for value in options:
+            yield from _items(value)
 
 
 def construct(factory: Callable[..., Any], where: str, *args: Any, components: Components | None = None) -> Any:

@@ -48,15 +48,21 @@ class Component:
     options: type
     help: str
     plugin: str
+    # A model component that loads weights from a path or URI its options name (``file``, ``mlflow``):
+    # a stored generation or checkpoint never rebuilds through one (Components.build_generation).
+    initializer: bool = False
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described = {
             "kind": self.kind,
             "name": self.name,
             "help": self.help,
             "plugin": self.plugin,
             "options": opts.describe(self.options),
         }
+        if self.initializer:
+            described["initializer"] = True
+        return described
 
 
 @dataclass
@@ -215,11 +221,13 @@ class PluginHost:
         return register
 
     def _registrar(self, kind: str, plugin: str) -> Callable[..., None]:
-        def register(name: str, factory: Callable[..., Any], options: type = opts.NoOptions, help: str = "") -> None:
+        def register(
+            name: str, factory: Callable[..., Any], options: type = opts.NoOptions, help: str = "", initializer: bool = False
+        ) -> None:
             if name in self.components[kind]:
                 other = self.components[kind][name].plugin
                 raise UserError(f"{kind} {name!r} is registered by both plugin {other!r} and plugin {plugin!r}")
-            self.components[kind][name] = Component(kind, name, factory, options, help, plugin)
+            self.components[kind][name] = Component(kind, name, factory, options, help, plugin, initializer)
 
         return register
 

@@ -41,6 +41,7 @@ named by the class names (or ``"0"``, ``"1"`` … when unknown).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import tempfile
 from collections.abc import Iterator
@@ -105,6 +106,15 @@ def save(
                 pip_requirements=pip_requirements,
                 mlflow_model=mlflow_model,
             )
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file (a generation's weights), read in blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _write_strategies(

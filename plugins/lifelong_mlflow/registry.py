@@ -16,6 +16,8 @@ Version tags (besides the lineage tags of :func:`lifelong_mlflow.tracker.generat
   ``promote`` or ``rollback``) and ``lifelong.champion.reason``: set on a version each time it
   becomes champion. The previous champion is therefore the version with the newest ``since``
   before the current one's: rollback needs no history of its own.
+- ``lifelong.weights.sha256``: the SHA-256 of the version's ``weights.safetensors`` when it was
+  logged; ``lifelong serve`` refuses weights that no longer match (changed in the artifact store).
 - ``lifelong.rolled_back``: on a version the champion was rolled back from, the reason; a plain
   rollback never goes back to such a version (``--to`` can). The marker stays when ``--to`` or a
   promote makes it champion again: it records what happened, and a plain rollback still skips it.
@@ -46,6 +48,8 @@ SINCE_TAG = "lifelong.champion.since"
 BY_TAG = "lifelong.champion.by"
 REASON_TAG = "lifelong.champion.reason"
 ROLLED_BACK_TAG = "lifelong.rolled_back"
+# SHA-256 of the version's weights.safetensors, recorded by the tracker; lifelong serve refuses a mismatch.
+WEIGHTS_DIGEST_TAG = "lifelong.weights.sha256"
 MAX_TAG_LENGTH = 8000
 
 

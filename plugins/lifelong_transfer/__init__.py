@@ -115,12 +115,14 @@ def register_models(register):
         file_model,
         options=FileOptions,
         help="any model component (arch) with weights from a safetensors file or torch state_dict (pickles only if allowed), or a lifelong checkpoint directory",
+        initializer=True,
     )
     register(
         "mlflow",
         mlflow_generation,
         options=GenerationOptions,
         help="continue from a registered generation (models:/NAME@ALIAS or models:/NAME/VERSION)",
+        initializer=True,
     )
 
 

@@ -53,9 +53,6 @@ if TYPE_CHECKING:
 # The artifact names lifelong_mlflow.pyfunc writes (not imported: this plugin does not need the mlflow one).
 WEIGHTS, SPEC = "weights.safetensors", "model.json"
 STRATEGY_TENSORS, STRATEGY_INDEX = "strategies.safetensors", "strategies.json"
-INITIALIZERS = ("file", "mlflow")
-
-
 def build(
     name: str, raw: dict[str, Any], info: StreamInfo, where_name: str, where: str, components: Components | None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -67,10 +64,10 @@ def build(
     from lifelong import options as opts
     from lifelong.components import Components, construct
 
-    if name in INITIALIZERS:
-        raise ConfigError(where_name, f"{name!r} is an initializer, not an architecture: name the model component to build")
     components = components or Components.default()
     component = components.component("model", name, where_name)
+    if component.initializer:
+        raise ConfigError(where_name, f"{name!r} is an initializer, not an architecture: name the model component to build")
     validated = opts.validate(component.options, raw, where)
     return construct(component.factory, where, validated, info, components=components), opts.to_dict(validated)
 

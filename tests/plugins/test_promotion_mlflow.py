@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -50,6 +51,21 @@ def test_every_version_carries_its_verdict_and_champion_moves_only_on_a_pass(gat
     assert first[registry.BY_TAG] == "gate" and "passed" in first[registry.REASON_TAG]
     assert registry.SINCE_TAG not in versions[2].tags
     assert versions[3].tags["lifelong.gate.champion_version"] == "1"
+
+
+def test_the_registry_records_each_version_s_weights_digest(gated, tmp_path):
+    from mlflow.artifacts import download_artifacts
+
+    from lifelong_mlflow import pyfunc
+
+    _, client = gated
+    local = download_artifacts(
+        artifact_uri=client.get_model_version_download_uri("gated", "2"),
+        dst_path=str(tmp_path),
+        tracking_uri=client.tracking_uri,
+    )
+    recorded = client.get_model_version("gated", "2").tags[registry.WEIGHTS_DIGEST_TAG]
+    assert pyfunc.file_digest(Path(local) / "artifacts" / pyfunc.WEIGHTS) == recorded
 
 
 def test_a_champion_set_by_hand_during_the_run_is_not_overruled(gated, tmp_path):

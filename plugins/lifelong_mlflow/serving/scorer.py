@@ -40,7 +40,7 @@ class Scorer:
             components = Components.default()
         self.spec = spec
         self.contract = Contract(spec.info)
-        model = components.build_model(spec, "model.json")
+        model = components.build_generation(spec, "model.json")  # an architecture only: no initializer, no pickle
         model.load_state_dict(state)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()

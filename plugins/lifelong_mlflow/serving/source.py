@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from lifelong.errors import UserError
+from lifelong_mlflow.registry import WEIGHTS_DIGEST_TAG
 
 # MLflow's defaults (120 s per request, 7 retries with exponential back-off) could hold a poll for
 # minutes; the next poll is the retry that matters, so one quick retry is enough.
@@ -126,6 +127,7 @@ class Source:
             self._components = Components.default()
         with tempfile.TemporaryDirectory(prefix="lifelong-serve-") as tmp:
             spec, weights = self._download(version, Path(tmp))
+            verify_weights(weights, version.tags.get(WEIGHTS_DIGEST_TAG), f"version {version.version} of {version.name!r}")
             scorer = Scorer.from_files(spec, weights, self.device, self._components)
         scorer.smoke_test()
         return Loaded(version, scorer, load_seconds=time.perf_counter() - started)
@@ -157,6 +159,24 @@ class Source:
                 "'spec' and 'weights' artifacts"
             )
         return fetch(paths["spec"]), fetch(paths["weights"])
+
+
+def verify_weights(path: Path, expected: str | None, what: str) -> None:
+    """Refuse weights whose SHA-256 differs from the one the registry recorded when they were logged.
+
+    The registry (a database) and the artifact store (files, a bucket) are separate: weights swapped
+    in the artifact store after registration no longer match the version's tag. A version without
+    the tag (registered by an older lifelong, or by hand) is not checked.
+    """
+    if not expected:
+        return
+    from lifelong_mlflow.pyfunc import file_digest
+
+    if file_digest(path) != expected:
+        raise ValueError(
+            f"the weights of {what} do not match the SHA-256 recorded at registration ({WEIGHTS_DIGEST_TAG}): "
+            "the artifact was changed after it was registered; not serving it"
+        )
 
 
 def _check_store_exists(tracking_uri: str) -> None:

@@ -11,7 +11,7 @@ gradients are checked on the device with the kernel AMP's GradScaler uses
 the optimizer, which is built *fused* (one kernel for every parameter): a fused Adam, AdamW or SGD
 reads ``found_inf`` on the device and leaves parameters, moments and step counts untouched when it
 is set. The flags are read with the running metrics (:class:`lifelong.metrics.RunningMetrics`);
-the session dead-letters the skipped batches' records and stops a run that keeps diverging. Where
+the session lists the skipped batches in the summary and stops a run that keeps diverging. Where
 a fused optimizer is not available (a device without fused kernels) the kernel falls back to the
 plain one and says that non-finite batches are only counted, not skipped.
 """

@@ -82,6 +82,11 @@ class Runner:
             load_optimizer_state(self.optimizer, snapshot.state["optimizer"])
         self.hooks = plan.hooks
         self.learner = Learner(self.model, self.optimizer, self.hooks, self.device)
+        if not self.learner.skips:
+            say(
+                f"the {lo.optimizer} optimizer has no fused kernels on {self.device}: batches with a non-finite loss "
+                "or gradients are counted, but applied"
+            )
         self.columns: list[int] = list(plan.info.experiences or [])
         self.test_sets = TestSets(plan.reader, self.model, self.device, lo.eval_batch_size, self.columns)
         self.matrix: list[dict[int, float]] = []

@@ -79,6 +79,10 @@ class LearnerOptions:
     progress: bool = field(default=True, metadata={"help": "show a progress bar on stderr"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch; 0: torch's default (one per core)"})
     max_batches: int = field(default=0, metadata={"help": "end the run after this many stream batches in all (counting those before a resume); 0: the whole stream"})
+    max_records: int = field(default=0, metadata={"help": "end the run once this many stream samples were trained in all (counting those before a resume; checked after each batch); 0: no limit"})
+    max_seconds: float = field(default=0.0, metadata={"help": "end the run (normally: last generation, checkpoint, commit) after this many seconds of streaming in this process, waits for records included; 0: no limit"})
+    prequential_window: int = field(default=1000, metadata={"help": "samples behind prequential_accuracy_recent, the prequential accuracy of the recent stream (counted in whole log_every windows)"})
+    eval_keep: int = field(default=0, metadata={"help": "evaluate only the held-out sets of the last this many experiences (windows of an unbounded stream); older sets are dropped; 0: keep all"})
     deterministic: bool = field(default=False, metadata={"help": "torch.use_deterministic_algorithms: bit-identical resumes on any device (on the CPU they are already)"})
     max_nonfinite_batches: int = field(default=10, metadata={"help": "stop the run (exit 2) when this many stream batches in a row had a non-finite loss or gradients; such a batch is never applied and its records go to the dead letters; 0: never stop"})
     continue_strategies: bool = field(default=True, metadata={"help": "when the model continues from a stored generation or checkpoint, restore its strategies' state too (if the strategy list matches)"})
@@ -86,8 +90,11 @@ class LearnerOptions:
     def check(self) -> None:
         if self.max_nonfinite_batches < 0:
             raise ValueError(f"max_nonfinite_batches must be 0 (never stop) or positive, got {self.max_nonfinite_batches}")
-        if self.max_batches < 0:
-            raise ValueError(f"max_batches must be 0 (no limit) or positive, got {self.max_batches}")
+        for name in ("max_batches", "max_records", "max_seconds", "eval_keep"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (no limit) or positive, got {getattr(self, name)}")
+        if self.prequential_window < 1:
+            raise ValueError(f"prequential_window must be at least 1 sample, got {self.prequential_window}")
         for name in ("epochs", "batch_size", "log_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -21,6 +21,7 @@ when the matrix happens to be square; ACC is always reported.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Optional
 
 import torch
@@ -99,7 +100,7 @@ class RunningMetrics:
     skipped batch adds no loss and no correct prediction (its samples count as misses).
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, recent_samples: int = 1000):
         self._loss = torch.zeros((), dtype=torch.float64, device=device)  # Σ loss·n over the window
         self._correct = torch.zeros((), dtype=torch.int64, device=device)  # over the window
         self._skipped = torch.zeros((), dtype=torch.int64, device=device)  # every skipped step of the run
@@ -108,6 +109,10 @@ class RunningMetrics:
         self._total_correct = 0
         self._total_n = 0
         self.skipped_steps = 0  # as of the last read
+        # (correct, n) of the last read windows covering at least ``recent_samples`` samples: the sliding
+        # prequential accuracy of an unbounded stream, where the whole-run figure stops moving.
+        self.recent_samples = recent_samples
+        self._recent: deque[tuple[int, int]] = deque()
 
     def update(
         self,
@@ -142,6 +147,7 @@ class RunningMetrics:
             "total_correct": self._total_correct,
             "total_n": self._total_n,
             "skipped_steps": self.skipped_steps,
+            "recent": [list(w) for w in self._recent],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -152,9 +158,11 @@ class RunningMetrics:
             self._skipped.copy_(state["skipped"])
             self._flags = [flag.to(self._loss.device) for flag in state["flags"]]
             self.skipped_steps = int(state["skipped_steps"])
+        self._recent = deque((int(c), int(n)) for c, n in state.get("recent", []))
 
     def read(self) -> dict[str, Any]:
-        """Window means since the last read plus the whole-run prequential accuracy; resets the window.
+        """Window means since the last read, the whole-run prequential accuracy and that of the last
+        ``recent_samples`` samples or a little more (whole windows); resets the window.
 
         ``skipped_in_window`` lists the window's stream batches (0 = the first since the last read)
         that were not applied; ``skipped_steps`` counts every skipped step of the run.
@@ -168,10 +176,16 @@ class RunningMetrics:
         self._n = 0
         self._total_correct += correct
         self._total_n += n
+        if n:
+            self._recent.append((correct, n))
+            while len(self._recent) > 1 and sum(w[1] for w in self._recent) - self._recent[0][1] >= self.recent_samples:
+                self._recent.popleft()
+        recent_n = sum(w[1] for w in self._recent)
         return {
             "loss": loss / n if n else float("nan"),
             "window_accuracy": correct / n if n else float("nan"),
             "prequential_accuracy": self._total_correct / self._total_n if self._total_n else float("nan"),
+            "prequential_accuracy_recent": sum(w[0] for w in self._recent) / recent_n if recent_n else float("nan"),
             "skipped_in_window": [i for i, flag in enumerate(flags) if flag],
             "skipped_steps": self.skipped_steps,
         }

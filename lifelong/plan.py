@@ -287,6 +287,12 @@ def build(
         reader = construct(component.factory, "stream", reader_opts, context)
         info = reader.info()
     resolved["stream"] = {"reader": reader_name, **opts.to_dict(reader_opts)}
+    if callable(getattr(reader, "commit", None)) and not ckpt.dir:
+        raise ConfigError(
+            "checkpoint.dir",
+            f"the {reader_name} reader acknowledges records to its source only once a checkpoint holding them is "
+            "durable (checkpoint, then commit): set [checkpoint] dir, or every restart reads the stream again",
+        )
 
     model_name, model_raw = config.split_component(pipeline.get("model", {}), "name", "model")
     component, model_opts = _component(host, "model", model_name, model_raw, "model")
@@ -420,6 +426,9 @@ def _lifecycle_manager(strategies: dict[str, Any], trackers: dict[str, Any]) -> 
 RESUME_MAY_DIFFER = {
     "learner.progress",
     "learner.max_batches",
+    "learner.max_records",
+    "learner.max_seconds",
+    "learner.prequential_window",
     "learner.eval_batch_size",
     "learner.threads",
     "learner.device",

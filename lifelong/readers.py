@@ -16,6 +16,32 @@ The reader contract, including the position contract that makes a run resumable:
   batch the reader yielded after writing them). ``csv`` seeks by byte offset and line, ``npz`` and
   the benchmarks by record index. A reader without ``seek`` makes ``lifelong run --resume`` and
   checkpointing refuse with a clear message.
+
+Readers of a source that must be told what was consumed (a Kafka consumer group, a Redis Streams
+group) follow **checkpoint, then commit**, through optional members:
+
+- ``commit(position)``: called on the checkpoint-writer thread right after a checkpoint whose
+  reader position is ``position`` is durable (fsynced and renamed into place); the reader commits
+  its offsets or acknowledges its records up to there. It must be safe to call while ``__iter__``
+  runs on the reader thread, bounded in time, idempotent and cumulative: an exception is reported
+  (``commit_errors`` in the summary) and training goes on, since the next checkpoint commits again.
+  The checkpoint's position stays the source of truth on resume (``seek``), so a crash between the
+  checkpoint and the commit trains nothing twice. A reader with ``commit`` needs ``[checkpoint]
+  dir``: the run refuses to start without it (exit status 2).
+- ``close()``: once, at the end of the session on every path (end, failure, signal), from the main
+  thread, after the last commit and after the reader thread was asked to stop (a reader polls with
+  timeouts of a second or less, so its thread notices).
+- ``checkpoint_wanted() -> bool``: polled on the training thread after every batch and every
+  0.2 s while it waits for one, so it must be a cheap read. True asks for a checkpoint of the last
+  trained batch as soon as the writer is free (or, when that batch is checkpointed already, for
+  its commit again): a Kafka consumer losing partitions in a rebalance waits for this before it
+  lets them go, so the next owner starts right after the records this one trained.
+- ``counts(position) -> dict[str, int]``: what the reader counted up to ``position`` (a position
+  it produced, or None before the first batch): unlabeled records, held-out records …; the summary
+  shows it as ``reader``.
+
+A reader's ``__iter__`` may end on its own (a broker reader after ``idle_timeout`` seconds without
+records): the run then ends normally, with its last generation, checkpoint and commit.
 """
 
 from __future__ import annotations
@@ -163,13 +189,16 @@ class Prefetcher:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             self._queue.put(exc)
 
-    def fetched(self, stopping: Any = None) -> Iterator[Fetched]:
+    def fetched(self, stopping: Any = None, idle: Any = None) -> Iterator[Fetched]:
+        """The batches in order; every 0.2 s without one, ``stopping()`` may end the wait and ``idle()`` runs."""
         while True:
             try:
                 item = self._queue.get(timeout=0.2)
             except queue.Empty:
                 if stopping is not None and stopping():
                     return
+                if idle is not None:
+                    idle()
                 continue
             if item is self._END:
                 return

@@ -82,13 +82,14 @@ class Runner:
             load_optimizer_state(self.optimizer, snapshot.state["optimizer"])
         self.hooks = plan.hooks
         self.learner = Learner(self.model, self.optimizer, self.hooks, self.device)
+        self.learner.metrics.recent_samples = lo.prequential_window
         if not self.learner.skips:
             say(
                 f"the {lo.optimizer} optimizer has no fused kernels on {self.device}: batches with a non-finite loss "
                 "or gradients are counted, but applied"
             )
         self.columns: list[int] = list(plan.info.experiences or [])
-        self.test_sets = TestSets(plan.reader, self.model, self.device, lo.eval_batch_size, self.columns)
+        self.test_sets = TestSets(plan.reader, self.model, self.device, lo.eval_batch_size, self.columns, keep=lo.eval_keep)
         self.matrix: list[dict[int, float]] = []
         self.initial: dict[int, float] = {}
         self.generations: list[dict[str, Any]] = []  # summary rows only: generations themselves are not kept
@@ -105,9 +106,16 @@ class Runner:
         self._position: Any = None  # the reader's position after the last trained batch
         self._dead_letter_mark: dict[str, int] | None = None
         self._signal: str | None = None
+        self._deadline: float | None = None  # learner.max_seconds, on the monotonic clock
         self._checkpoint_due = False
         self._last_checkpoint = time.monotonic()
         self.checkpoints_written = 0
+        self._checkpointed_step: int | None = None  # step of the newest checkpoint submitted
+        # Checkpoint, then commit: a reader that acknowledges records to its source (a broker) is told
+        # each position once the checkpoint holding it is durable (see lifelong.readers).
+        self._commit = getattr(plan.reader, "commit", None)
+        self._wants_checkpoint = getattr(plan.reader, "checkpoint_wanted", None)
+        self.commit_errors: list[str] = []
         self.checkpoint_path: Path | None = None
         self.writer = BackgroundWriter("lifelong-checkpoint") if plan.checkpoint.dir else None
         self.gate = Gate(plan.promotion) if plan.promotion is not None else None
@@ -306,15 +314,31 @@ class Runner:
             self._checkpoint_due = True
         if options.every_seconds and time.monotonic() - self._last_checkpoint >= options.every_seconds:
             self._checkpoint_due = True
+        if self._wants_checkpoint is not None and self._wants_checkpoint():
+            self._checkpoint_due = True
         if self._checkpoint_due and not self.writer.busy():
             self._write_checkpoint()
+
+    def _idle(self) -> None:
+        """While the training thread waits for a batch: serve a reader that asked for a checkpoint.
+
+        A Kafka reader losing partitions in a rebalance waits, inside its poll, until the records it
+        handed out are checkpointed and committed; the batches it yielded are trained by now.
+        """
+        if self.writer is None or self._wants_checkpoint is None or not self._wants_checkpoint() or self.writer.busy():
+            return
+        if self._checkpointed_step != self.step:
+            self._write_checkpoint()
+        elif self._position is not None:
+            self.writer.submit(self._commit_position, self._position)
 
     def _write_checkpoint(self, wait: bool = False) -> Path:
         options, session = self.plan.checkpoint, self.plan.session
         directory = Path(options.dir).expanduser()
         state, test_sets = self._state(), self.test_sets.unsaved()
         path = directory / checkpoint.step_name(self.step)
-        self.writer.submit(checkpoint.write, directory, self.step, session.id, state, test_sets, options.keep)
+        self.writer.submit(self._write_then_commit, directory, self.step, session.id, state, test_sets, options.keep)
+        self._checkpointed_step = self.step
         self._checkpoint_due = False
         self._last_checkpoint = time.monotonic()
         self.checkpoints_written += 1
@@ -322,6 +346,23 @@ class Runner:
         if wait:
             self.writer.drain()
         return path
+
+    def _write_then_commit(self, directory: Path, step: int, session: str, state: dict[str, Any], test_sets: Any, keep: int) -> None:
+        """On the writer thread: the checkpoint, durable, then the reader's commit of its position."""
+        checkpoint.write(directory, step, session, state, test_sets, keep)
+        if state["reader"] is not None:
+            self._commit_position(state["reader"])
+
+    def _commit_position(self, position: Any) -> None:
+        if self._commit is None:
+            return
+        try:
+            self._commit(position)
+        except Exception as exc:  # noqa: BLE001 - the next checkpoint commits again (commits are cumulative)
+            message = f"{type(exc).__name__}: {exc}"
+            if len(self.commit_errors) < MAX_LISTED:
+                self.commit_errors.append(message)
+            say(f"the reader could not commit its position (the next checkpoint commits again): {message}")
 
     # -- signals ----------------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -427,7 +468,9 @@ class Runner:
             plan.dead_letters.restore(snapshot.state["dead_letters"])
         stream = Prefetcher(plan.reader, pin=self.device.type == "cuda", dead_letters=plan.dead_letters)
         previous_handlers = self._install_signal_handlers()
-        fetched = stream.fetched(stopping=lambda: self._signal is not None)
+        max_seconds = plan.learner.max_seconds
+        self._deadline = time.monotonic() + max_seconds if max_seconds else None
+        fetched = stream.fetched(stopping=self._stopping, idle=self._idle)
         try:
             warmup = self._open(fetched)
             if snapshot is not None:
@@ -442,19 +485,36 @@ class Runner:
             raise
         finally:
             stream.close()
+            self._close_reader()
             plan.dead_letters.close()
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
         return summary
 
+    def _stopping(self) -> bool:
+        """Whether a wait for the next batch should end: a signal came, or ``max_seconds`` passed."""
+        return self._signal is not None or (self._deadline is not None and time.monotonic() >= self._deadline)
+
+    def _close_reader(self) -> None:
+        """The reader's ``close()``, once, after its thread stopped and the last commit was made."""
+        close = getattr(self.plan.reader, "close", None)
+        if close is None:
+            return
+        try:
+            close()
+        except Exception as exc:  # noqa: BLE001 - the session's result stands; say what failed
+            say(f"the reader did not close cleanly: {type(exc).__name__}: {exc}")
+
     def _stream(self, fetched: Iterator[Fetched]) -> None:
         plan = self.plan
         has_prepare = getattr(self.model, "prepare", None) is not None
-        log_every, max_batches = plan.learner.log_every, plan.learner.max_batches
+        log_every, max_batches, max_records = plan.learner.log_every, plan.learner.max_batches, plan.learner.max_records
         detector = plan.detector
         self._clock = time.perf_counter()
         for item in fetched:
-            if max_batches and self.step >= max_batches:
+            if (max_batches and self.step >= max_batches) or (max_records and self.samples_seen >= max_records):
+                break
+            if self._deadline is not None and time.monotonic() >= self._deadline:
                 break
             batch = item.batch
             self._streaming = batch.experience
@@ -504,6 +564,7 @@ class Runner:
             "initial_accuracy": initial_row,
             **metrics.summarize(matrix, initial_row, aligned),
             "prequential_accuracy": final["prequential_accuracy"] if self.samples_seen else None,
+            "prequential_accuracy_recent": final["prequential_accuracy_recent"] if self.samples_seen else None,
             "samples_seen": self.samples_seen,
             "trained_samples": self.trained_samples,
             "samples_per_second": self.trained_samples / self.train_seconds if self.train_seconds else 0.0,
@@ -522,9 +583,17 @@ class Runner:
             },
             "checkpoint": str(self.checkpoint_path) if self.checkpoint_path else None,
             "dead_letters": self.plan.dead_letters.summary(),
+            "reader": self._reader_counts(),
             "config": self.plan.resolved,
         }
+        if self.commit_errors:
+            summary["commit_errors"] = self.commit_errors
         return summary
+
+    def _reader_counts(self) -> dict[str, int] | None:
+        """What the reader counted (unlabeled records, held out, …) as of the last trained batch."""
+        counts = getattr(self.plan.reader, "counts", None)
+        return dict(counts(self._position)) if counts is not None else None
 
     def _champion(self) -> dict[str, Any] | None:
         """With the gate on: the champion's label and how many generations passed; else None."""

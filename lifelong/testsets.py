@@ -43,7 +43,9 @@ class TestSets(Mapping):
     def __len__(self) -> int:
         return len(self.sets)
 
-    def __init__(self, reader: Reader, model: torch.nn.Module, device: torch.device, eval_batch_size: int, listed: list[int]):
+    def __init__(
+        self, reader: Reader, model: torch.nn.Module, device: torch.device, eval_batch_size: int, listed: list[int], keep: int = 0
+    ):
         self.reader = reader
         self.model = model
         self.device = device
@@ -52,6 +54,8 @@ class TestSets(Mapping):
         self.sets: dict[int, Batch] = {}
         self.ids: dict[int, str] = {}
         self._unsaved: set[int] = set()
+        self.keep = keep  # evaluate the newest ``keep`` sets only (0: all), so an unbounded stream's evaluation stays bounded
+        self.dropped: set[int] = set()  # experiences whose sets were dropped for ``keep``: never asked again
 
     def refresh(self, columns: list[int], streaming: int | None) -> None:
         """Ask the reader for the sets of ``columns`` not known yet.
@@ -61,7 +65,7 @@ class TestSets(Mapping):
         thread timing, so only experiences the reader listed upfront are asked that early.
         """
         for exp in list(columns):
-            if exp in self.sets or (exp == streaming and exp not in self.listed):
+            if exp in self.sets or exp in self.dropped or (exp == streaming and exp not in self.listed):
                 continue
             data = self.reader.test_set(exp)
             if data is not None:
@@ -71,6 +75,11 @@ class TestSets(Mapping):
         self.sets[exp] = data
         self.ids[exp] = identity(as_tensors(data))
         self._unsaved.add(exp)
+        while self.keep and len(self.sets) > self.keep:
+            oldest = next(iter(self.sets))  # dicts keep insertion order: the set known first goes first
+            del self.sets[oldest], self.ids[oldest]
+            self._unsaved.discard(oldest)
+            self.dropped.add(oldest)
 
     def _prepared(self, data: Batch) -> Batch:
         """A test set through the model's ``prepare`` once, kept on the device for every evaluation."""
@@ -97,8 +106,9 @@ class TestSets(Mapping):
         }
 
     # -- checkpoints ----------------------------------------------------------------------------------
-    def state(self) -> dict[str, str]:
-        return {str(exp): digest for exp, digest in self.ids.items()}
+    def state(self) -> dict[str, str | None]:
+        """Each set's identity by experience id; None for a set dropped for ``keep``."""
+        return {**{str(exp): None for exp in self.dropped}, **{str(exp): digest for exp, digest in self.ids.items()}}
 
     def unsaved(self) -> dict[str, dict[str, torch.Tensor]]:
         """CPU copies of the sets no checkpoint has stored yet, by identity; they count as stored now."""
@@ -109,6 +119,9 @@ class TestSets(Mapping):
     def restore(self, state: dict[str, str], load: Any) -> None:
         """The sets a checkpoint refers to; ``load(digest)`` reads one from the checkpoint's store."""
         for exp, digest in state.items():
+            if digest is None:
+                self.dropped.add(int(exp))
+                continue
             tensors = load(digest)
             self.sets[int(exp)] = Batch(x=tensors["x"], y=tensors["y"], task=tensors.get("task"))
             self.ids[int(exp)] = digest

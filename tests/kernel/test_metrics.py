@@ -82,3 +82,24 @@ def test_aligned_spans_give_the_numbers():
         "forgetting": pytest.approx(((0.9 - 0.5) + (0.8 - 0.7)) / 2),
     }
     assert metrics.summarize(R, B) == summary  # the default, until the pipeline passes aligned
+
+
+def test_recent_prequential_accuracy_covers_the_last_windows_only():
+    running = metrics.RunningMetrics(torch.device("cpu"), recent_samples=20)
+    right, wrong = torch.tensor([[0.0, 1.0]] * 10), torch.tensor([[1.0, 0.0]] * 10)
+    targets = torch.ones(10, dtype=torch.long)
+    for outputs in (right, right, right, wrong, wrong):  # five windows of 10 samples
+        running.update(torch.tensor(0.5), outputs, targets)
+        values = running.read()
+    assert values["prequential_accuracy"] == pytest.approx(0.6)
+    assert values["prequential_accuracy_recent"] == 0.0  # the last 20 samples were all wrong
+    restored = metrics.RunningMetrics(torch.device("cpu"), recent_samples=20)
+    restored.load_state_dict(running.state_dict())
+    restored.update(torch.tensor(0.5), right, targets)
+    assert restored.read()["prequential_accuracy_recent"] == pytest.approx(0.5)
+
+
+def test_eval_keep_evaluates_only_the_newest_held_out_sets(run):
+    summary, _ = run(["learner.eval_keep=2", "learner.epochs=1"])
+    last = summary["accuracy_matrix"][-1]
+    assert sum(v is not None for v in last) == 2

@@ -72,6 +72,14 @@ class RegistrationSpecs:
         an experience not finished yet must be rebuilt by ``seek``. ``csv`` and ``text`` seek by
         byte offset and line, ``npz`` and the benchmarks by record index. A reader without
         ``seek`` still runs and checkpoints, but ``--resume`` refuses it with exit status 2.
+
+        **Checkpoint, then commit** (readers of a broker): optional ``commit(position)``, called on
+        the checkpoint writer's thread once the checkpoint holding ``position`` is durable (offsets
+        are committed, records acknowledged, only then); ``close()``, once at the end of the
+        session; ``checkpoint_wanted()``, polled on the training thread, True to ask for a
+        checkpoint now (a rebalance); ``counts(position)``, what the reader counted up to there,
+        shown as the summary's ``reader``. A reader with ``commit`` needs ``[checkpoint] dir``. The
+        full contract is in :mod:`lifelong.readers`.
         """
 
     @hookspec
@@ -242,7 +250,7 @@ class LifecycleSpecs:
         """Every ``learner.log_every`` batches and at boundaries, with host-side running metrics.
 
         ``step`` counts stream batches. Keys: ``loss``, ``prequential_accuracy``, ``samples_seen``,
-        ``samples_per_second`` (trained samples, every epoch, per second of training), and after a boundary ``eval/acc`` and ``eval/exp_<i>``.
+        ``prequential_accuracy_recent`` (over the last ``learner.prequential_window`` samples), ``samples_per_second`` (trained samples, every epoch, per second of training), and after a boundary ``eval/acc`` and ``eval/exp_<i>``.
         """
 
     @hookspec

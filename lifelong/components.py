@@ -86,16 +86,33 @@ def construct(factory: Callable[..., Any], where: str, *args: Any, components: C
     """Call a component factory; ValueError/TypeError become a ConfigError naming ``where``.
 
     ``components`` is passed only to factories that declare a ``components`` parameter.
+
+    A **model** factory is one called with a :class:`~lifelong.types.StreamInfo` (``factory(options,
+    info)``): every model the kernel builds comes through here — the run's ``[model]``, the
+    architecture an initializer rebuilds (``file``, ``mlflow``), a served generation and PathNet's
+    backbone (:meth:`Components.build_model`) — so this is where the stream's input scaling is
+    attached (:func:`lifelong.scaling.standardized`, when ``info.normalize`` asks for it). Built from
+    the same spec, a model thus always has the same buffers, and a generation's weights load into
+    the model that serves or continues it.
     """
     kwargs = {}
     if components is not None and _accepts(factory, "components"):
         kwargs["components"] = components
     try:
-        return factory(*args, **kwargs)
+        built = factory(*args, **kwargs)
     except UserError:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(where, str(exc)) from None
+    info = next((a for a in args if isinstance(a, StreamInfo)), None)
+    if info is not None and info.normalize is not None:
+        import torch
+
+        from lifelong.scaling import standardized
+
+        if isinstance(built, torch.nn.Module):
+            built = standardized(built, info, where)
+    return built
 
 
 def _accepts(factory: Callable[..., Any], name: str) -> bool:

@@ -30,6 +30,7 @@ from lifelong.host import PluginHost
 from lifelong.promotion import PromotionOptions
 from lifelong.readers import DeadLetters, Reader, ReaderContext, can_seek
 from lifelong.run import Run, Session
+from lifelong.scaling import standardized
 from lifelong.types import ModelSpec, StreamInfo
 
 
@@ -341,6 +342,8 @@ def build(
     where_model = "model"
     if wrapped is not None:
         model, model_spec = wrapped
+        with _building("learner.strategies"):
+            model = standardized(model, model_spec.info, "learner.strategies")  # a strategy's own model scales its inputs too
         resolved["model"] = {"name": model_spec.name, **model_spec.options}
         where_model = "learner.strategies"
     _check_training_memory(model, learner, info, device, where_model)

@@ -80,6 +80,10 @@ class StreamInfo:
     ``num_batches`` sizes the progress bar when known. ``class_names`` maps head indices to labels.
     ``feature_names`` names the input's features in order, for flat inputs whose reader knows them
     (a csv header): served generations then match named inputs by name.
+    ``normalize`` is the input scaling the reader asks for: None (raw inputs) or ``"standard"``
+    (running per-feature standardisation, kept as statistics inside the model; see
+    :mod:`lifelong.scaling`). It is part of the stream's description, so every ModelSpec that
+    rebuilds a generation (serving, ``--resume``, continuing) rebuilds the same scaling.
     """
 
     input_shape: tuple[int, ...]
@@ -90,6 +94,7 @@ class StreamInfo:
     num_batches: int | None = None
     class_names: list[str] | None = None
     feature_names: list[str] | None = None
+    normalize: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +106,7 @@ class StreamInfo:
             "num_batches": self.num_batches,
             "class_names": self.class_names,
             "feature_names": self.feature_names,
+            "normalize": self.normalize,
         }
 
     @staticmethod
@@ -114,6 +120,7 @@ class StreamInfo:
             num_batches=data.get("num_batches"),
             class_names=data.get("class_names"),
             feature_names=data.get("feature_names"),
+            normalize=data.get("normalize"),  # absent in specs written before scaling existed: raw inputs
         )
 
 

@@ -40,6 +40,10 @@ not know its future experiences) and ``test_fraction`` holds out each row whose 
 without knowing the file's length. An experience's held-out rows are handed to the kernel once the
 stream has moved past it (``test_set`` returns None until then).
 
+Scaling: ``normalize = "standard"`` standardises every feature with running statistics kept
+inside the model (:mod:`lifelong.scaling`): updated from each trained stream row once, frozen
+into each generation, and applied by the served model to the raw features it receives.
+
 Bad records never stop the stream: a wrong number of fields; a feature that is not a number, NaN,
 infinite, or beyond float32's range (±3.4e38: ``1e308`` is finite in float64 but infinite once cast
 to the training dtype, and one such value turns every weight into NaN); an empty label, one not in
@@ -74,6 +78,7 @@ import numpy as np
 
 from lifelong.errors import ConfigError, UserError
 from lifelong.readers import ReaderContext
+from lifelong.scaling import normalize_value
 from lifelong_streams.records import (
     columns_hint,
     FLOAT32_MAX,
@@ -105,6 +110,7 @@ class CsvOptions:
     classes: list[str] | None = field(default=None, metadata={"help": "label values in head order; default: scan the file upfront"})
     delimiter: str = field(default=",", metadata={"help": "field delimiter, one character"})
     max_classes: int = field(default=MAX_CLASSES, metadata={"help": "most classes a scanned label column may hold (more is refused: usually an id column); declared classes are not limited"})
+    normalize: Literal["none", "standard"] = field(default="none", metadata={"help": "input scaling: standard keeps running per-feature mean and variance inside the model (frozen into each generation, applied when served); none: raw features"})
 
     def check(self) -> None:
         check_options(self, "column")
@@ -342,6 +348,7 @@ class CsvStream(RecordStream):
         test_source = str(Path(options.test_path).expanduser()) if options.test_path else ""
         features = [self.columns.names[i] for i in self.columns.features]
         self._set_up((len(features),), classes, test_source, features)
+        self._info.normalize = normalize_value(options.normalize)  # see lifelong.scaling
 
     def _scan(self) -> tuple[list[str], bool, int]:
         """The classes (given, or scanned under the label policy), whether the column holds class

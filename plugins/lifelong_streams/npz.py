@@ -23,6 +23,10 @@ recorded in StreamInfo). ``task`` adds per-sample task ids equal to the experien
 per id (``num_tasks`` = largest id + 1) and labels still as given, so give each experience local
 labels 0..k-1 to keep the heads small (heads × classes beyond ``max_classes`` are refused).
 
+Scaling: ``normalize = "standard"`` standardises every element of ``x`` (a feature, or a pixel of
+an image) with running statistics kept inside the model (:mod:`lifelong.scaling`): updated from
+each trained stream row once, frozen into each generation, applied by the served model.
+
 Held-out data comes from ``test_path`` (an archive in the same format; its experience ids name the
 test set of each experience) or from ``test_fraction`` of each experience's rows, stratified by
 class and drawn with the run's seed (the same rows for the same seed). Both are known before
@@ -60,6 +64,7 @@ import numpy as np
 
 from lifelong.errors import ConfigError, UserError
 from lifelong.readers import ReaderContext
+from lifelong.scaling import normalize_value
 from lifelong.types import Batch, StreamInfo
 from lifelong_streams.arrays import ArrayStream
 from lifelong_streams.benchmarks import holdout
@@ -75,6 +80,7 @@ class NpzOptions:
     test_fraction: float = field(default=0.0, metadata={"help": "share of each experience's rows held out for evaluation"})
     scenario: Literal["class", "task", "domain"] = field(default="class", metadata={"help": "class, task (task id = experience id) or domain incremental"})
     max_classes: int = field(default=MAX_CLASSES, metadata={"help": "integer labels must be below it and distinct labels at most it (more is refused; a label above is a dead letter)"})
+    normalize: Literal["none", "standard"] = field(default="none", metadata={"help": "input scaling: standard keeps running per-element mean and variance inside the model (frozen into each generation, applied when served); none: raw values"})
 
     def check(self) -> None:
         check_max_classes(self.max_classes)
@@ -151,6 +157,7 @@ def npz_reader(options: NpzOptions, context: ReaderContext) -> NpzStream:
         num_tasks=num_tasks,
         experiences=experiences,
         class_names=names,
+        normalize=normalize_value(options.normalize),  # see lifelong.scaling
     )
     runs, run_experience, offsets = {}, [], {}
     for r, (a, b) in enumerate(_runs(train_rows.experience)):

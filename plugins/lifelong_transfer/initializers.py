@@ -99,6 +99,7 @@ def _check_fits(stored: StreamInfo, info: StreamInfo, field: str, what: str) -> 
             ("input shape", tuple(stored.input_shape), tuple(info.input_shape)),
             ("classes per head", stored.num_classes, info.num_classes),
             ("task heads", stored.num_tasks, info.num_tasks),
+            ("input scaling (stream.normalize)", stored.normalize, info.normalize),
         )
         if a != b
     ]

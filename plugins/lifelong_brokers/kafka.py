@@ -1,0 +1,481 @@
+"""The ``kafka`` reader: records from Kafka topics through a consumer group, committed after each checkpoint.
+
+The reader joins the consumer group ``group`` on ``topics`` with confluent-kafka (librdkafka),
+``enable.auto.commit = false``, and consumes ``poll_records`` messages per call with a timeout of at
+most one second (so its thread notices a stop, and ``batch_timeout`` / ``idle_timeout`` are kept).
+Messages become records and batches through :class:`~lifelong_brokers.assemble.Assembler` (format,
+labels, held-out sets, batching: see :mod:`lifelong_brokers.options`).
+
+**Positions and commits (checkpoint, then commit).** A batch's position holds, in ``cursor``,
+``{"topic:partition": next offset}`` for every partition whose messages it accounts for, plus the
+assembler's state. The kernel calls ``commit(position)`` once a checkpoint holding that position
+is durable; the reader then commits exactly those offsets synchronously, only for partitions it
+owns now, never below the offset it started a partition at and never backwards (a commit of an
+older position arriving late must not move the group back). Commits are serialised with
+``consume``: a synchronous commit made on another thread while the consumer's thread is inside
+``consume`` (or a rebalance callback) was measured here to lose its reply and never return, so a
+commit is queued and made by whichever thread holds the poll lock (the reader thread before its
+next poll or inside ``on_revoke``; the caller when the reader is not polling); commit() gives up
+after :data:`COMMIT_TIMEOUT` seconds if it was not served (the next checkpoint commits again).
+
+``idle_timeout`` counts from the last record or assignment; before the first assignment the group
+join (about ``session_timeout_ms``) is not counted.
+
+**Seek.** The checkpoint's offsets are the source of truth: on each assignment (``on_assign``) a
+partition starts at max(checkpointed offset, the group's committed offset). The checkpoint is
+what this process trained; the committed offset is larger only when another group member owned
+the partition since (its records were trained there and committed after its checkpoint), so
+starting there trains nothing twice. With neither, ``auto.offset.reset`` (earliest) applies.
+
+**Rebalances.** On revocation (``on_revoke``) the reader drops the buffered, not yet yielded
+records of the revoked partitions (they are in no position: the next owner reads them), sets
+``checkpoint_wanted`` and waits (at most :data:`REVOKE_WAIT` seconds, then a warning) until
+``commit()`` has covered the last yielded offsets of those partitions: the kernel trains the
+batches already queued, checkpoints and commits, so the next owner starts right after the records
+trained here, and nothing is lost or trained twice. A lost assignment (``on_lost``, the session
+timed out) cannot be committed: its records may be trained again by the next owner.
+
+**Dead letters.** A bad message goes to the dead-letter file with its original bytes (text, or
+``{"base64": ...}``), the reason, ``kafka:TOPIC[PARTITION]`` as source and its offset; with
+``dead_letter_topic`` also to that topic (value and key as they came; headers ``lifelong.reason``,
+``lifelong.source``, ``lifelong.offset``), flushed at ``close`` (at most 10 s).
+
+**Start.** The factory checks, with a metadata request bounded at :data:`CONNECT_TIMEOUT` seconds,
+that the bootstrap servers answer and that every topic exists (UserError naming it otherwise); it
+opens nothing that stays open: the consumer is created when the stream starts.
+
+Notes: librdkafka's ``max.poll.interval.ms`` (default 5 minutes) bounds how long the kernel's
+queue of batches may stay full (the reader does not consume while it waits): raise it in
+``consumer`` for very slow models. Explicit experience ids assume the partitions move through the
+experiences together (one partition is the safe case).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from lifelong.errors import ConfigError, UserError
+from lifelong.readers import ReaderContext
+from lifelong.types import Batch, StreamInfo
+from lifelong_brokers.assemble import Assembler
+from lifelong_brokers.options import BrokerOptions
+from lifelong_streams.records import say
+
+CONNECT_TIMEOUT = 10.0  # seconds for the start-up metadata request (bootstrap reachable, topics exist)
+COMMIT_TIMEOUT = 10.0  # seconds commit() waits for its commit to be served before it raises
+COMMITTED_TIMEOUT = 10.0  # seconds for the group's committed offsets on assignment
+REVOKE_WAIT = 30.0  # seconds on_revoke waits for the commit of the revoked partitions' yielded offsets
+OWNED = ("bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store")  # set by the reader
+INSTALL = "pip install 'lifelong[kafka]'"
+
+
+@dataclass
+class KafkaOptions(BrokerOptions):
+    bootstrap: str = field(default="127.0.0.1:9092", metadata={"help": "bootstrap servers, host:port[,host:port…]"})
+    topics: list[str] = field(default_factory=list, metadata={"help": "topics to consume (required)"})
+    group: str = field(default="lifelong", metadata={"help": "consumer group id: offsets are committed for it"})
+    poll_records: int = field(default=500, metadata={"help": "messages per consume call"})
+    session_timeout_ms: int = field(default=6000, metadata={"help": "consumer session.timeout.ms (group joins take about this long)"})
+    consumer: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra librdkafka consumer settings, e.g. {\"auto.offset.reset\" = \"latest\"}"})
+    dead_letter_topic: str = field(default="", metadata={"help": "also produce dead letters to this topic (empty: file only)"})
+
+    def check(self) -> None:
+        super().check()
+        if not self.topics or not all(t.strip() for t in self.topics):
+            raise ValueError("topics must list the topics to consume")
+        if len(set(self.topics)) != len(self.topics):
+            raise ValueError(f"topics must be distinct, got {self.topics}")
+        if not self.bootstrap.strip():
+            raise ValueError("bootstrap must name the Kafka servers, host:port")
+        if not self.group.strip():
+            raise ValueError("group must name the consumer group")
+        if not 1 <= self.poll_records <= 1_000_000:
+            raise ValueError(f"poll_records must be between 1 and 1,000,000, got {self.poll_records}")
+        if not 1000 <= self.session_timeout_ms <= 3_600_000:
+            raise ValueError(f"session_timeout_ms must be between 1000 and 3,600,000, got {self.session_timeout_ms}")
+        owned = [k for k in self.consumer if k in OWNED or k == "session.timeout.ms"]
+        if owned:
+            raise ValueError(
+                f"consumer sets {owned[0]!r}, which the reader owns (use bootstrap, group, session_timeout_ms; "
+                "offsets are committed by the reader after each checkpoint)"
+            )
+
+
+def kafka_reader(options: KafkaOptions, context: ReaderContext) -> KafkaStream:
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        raise UserError(f"the kafka reader needs confluent-kafka, which is not installed: {INSTALL}") from None
+    return KafkaStream(options, context)
+
+
+def _name(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+def _split(name: str) -> tuple[str, int]:
+    topic, partition = name.rsplit(":", 1)  # topic names cannot hold ':'
+    return topic, int(partition)
+
+
+class KafkaStream:
+    """The reader; see the module docstring."""
+
+    def __init__(self, options: KafkaOptions, context: ReaderContext):
+        self.options = options
+        self.context = context
+        self.source = "kafka:" + ",".join(options.topics)
+        self.asm = Assembler(options, context, self.source, dead_letter=self._dead_letter)
+        self._probe()
+        self._start: dict[str, int] = {}  # the checkpoint's offsets (seek)
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._cooperative = "cooperative" in str(options.consumer.get("partition.assignment.strategy", ""))
+        # Assignment and commit state: written by callbacks on the reader thread, read by commit() on
+        # the checkpoint writer's thread, so under one lock; the condition wakes a revocation's wait.
+        self._lock = threading.Lock()
+        self._covered = threading.Condition(self._lock)
+        self._owned: dict[str, int] = {}  # partition → offset it started at in this assignment (-1: reset policy)
+        self._committed: dict[str, int] = {}  # partition → offset committed for the group (by us or before)
+        self._yielded: dict[str, int] = {}  # partition → its offset in the last yielded batch's position
+        self._wanted = False
+        self._closing = False
+        self._closed = False
+        self._poll_lock = threading.Lock()  # held while the reader thread is inside consume(); close() waits for it
+        self._requests: list[_Request] = []  # commits queued by commit(), made by whoever holds the poll lock
+        self._event = time.monotonic()  # last record or assignment: idle_timeout counts from here
+        self._message_key: Any = None  # the key of the message being offered (for the dead-letter topic)
+        self._errors_seen: set[int] = set()
+
+    # -- the stream -----------------------------------------------------------------------------
+    def info(self) -> StreamInfo:
+        return self.asm.info()
+
+    def test_set(self, experience: int) -> Batch | None:
+        return self.asm.test_set(experience)
+
+    def counts(self, position: Any = None) -> dict[str, int]:
+        return self.asm.counts(position)
+
+    def seek(self, position: dict[str, Any]) -> None:
+        cursor = self.asm.restore(position)
+        self._start = {name: int(offset) for name, offset in cursor.items()}
+
+    def checkpoint_wanted(self) -> bool:
+        return self._wanted
+
+    def __iter__(self) -> Iterator[Batch]:
+        from confluent_kafka import Consumer, KafkaError
+
+        o = self.options
+        conf = {
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+            **o.consumer,
+            "bootstrap.servers": o.bootstrap,
+            "group.id": o.group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "session.timeout.ms": o.session_timeout_ms,
+        }
+        with self._poll_lock:
+            if self._closing:
+                return
+            self._consumer = consumer = Consumer(conf)
+            consumer.subscribe(list(o.topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        if o.dead_letter_topic:
+            from confluent_kafka import Producer
+
+            self._producer = Producer({"bootstrap.servers": o.bootstrap})
+        # idle_timeout counts from the last record or assignment; before the first assignment the
+        # group join (up to about session_timeout_ms) is not counted.
+        self._event = time.monotonic() + o.session_timeout_ms / 1000
+        asm = self.asm
+        while True:
+            now = time.monotonic()
+            timeout = min(1.0, asm.wait_time(now))
+            if o.idle_timeout:
+                timeout = min(timeout, max(0.0, self._event + o.idle_timeout - now))
+            with self._poll_lock:
+                if self._closing:
+                    return
+                if self._requests:
+                    self._serve()
+                messages = consumer.consume(o.poll_records, timeout=timeout)
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.fatal():
+                        raise RuntimeError(f"kafka consumer failed: {error.str()}")
+                    if error.code() != KafkaError._PARTITION_EOF and error.code() not in self._errors_seen:
+                        self._errors_seen.add(error.code())  # once per kind: a broker outage would repeat it
+                        say(f"{self.source}: {error.str()} (the consumer retries)")
+                    continue
+                self._event = time.monotonic()
+                topic, partition, offset = message.topic(), message.partition(), message.offset()
+                name = _name(topic, partition)
+                if name not in self._owned:
+                    continue  # fetched before a revocation: the next owner reads it
+                key = message.key()
+                self._message_key = key
+                batch = asm.offer(
+                    message.value() or b"",
+                    key=_key_text(key) if key is not None else f"{name}:{offset}",
+                    source=f"kafka:{topic}[{partition}]",
+                    offset=offset,
+                    cursor=(name, offset + 1),
+                )
+                if batch is not None:
+                    yield self._yielding(batch)
+            if asm.due():
+                yield self._yielding(asm.flush())  # type: ignore[arg-type]
+            if o.idle_timeout and time.monotonic() - self._event >= o.idle_timeout:
+                batch = asm.end()
+                if batch is not None:
+                    yield self._yielding(batch)
+                say(f"{self.source}: no records for {o.idle_timeout:g} s (idle_timeout): the stream ends")
+                return
+
+    def _yielding(self, batch: Batch) -> Batch:
+        with self._lock:
+            self._yielded.update(batch.position["cursor"])
+        return batch
+
+    # -- checkpoint, then commit --------------------------------------------------------------------
+    def commit(self, position: dict[str, Any]) -> None:
+        """Commit the offsets of ``position`` for the partitions owned now (see the module docstring).
+
+        Commits are serialised with ``consume`` (the poll lock): a synchronous commit made on another
+        thread while the consumer's thread is inside ``consume`` loses its reply around a rebalance
+        (measured here with librdkafka 2.16 and Tansu: it never returns). So the request is queued and
+        served by whichever thread holds the poll lock: the reader thread before its next consume or
+        inside ``on_revoke`` while it waits for this commit, or this thread when the reader is not
+        polling (suspended at a yield, or finished). Bounded by :data:`COMMIT_TIMEOUT`.
+        """
+        request = _Request(position["cursor"])
+        with self._covered:
+            if self._consumer is None or self._closed:
+                return
+            self._requests.append(request)
+            self._covered.notify_all()  # a revocation waiting for this commit serves it at once
+        deadline = time.monotonic() + COMMIT_TIMEOUT
+        while not request.done.wait(0.05):
+            if self._poll_lock.acquire(blocking=False):
+                try:
+                    self._serve()
+                finally:
+                    self._poll_lock.release()
+            elif time.monotonic() > deadline:
+                with self._lock:
+                    if request in self._requests:
+                        self._requests.remove(request)
+                raise TimeoutError(f"kafka commit was not served within {COMMIT_TIMEOUT:g} s (the consumer is busy)")
+        if request.error is not None:
+            raise request.error
+
+    def _serve(self) -> None:
+        """Make the queued commits, merged (cumulative: the largest offset per partition); the caller holds the poll lock."""
+        from confluent_kafka import TopicPartition
+
+        with self._lock:
+            requests, self._requests = self._requests, []
+            offsets: dict[str, int] = {}
+            for request in requests:
+                for name, offset in request.cursor.items():
+                    offset = int(offset)
+                    # Only partitions owned now, never below where this assignment started them, never
+                    # backwards: a late commit of an older position must not move the group back.
+                    if name in self._owned and offset >= self._owned[name] and offset > self._committed.get(name, -1):
+                        offsets[name] = max(offset, offsets.get(name, -1))
+        if not requests:
+            return
+        error: BaseException | None = None
+        if offsets and not self._closed:
+            parts = [TopicPartition(*_split(name), offset) for name, offset in offsets.items()]
+            try:
+                # Made on this thread, which holds the poll lock: see commit() for why not on a helper
+                # thread with a timeout (its reply is lost while the consumer's thread is in a callback).
+                result = self._consumer.commit(offsets=parts, asynchronous=False)
+                failed = [p for p in result or [] if p.error is not None]
+                if failed:
+                    error = RuntimeError(f"kafka commit failed for {failed[0].topic}[{failed[0].partition}]: {failed[0].error}")
+            except Exception as exc:  # noqa: BLE001 - handed to the callers of commit()
+                error = exc
+        with self._covered:
+            if error is None:
+                for name, offset in offsets.items():
+                    self._committed[name] = max(offset, self._committed.get(name, -1))
+            self._covered.notify_all()
+        for request in requests:
+            request.error = error
+            request.done.set()
+
+    def close(self) -> None:
+        """Make a queued commit, leave the group and close the consumer (once the reader thread is out of
+        consume and no commit runs), then flush the dead-letter topic (at most 10 s)."""
+        with self._covered:
+            self._closing = True
+            self._covered.notify_all()  # a revocation waiting for a commit stops waiting
+        polling = self._poll_lock.acquire(timeout=5.0)
+        try:
+            if polling and self._consumer is not None and not self._closed:
+                self._serve()
+            if self._consumer is not None and not self._closed:
+                if polling:
+                    self._consumer.close()  # leaves the group; on_revoke runs here, without waiting
+                else:  # closing under a running consume would free the handle it uses
+                    say(f"{self.source}: the consumer is busy; it is left to the group's session timeout")
+            self._closed = True
+            with self._lock:
+                requests, self._requests = self._requests, []
+            for request in requests:
+                request.error = RuntimeError("the kafka reader was closed before this commit was made")
+                request.done.set()
+            if self._producer is not None:
+                left = self._producer.flush(10)
+                if left:
+                    say(f"{self.source}: {left} dead letter(s) not delivered to {self.options.dead_letter_topic!r} within 10 s")
+        finally:
+            if polling:
+                self._poll_lock.release()
+
+    # -- rebalance callbacks (reader thread, inside consume) ---------------------------------------
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        try:
+            committed = consumer.committed(partitions, timeout=COMMITTED_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - the checkpoint's offsets still apply
+            say(f"{self.source}: cannot read the group's committed offsets ({exc}); starting from the checkpoint's")
+            committed = [None] * len(partitions)
+        owned: dict[str, int] = {}
+        group: dict[str, int] = {}
+        for part, known in zip(partitions, committed):
+            name = _name(part.topic, part.partition)
+            candidates = [self._start[name]] if name in self._start else []
+            if known is not None and known.offset >= 0:
+                candidates.append(known.offset)
+                group[name] = known.offset
+            if candidates:
+                part.offset = max(candidates)
+            owned[name] = max(candidates) if candidates else -1
+        with self._lock:
+            self._owned.update(owned)
+            for name, offset in group.items():
+                self._committed[name] = offset
+        self._event = time.monotonic()
+        if self._cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        names = {_name(p.topic, p.partition) for p in partitions}
+        if not self._closing:  # when closing (on the main thread) nothing is yielded any more
+            self.asm.drop(names)
+        with self._lock:
+            due = {n: self._yielded[n] for n in names if n in self._yielded}
+        if not self._closing:
+            self._wanted = True
+            deadline = time.monotonic() + REVOKE_WAIT
+            try:
+                while True:
+                    self._serve()  # this thread holds the poll lock: commits queued by the kernel are made here
+                    with self._covered:
+                        if self._covers(due) or self._closing:
+                            break
+                        if time.monotonic() > deadline:
+                            say(
+                                f"{self.source}: gave up partitions {sorted(names)} after {REVOKE_WAIT:g} s before their "
+                                "trained records were committed: the next owner may train some of them again"
+                            )
+                            break
+                        self._covered.wait(0.1)
+            finally:
+                self._wanted = False
+        with self._lock:
+            self._forget(names)
+        self._unassign(consumer, partitions)
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        names = {_name(p.topic, p.partition) for p in partitions}
+        self.asm.drop(names)
+        with self._lock:
+            self._forget(names)
+        say(f"{self.source}: lost partitions {sorted(names)} (session timed out): their uncommitted records may be trained again")
+        self._unassign(consumer, partitions)
+
+    def _covers(self, due: dict[str, int]) -> bool:
+        return all(self._committed.get(name, -1) >= offset for name, offset in due.items())
+
+    def _forget(self, names: set[str]) -> None:
+        for name in names:
+            self._owned.pop(name, None)
+            self._yielded.pop(name, None)
+            self._committed.pop(name, None)
+
+    def _unassign(self, consumer: Any, partitions: list[Any]) -> None:
+        if self._closed:
+            return
+        if self._cooperative:
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _dead_letter(self, reason: str, source: str, offset: Any, message: Any) -> None:
+        from lifelong_brokers.decode import raw_record
+
+        self.context.dead_letter(reason, source, offset, raw_record(message))
+        if self._producer is not None:
+            headers = {"lifelong.reason": reason, "lifelong.source": source, "lifelong.offset": str(offset)}
+            try:
+                self._producer.produce(self.options.dead_letter_topic, value=message, key=self._message_key, headers=headers)
+            except BufferError:
+                self._producer.poll(1.0)  # the local queue is full: let deliveries drain once, then retry
+                self._producer.produce(self.options.dead_letter_topic, value=message, key=self._message_key, headers=headers)
+            self._producer.poll(0)
+
+    def _probe(self) -> None:
+        """UserError unless the bootstrap servers answer and every topic exists (bounded in time)."""
+        from confluent_kafka import Consumer, KafkaException
+
+        o = self.options
+        extra = {k: v for k, v in o.consumer.items() if k.startswith(("security.", "sasl.", "ssl.", "client."))}
+        probe = Consumer({**extra, "bootstrap.servers": o.bootstrap, "group.id": o.group, "enable.auto.commit": False})
+        try:
+            try:
+                metadata = probe.list_topics(timeout=CONNECT_TIMEOUT)
+            except KafkaException as exc:
+                raise UserError(
+                    f"stream.bootstrap: the Kafka servers {o.bootstrap!r} did not answer within {CONNECT_TIMEOUT:g} s "
+                    f"({exc.args[0].str() if exc.args else exc}): is the broker running and the address right?"
+                ) from None
+            for topic in o.topics:
+                meta = metadata.topics.get(topic)
+                if meta is None or meta.error is not None:
+                    known = sorted(t for t in metadata.topics if not t.startswith("__"))[:10]
+                    raise ConfigError(
+                        "stream.topics",
+                        f"topic {topic!r} does not exist on {o.bootstrap} (topics there: {', '.join(known) or 'none'}); "
+                        "create it or fix the name",
+                    )
+        finally:
+            probe.close()
+
+
+def _key_text(key: bytes) -> str:
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return "0x" + key.hex()
+
+
+class _Request:
+    """One commit() call: the position's offsets, and its outcome once served."""
+
+    def __init__(self, cursor: dict[str, Any]):
+        self.cursor = dict(cursor)
+        self.done = threading.Event()
+        self.error: BaseException | None = None

@@ -1,0 +1,265 @@
+"""The broker readers' shared part without a broker: options, decoding, and the assembler (batches,
+classes, unlabeled records, held-out sets, positions)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lifelong.readers import DeadLetters, ReaderContext
+from lifelong_brokers.assemble import Assembler, held_out
+from lifelong_brokers.decode import BadRecord, Decoder, raw_record
+from lifelong_brokers.options import BrokerOptions
+
+
+def options(**kw) -> BrokerOptions:
+    o = BrokerOptions(**{"features": ["a", "b"], "num_classes": 3, **kw})
+    o.check()
+    return o
+
+
+def context(tmp_path, batch_size=4, seed=0) -> ReaderContext:
+    return ReaderContext(batch_size=batch_size, seed=seed, dead_letter=DeadLetters(tmp_path / "dl.jsonl", run="r"))
+
+
+def dead(tmp_path) -> list[dict]:
+    path = tmp_path / "dl.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def msg(**fields) -> bytes:
+    return json.dumps(fields).encode()
+
+
+# -- options --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        ({"features": [], "num_features": 0}, "features_field"),
+        ({"classes": None, "num_classes": 0}, "num_classes"),
+        ({"format": "csv"}, "columns"),
+        ({"format": "csv", "columns": ["a", "label"], "experience": "e"}, "experience column 'e'"),
+        ({"test_fraction": 1.0}, "test_fraction"),
+        ({"experience": "e", "experience_records": 10}, "not both"),
+        ({"classes": ["a", " a"]}, "distinct"),
+        ({"batch_timeout": 0.0}, "batch_timeout"),
+        ({"features": ["a", "label"]}, "feature field is also"),
+    ],
+)
+def test_options_refuse_what_cannot_work(kw, words):
+    with pytest.raises(ValueError, match=words):
+        BrokerOptions(**{"features": ["a", "b"], "num_classes": 3, **kw}).check()
+
+
+# -- decoding -------------------------------------------------------------------------------------------
+def test_json_features_by_name_and_by_array():
+    named = Decoder(options(experience="e", key="id", timestamp="ts"))
+    r = named.decode(msg(a=1, b="2.5", label=3.0, e=2.0, id=17, ts=1.5))
+    assert r.x.dtype == np.float32 and r.x.tolist() == [1.0, 2.5]
+    assert (r.label, r.experience, r.key, r.timestamp) == ("3", 2, "17", 1.5)
+    assert named.decode(msg(a=1, b=2, label=3, e=0, id="k")).label == "3"  # 3 and 3.0: one class
+    assert named.decode(msg(a=1, b=2, label=" cat ", e=0, id="k")).label == "cat"
+    array = Decoder(options(features=[], features_field="x", num_features=3))
+    assert array.decode(msg(x=[1, 2, 3], label="a")).x.tolist() == [1.0, 2.0, 3.0]
+    assert array.feature_names is None and array.num_features == 3
+    for unlabeled in (msg(x=[1, 2, 3]), msg(x=[1, 2, 3], label=None), msg(x=[1, 2, 3], label="  ")):
+        assert array.decode(unlabeled).label is None
+
+
+def test_csv_lines():
+    d = Decoder(options(format="csv", columns=["a", "label", "b", "e"], experience="e"))
+    assert d.feature_names == ["a", "b"]
+    r = d.decode(b"1.5,cat,2,3\r\n")
+    assert r.x.tolist() == [1.5, 2.0] and r.label == "cat" and r.experience == 3
+    assert d.decode(b"1,,2,0").label is None  # an empty label: unlabeled
+    assert d.decode(b'1,"a,b",2,0').label == "a,b"
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"\xff{}", "not valid UTF-8: byte 0xff at position 0"),
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "not a JSON object (got a list)"),
+        (msg(b=1, label="x"), "feature field 'a' is missing"),
+        (msg(a="one", b=1, label="x"), "feature field 'a' is not a number: 'one'"),
+        (msg(a=True, b=1, label="x"), "feature field 'a' is not a number: boolean"),
+        (b'{"a": NaN, "b": 1, "label": "x"}', "feature field 'a' is nan (NaN or infinite)"),
+        (b'{"a": 1e400, "b": 1, "label": "x"}', "feature field 'a' is inf (NaN or infinite)"),
+        (msg(a=1, b=1e39, label="x"), "feature field 'b' is 1e+39, beyond float32's range"),
+        (msg(a=1, b=2, label=[1]), "label field 'label' is not text or a number: list"),
+        (msg(a=1, b=2, label="x", e=-1), "experience field 'e' is not a non-negative integer"),
+        (msg(a=1, b=2, label="x", e=2.5), "experience field 'e' is not a non-negative integer"),
+        (msg(a=1, b=2, label="x"), "experience field 'e' is missing"),
+    ],
+)
+def test_json_failures_name_the_field(data, reason):
+    with pytest.raises(BadRecord) as info:
+        Decoder(options(experience="e")).decode(data)
+    assert reason in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"1,cat", "expected 3 columns, got 2"),
+        (b"1,cat,x", "feature column 'b' is not a number: 'x'"),
+        (b"1,cat,inf", "feature column 'b' is inf (NaN or infinite)"),
+        (b"1,cat,3.5e38", "feature column 'b' is 3.5e+38, beyond float32's range"),
+        (b"1,cat,2\n3,dog,4", "one line"),
+    ],
+)
+def test_csv_failures_name_the_column(data, reason):
+    with pytest.raises(BadRecord) as info:
+        Decoder(options(format="csv", columns=["a", "label", "b"])).decode(data)
+    assert reason in str(info.value)
+
+
+def test_array_width_and_items():
+    d = Decoder(options(features=[], features_field="x", num_features=2))
+    with pytest.raises(BadRecord, match="has 3 values, expected num_features = 2"):
+        d.decode(msg(x=[1, 2, 3], label="a"))
+    with pytest.raises(BadRecord, match=r"features field 'x'\[1\] is not a number"):
+        d.decode(msg(x=[1, "z"], label="a"))
+    with pytest.raises(BadRecord, match=r"features field 'x'\[0\] is 1e\+39, beyond float32"):
+        d.decode(msg(x=[1e39, 1], label="a"))
+
+
+def test_raw_record_keeps_the_bytes():
+    assert raw_record(b'{"a": 1}') == '{"a": 1}'
+    assert raw_record(b"\xff\x00") == {"base64": "/wA="}
+
+
+# -- the assembler --------------------------------------------------------------------------------------
+def feed(asm: Assembler, messages, start=0, topic="t:0"):
+    """Offer messages in order; the batches returned, as the reader would yield them."""
+    out = []
+    for i, m in enumerate(messages, start):
+        batch = asm.offer(m, key=f"k{i}", source="kafka:t[0]", offset=i, cursor=(topic, i + 1))
+        if batch is not None:
+            out.append(batch)
+    return out
+
+
+def rows(n, label=lambda i: i % 3, exp=None):
+    return [msg(a=i, b=-i, label=label(i), **({} if exp is None else {"e": exp(i)})) for i in range(n)]
+
+
+def test_batches_cut_where_the_experience_changes(tmp_path):
+    asm = Assembler(options(experience="e", classes=["0", "1", "2"], num_classes=0), context(tmp_path), "kafka:t")
+    batches = feed(asm, rows(10, exp=lambda i: 0 if i < 6 else 1))
+    assert asm.end() is None  # the last batch was full
+    assert [(b.experience, len(b), b.start, b.stop) for b in batches] == [(0, 4, 0, 4), (0, 2, 4, 6), (1, 4, 6, 10)]
+    assert batches[0].x[:, 0].tolist() == [0, 1, 2, 3] and batches[1].position["cursor"] == {"t:0": 6}
+    assert asm.info().experiences is None and asm.info().feature_names == ["a", "b"]
+
+
+def test_declared_classes_dead_letter_unknown_labels(tmp_path):
+    asm = Assembler(options(classes=["b", "a"], num_classes=0), context(tmp_path), "kafka:t")
+    batch = feed(asm, [msg(a=1, b=1, label="a"), msg(a=2, b=2, label="z"), msg(a=3, b=3, label="b")]) or [asm.flush()]
+    assert batch[0].y.tolist() == [1, 0]
+    [letter] = dead(tmp_path)
+    assert letter["reason"] == "label 'z' in field 'label' is not one of the declared classes"
+    assert (letter["source"], letter["offset"], json.loads(letter["record"])["a"]) == ("kafka:t[0]", 1, 2)
+
+
+def test_open_classes_take_the_next_index_and_are_logged_once(tmp_path, capsys):
+    asm = Assembler(options(num_classes=2), context(tmp_path, batch_size=100), "kafka:t")
+    feed(asm, [msg(a=i, b=0, label=lab) for i, lab in enumerate(["cat", "dog", "cat", "eel", "dog"])])
+    batch = asm.flush()
+    assert batch.y.tolist() == [0, 1, 0, 1]
+    err = capsys.readouterr().err
+    assert err.count("new class 'cat' → index 0") == 1 and err.count("new class 'dog' → index 1") == 1
+    assert [d["reason"] for d in dead(tmp_path)] == [
+        "label 'eel' in field 'label' is a new class, but all num_classes = 2 head slots are taken"
+    ]
+    assert asm.info().class_names == ["cat", "dog"] and asm.counts(batch.position)["new_classes"] == 2
+
+
+def test_unlabeled_records_are_counted_not_trained(tmp_path):
+    asm = Assembler(options(), context(tmp_path, batch_size=100), "kafka:t")
+    feed(asm, rows(9, label=lambda i: None if i % 3 == 0 else "x"))
+    batch = asm.flush()
+    assert batch.x[:, 0].tolist() == [1, 2, 4, 5, 7, 8]
+    assert asm.counts(batch.position) == {"records": 9, "unlabeled": 3, "held_out": 0, "new_classes": 1}
+    assert dead(tmp_path) == []
+
+
+def test_held_out_is_a_hash_of_seed_and_key(tmp_path):
+    def held(seed):
+        asm = Assembler(options(test_fraction=0.3, test_size=1000), context(tmp_path, batch_size=1000, seed=seed), "kafka:t")
+        feed(asm, rows(200))
+        asm.end()
+        return asm.test_set(0).x[:, 0].tolist()
+
+    first = held(0)
+    assert first == held(0) and first != held(1)
+    assert 30 < len(first) < 90  # ~60 of 200
+    assert first == [i for i in range(200) if held_out(0, f"k{i}", 0.3)]
+
+
+def test_one_set_is_handed_out_once_full_and_bounded(tmp_path):
+    asm = Assembler(options(test_fraction=0.5, test_size=5), context(tmp_path, batch_size=1000), "kafka:t")
+    assert asm.info().experiences == [0]
+    feed(asm, rows(12))
+    assert asm.test_set(0) is None or len(asm.test_set(0)) == 5
+    feed(asm, rows(100), start=12)
+    assert len(asm.test_set(0)) == 5
+    batch = asm.flush()
+    assert len(batch) == 112 - 5 and asm.counts(batch.position)["held_out"] == 5
+
+
+def test_windows_of_experience_records(tmp_path):
+    asm = Assembler(options(experience_records=5, test_fraction=0.3), context(tmp_path, batch_size=100), "kafka:t")
+    batches = feed(asm, rows(12)) + [asm.end()]
+    assert [b.experience for b in batches] == [0, 1, 2]
+    assert asm.test_set(0) is not None or asm.test_set(1) is not None
+
+
+def test_batch_timeout_counts_from_the_oldest_pending_record(tmp_path):
+    asm = Assembler(options(batch_timeout=2.0), context(tmp_path), "kafka:t")
+    assert asm.wait_time() == float("inf") and not asm.due()
+    feed(asm, rows(1))
+    now = asm._since
+    assert asm.wait_time(now + 0.5) == pytest.approx(1.5) and not asm.due(now + 1.9) and asm.due(now + 2.0)
+
+
+def test_a_seek_gives_the_same_batches_and_test_sets(tmp_path):
+    opts = options(experience="e", test_fraction=0.25, num_classes=3)
+    data = rows(40, exp=lambda i: i // 15) + [b"bad"] + rows(40, exp=lambda i: 2 + i // 15)[5:]
+    whole = Assembler(opts, context(tmp_path / "a"), "kafka:t")
+    batches = feed(whole, data) + [whole.end()]
+    for k in (2, 4, 7):
+        resumed = Assembler(opts, context(tmp_path / f"b{k}"), "kafka:t")
+        cursor = resumed.restore(json.loads(json.dumps(batches[k].position)))  # positions are plain JSON
+        rest = feed(resumed, data[cursor["t:0"] :], start=cursor["t:0"]) + [resumed.end()]
+        assert len(rest) == len(batches) - k - 1
+        for a, b in zip(batches[k + 1 :], rest):
+            assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and a.position == b.position
+        for exp in range(4):
+            if whole.test_set(exp) is not None and exp >= batches[k].experience:
+                assert torch.equal(whole.test_set(exp).x, resumed.test_set(exp).x)
+        assert resumed.counts(rest[-1].position) == whole.counts(batches[-1].position)
+
+
+def test_drop_forgets_pending_rows_of_revoked_partitions(tmp_path):
+    asm = Assembler(options(), context(tmp_path, batch_size=10), "kafka:t")
+    feed(asm, rows(3), topic="t:0")
+    feed(asm, rows(2), start=3, topic="t:1")
+    assert asm.drop({"t:1"}) == 2
+    batch = asm.flush()
+    assert batch.x[:, 0].tolist() == [0, 1, 2] and batch.position["cursor"] == {"t:0": 3}
+
+
+def test_a_held_out_record_read_again_is_neither_trained_nor_held_twice(tmp_path):
+    asm = Assembler(options(test_fraction=0.5, test_size=100), context(tmp_path, batch_size=100), "kafka:t")
+    data = rows(20)
+    feed(asm, data)
+    feed(asm, data)  # the same offsets again, as after a rebalance
+    batch = asm.end()
+    trained = batch.x[:, 0].tolist()
+    held = asm.test_set(0).x[:, 0].tolist()
+    assert len(held) == len(set(held)) and not set(held) & set(trained)

@@ -12,6 +12,8 @@ import torch
 
 from lifelong import config, pipeline
 from lifelong.host import PluginHost
+from tests.fixtures.kafka_broker import kafka_broker, kafka_broker_server  # noqa: F401  (pytest fixtures)
+from tests.fixtures.redis_server import redis_server, redis_server_process_fixture  # noqa: F401  (pytest fixtures)
 
 # Kernel tests pin the naive strategy so they test the loop, not the default's strategies;
 # later overrides win.

@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -167,6 +168,7 @@ class Prefetcher:
         self._pin = pin
         self._dead_letters = dead_letters
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.quiet_seconds = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, args=(reader,), name="lifelong-reader", daemon=True)
         self._thread.start()
@@ -190,16 +192,28 @@ class Prefetcher:
             self._queue.put(exc)
 
     def fetched(self, stopping: Any = None, idle: Any = None) -> Iterator[Fetched]:
-        """The batches in order; every 0.2 s without one, ``stopping()`` may end the wait and ``idle()`` runs."""
+        """The batches in order; every 0.2 s without one, ``stopping()`` may end the wait and ``idle()`` runs.
+
+        ``quiet_seconds`` sums the waits that lasted 0.2 s or more: the source had nothing to give
+        (a broker stream between records, the ``idle_timeout`` before it ends), not time the
+        pipeline spent on training or on parsing.
+        """
+        waiting_since: float | None = None
         while True:
             try:
                 item = self._queue.get(timeout=0.2)
             except queue.Empty:
+                if waiting_since is None:
+                    waiting_since = time.perf_counter() - 0.2
                 if stopping is not None and stopping():
+                    self.quiet_seconds += time.perf_counter() - waiting_since
                     return
                 if idle is not None:
                     idle()
                 continue
+            if waiting_since is not None:
+                self.quiet_seconds += time.perf_counter() - waiting_since
+                waiting_since = None
             if item is self._END:
                 return
             if isinstance(item, BaseException):

@@ -107,6 +107,9 @@ class Runner:
         self._dead_letter_mark: dict[str, int] | None = None
         self._signal: str | None = None
         self._deadline: float | None = None  # learner.max_seconds, on the monotonic clock
+        self._prefetcher: Prefetcher | None = None
+        self.quiet_seconds = 0.0  # waits for a source that had nothing to give: not training time
+        self._quiet_seen = 0.0  # the prefetcher's quiet seconds already taken off the clock
         self._checkpoint_due = False
         self._last_checkpoint = time.monotonic()
         self.checkpoints_written = 0
@@ -253,6 +256,7 @@ class Runner:
                 "samples_seen": self.samples_seen,
                 "trained_samples": self.trained_samples,
                 "train_seconds": self.train_seconds_now(),
+                "quiet_seconds": self.quiet_seconds,
                 # copies: the writer thread serialises this while training goes on and appends to them
                 "columns": list(self.columns),
                 "covered": list(self.covered),
@@ -287,6 +291,7 @@ class Runner:
         self.samples_seen = int(kernel["samples_seen"])
         self.trained_samples = int(kernel["trained_samples"])
         self.train_seconds = float(kernel["train_seconds"])
+        self.quiet_seconds = float(kernel.get("quiet_seconds", 0.0))
         self.columns[:] = [int(c) for c in kernel["columns"]]
         self.covered = [int(c) for c in kernel["covered"]]
         self.matrix = [{int(exp): acc for exp, acc in row} for row in kernel["matrix"]]
@@ -470,6 +475,7 @@ class Runner:
         previous_handlers = self._install_signal_handlers()
         max_seconds = plan.learner.max_seconds
         self._deadline = time.monotonic() + max_seconds if max_seconds else None
+        self._prefetcher = stream
         fetched = stream.fetched(stopping=self._stopping, idle=self._idle)
         try:
             warmup = self._open(fetched)
@@ -495,6 +501,15 @@ class Runner:
         """Whether a wait for the next batch should end: a signal came, or ``max_seconds`` passed."""
         return self._signal is not None or (self._deadline is not None and time.monotonic() >= self._deadline)
 
+    def _skip_quiet(self) -> None:
+        """Move the training clock past the waits for a quiet source, so samples/s counts training only."""
+        quiet = self._prefetcher.quiet_seconds if self._prefetcher is not None else 0.0
+        if quiet != self._quiet_seen:
+            if self._clock is not None:
+                self._clock += quiet - self._quiet_seen
+            self.quiet_seconds += quiet - self._quiet_seen
+            self._quiet_seen = quiet
+
     def _close_reader(self) -> None:
         """The reader's ``close()``, once, after its thread stopped and the last commit was made."""
         close = getattr(self.plan.reader, "close", None)
@@ -516,6 +531,7 @@ class Runner:
                 break
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 break
+            self._skip_quiet()
             batch = item.batch
             self._streaming = batch.experience
             if batch.experience not in self.columns:
@@ -539,6 +555,7 @@ class Runner:
             self._maybe_checkpoint()
             if self._signal is not None:
                 self._stop_on_signal()
+        self._skip_quiet()
         if self._signal is not None:  # the signal came while waiting for a batch
             self._stop_on_signal()
         self._streaming = None
@@ -569,6 +586,7 @@ class Runner:
             "trained_samples": self.trained_samples,
             "samples_per_second": self.trained_samples / self.train_seconds if self.train_seconds else 0.0,
             "training_seconds": self.train_seconds,
+            "quiet_seconds": self.quiet_seconds,
             "wall_seconds": wall,
             "device": str(self.device),
             "session": self.plan.session.id,

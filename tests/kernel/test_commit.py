@@ -87,3 +87,9 @@ def test_a_checkpoint_the_reader_asks_for_is_written_while_the_stream_is_quiet(t
 def test_reader_counts_are_those_of_the_last_trained_batch(tmp_path, events):
     summary = runner(tmp_path, ["learner.batch_size=16", "learner.max_records=100", "stream.unlabeled_every=10"]).execute()
     assert summary["reader"] == {"unlabeled": 11}  # 112 records trained, not the ones read ahead
+
+
+def test_waits_for_a_quiet_source_are_not_training_time(tmp_path, events):
+    summary = runner(tmp_path, ["stream.stall_after=64", "learner.batch_size=16", "learner.max_seconds=2"]).execute()
+    assert summary["quiet_seconds"] > 1.0  # the stalled stream's wait until max_seconds
+    assert summary["training_seconds"] < summary["wall_seconds"] - 1.0

@@ -204,9 +204,9 @@ def raw_reader_rate(host: PluginHost, source: str, where: dict[str, Any], tmp: P
             now = time.perf_counter()
             if first is None:
                 first = now  # the group join is behind us; count from the first batch's end
-            else:
+            elif len(batch) == 256:  # the last, partial batch waits batch_timeout: no reading speed
                 records += len(batch)
-            last = now
+                last = now
     finally:
         getattr(reader, "close", lambda: None)()
     return {"source": source, "records_per_second": records / (last - first), "records": records}

@@ -1,15 +1,16 @@
 """Generation stall: how long a boundary blocks the training thread with the MLflow tracker attached.
 
 At a boundary the kernel snapshots the model to the CPU (``checkpoint.to_cpu``) and calls the
-trackers' ``on_metrics`` and ``on_generation``; the MLflow tracker only enqueues there and logs and
-registers the generation on its own thread. This measures, on real runs of the default pipeline
-(Split-Digits, 5 experiences, 5 epochs) into a warm sqlite store:
+trackers' ``on_metrics`` and ``on_generation``; the MLflow tracker only enqueues there: a thread
+of the training process writes the generation to the tracker's outbox, and a writer process logs
+and registers it (:mod:`lifelong_mlflow.outbox_writer`). This measures, on real runs of the
+default pipeline (Split-Digits, 5 experiences, 5 epochs) into a warm sqlite store:
 
 - **blocking at a boundary**: snapshot + ``on_metrics`` + ``on_generation`` on the training thread
   (target: under 20 ms);
-- **contention**: per-batch latency while the writer thread logs a generation against batches
-  when it is idle (both threads share the GIL and the CPU), and the excess over the quiet median
-  summed per generation;
+- **contention**: per-batch latency while the writer process logs a generation (its intervals
+  come from the outbox journal) against batches when it is idle (they share only the CPUs now),
+  and the excess over the quiet median summed per generation;
 - **background cost**: seconds to log and register one generation, and how long ``on_run_end``
   waits for the writer after training;
 - **log_model variants**: the tracker's client path against ``mlflow.pyfunc.log_model`` with
@@ -63,10 +64,7 @@ class Probe:
         runner.learner.step = self._timed_step(runner.learner.step)
         for name in ("on_metrics", "on_generation"):
             setattr(runner.hooks, name, self._timed_hook(getattr(runner.hooks, name), name))
-        tracker = runner.plan.trackers.get("mlflow")
-        if tracker is not None:
-            tracker._log_generation = self._timed_background(tracker._log_generation)
-        self.tracker = tracker
+        self.tracker = runner.plan.trackers.get("mlflow")  # the writer's intervals are read from it after the run
         self._original_to_cpu = checkpoint.to_cpu
         checkpoint.to_cpu = self._timed_to_cpu
 
@@ -80,10 +78,10 @@ class Probe:
     def _timed_step(self, step):
         @functools.wraps(step)
         def timed(*args, **kwargs):
-            start = time.perf_counter()
+            start = time.time()  # wall clock: the writer process's intervals are in it too
             step(*args, **kwargs)
             self._sync()
-            self.steps.append((start, time.perf_counter()))
+            self.steps.append((start, time.time()))
 
         return timed
 
@@ -119,19 +117,10 @@ class Probe:
         self._boundary_hooks = 0.0
         return timed
 
-    def _timed_background(self, fn):
-        @functools.wraps(fn)
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.busy.append((start, time.perf_counter()))
-
-        return timed
-
     def latencies(self) -> tuple[list[float], list[float]]:
         """Step latencies (ms) of batches that overlap the writer's generation logging, and of the rest."""
+        if self.tracker is not None and not self.busy:
+            self.busy = list(self.tracker.log_intervals)
         busy, quiet = [], []
         for start, end in self.steps:
             overlaps = any(start < b_end and end > b_start for b_start, b_end in self.busy)
@@ -193,6 +182,7 @@ def log_model_variants(tmp: Path, hidden: list[int], repeats: int) -> dict[str, 
     from lifelong.types import Experience, Generation, ModelSpec, StreamInfo
     from lifelong_mlflow import pyfunc
     from lifelong_mlflow.options import MLflowOptions
+    from lifelong_mlflow.recorder import PendingGeneration
     from lifelong_mlflow.tracker import MLflowTracker
     from lifelong_models.mlp import MLP, MLPOptions
 
@@ -201,9 +191,11 @@ def log_model_variants(tmp: Path, hidden: list[int], repeats: int) -> dict[str, 
     options = {"hidden": hidden, "activation": "relu", "dropout": 0.0}
     state = checkpoint.to_cpu(MLP(MLPOptions(hidden=hidden), info).state_dict())
     spec = ModelSpec("mlp", options, info)
+    # The writer process's Recorder, here on this thread: only the per-generation MLflow cost is timed.
     tracker = MLflowTracker(MLflowOptions(tracking_uri=uri, registered_model="variants"))
     tracker.options.experiment = "variants"
-    tracker._start({}, {}, "bench", False, 0)  # run and registered model, on this thread: only the per-generation cost is timed
+    tracker._tracking_uri = uri
+    tracker._start({}, {}, "bench", False, 0)
     client, run_id = MlflowClient(uri), tracker._run_id
     mlflow.set_tracking_uri(uri)
     times: dict[str, list[float]] = {
@@ -217,6 +209,7 @@ def log_model_variants(tmp: Path, hidden: list[int], repeats: int) -> dict[str, 
                 index=i,
                 parent=None,
                 experience=Experience(i, [0], 1, 1, {}),
+                session=f"bench-{hidden}",
                 experiences_covered=[0],
                 accuracy={0: 0.5},
                 model_spec=spec,
@@ -224,7 +217,7 @@ def log_model_variants(tmp: Path, hidden: list[int], repeats: int) -> dict[str, 
                 strategy_state={},
             )
             start = time.perf_counter()
-            tracker._log_generation(generation)
+            tracker._log_generation(PendingGeneration.of(generation, f"bench-{hidden}"))
             elapsed = [time.perf_counter() - start]
             for requirements in (tracker.requirements, None):
                 with tempfile.TemporaryDirectory() as files:

@@ -73,6 +73,7 @@ class Plan:
             plugin_versions=self.plugin_versions,
             warmup=warmup,
             promotion=self.promotion,
+            checkpoint_dir=self.checkpoint.dir or None,
         )
 
 

@@ -44,7 +44,8 @@ class Run:
     pipeline as plain data, for trackers to record; no plugin should take decisions from it.
     ``optimizer`` is None during ``validate`` (it does not exist yet). ``promotion`` holds the
     promotion gate's rules when ``[promotion]`` is on (each generation then carries its verdict
-    in ``generation.promotion``), else None.
+    in ``generation.promotion``), else None. ``checkpoint_dir`` is ``[checkpoint] dir`` when the
+    session checkpoints (the MLflow tracker keeps its outbox there), else None.
     """
 
     model: torch.nn.Module
@@ -59,6 +60,7 @@ class Run:
     plugin_versions: dict[str, str | None] = field(default_factory=dict)
     warmup: Batch | None = None  # the first stream samples, when the model asked for them (warmup_samples)
     promotion: PromotionOptions | None = None
+    checkpoint_dir: str | None = None  # [checkpoint] dir when checkpointing is on: a tracker may keep state beside it
 
     @property
     def seed(self) -> int:

@@ -3,7 +3,7 @@ and the commands that manage and serve those versions: ``lifelong models`` and `
 
 Options (``[tracking.mlflow]``): ``tracking_uri``, ``experiment``, ``registered_model``, ``run_name``,
 ``alias``, ``flush_seconds``, ``max_pending_generations``, ``on_unreachable``, ``preflight_seconds``,
-``drain_seconds``, ``pip_requirements`` (see :class:`lifelong_mlflow.options.MLflowOptions`).
+``drain_seconds``, ``outbox``, ``pip_requirements`` (see :class:`lifelong_mlflow.options.MLflowOptions`).
 What it records and how is described in :mod:`lifelong_mlflow.tracker`; how a generation is served
 in :mod:`lifelong_mlflow.pyfunc`.
 """

@@ -46,7 +46,7 @@ def _fail(message: str) -> None:
 
 @click.group()
 def models() -> None:
-    """List registered generations; promote or roll back the champion.
+    """List registered generations; promote or roll back the champion; drain a tracker's outbox.
 
     Requests to an MLflow server time out after 5 s and are retried once, unless
     MLFLOW_HTTP_REQUEST_TIMEOUT or MLFLOW_HTTP_REQUEST_MAX_RETRIES say otherwise.
@@ -110,6 +110,30 @@ def rollback(name: str, to: str | None, reason: str, tracking_uri: str | None) -
     _report(move)
     if move.moved:
         click.echo(f"v{move.before} is marked rolled back")
+
+
+@models.command()
+@click.argument("outbox", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seconds", type=click.FloatRange(min=0), default=120.0, show_default=True,
+              help="How long to keep retrying while the store does not answer.")
+def drain(outbox: Path, seconds: float) -> None:
+    """Send what runs left in the tracker's outbox OUTBOX to MLflow, in order, and remove it once sent.
+
+    A run leaves entries in its outbox when MLflow did not take them before it ended (an outage, a
+    crash); the next run that uses the same outbox sends them too. Each session's entries go to the
+    store that run logged to. Exit status 3 when entries are left (the store still did not answer).
+    """
+    from lifelong_mlflow.outbox_writer import drain as drain_outbox
+
+    if not outbox.is_dir():
+        _fail(f"there is no outbox at {outbox}: give the directory of tracking.mlflow.outbox (by default "
+              "<checkpoint dir>/outbox, or <sqlite file>.outbox beside a sqlite store)")
+    result = drain_outbox(outbox, seconds)
+    for error in result["errors"]:
+        click.echo(f"warning: {error}", err=True)
+    click.echo(f"sent {result['applied']} entr{'y' if result['applied'] == 1 else 'ies'}; {result['left']} left in {outbox}")
+    if result["left"]:
+        sys.exit(3)
 
 
 # -- the store ----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 _ALIAS = re.compile(r"^[\w\-]{1,255}$")
-ON_UNREACHABLE = ("fail", "continue")
+ON_UNREACHABLE = ("fail", "outbox", "continue")
 
 
 @dataclass
@@ -42,17 +42,28 @@ class MLflowOptions:
     max_pending_generations: int = field(
         default=4,
         metadata={
-            "help": "generations queued or being written at most; at this many, a boundary waits for the writer to "
-            "finish one (each holds CPU copies of the model and strategy state, so memory stays bounded when "
-            "registering is slower than training); the total wait is reported as backpressure_seconds"
+            "help": "generations waiting to be written to the outbox at most; at this many, a boundary waits for "
+            "the disk to take one (each holds CPU copies of the model and strategy state, so memory stays bounded); "
+            "the total wait is reported as backpressure_seconds. MLflow itself never holds training back"
         },
     )
-    on_unreachable: Literal["fail", "continue"] = field(
+    on_unreachable: Literal["fail", "outbox", "continue"] = field(
         default="fail",
         metadata={
             "help": "what a run does when the preflight (before training: reach the store, create or resume the "
             "run, write its params) fails or times out: 'fail' stops with exit status 2 and nothing trained; "
-            "'continue' trains without recording anything (the summary says so and the run is incomplete)"
+            "'outbox' trains and keeps everything in the outbox until the store answers (the run is created "
+            "then); 'continue' trains without recording anything (the summary says so and the run is incomplete). "
+            "Outages after the preflight never stop training: what is recorded waits in the outbox"
+        },
+    )
+    outbox: str = field(
+        default="",
+        metadata={
+            "help": "directory of the durable outbox the run's MLflow records wait in until a writer process sends "
+            "them; empty: <checkpoint dir>/outbox when [checkpoint] dir is set, else <sqlite file>.outbox beside a "
+            "sqlite store, else $XDG_CACHE_HOME/lifelong/outbox/<hash of the tracking URI>. What a run could not "
+            "send is sent by the next run using the same outbox, or by `lifelong models drain`"
         },
     )
     preflight_seconds: float = field(
@@ -66,9 +77,9 @@ class MLflowOptions:
     drain_seconds: float = field(
         default=120.0,
         metadata={
-            "help": "the longest the run waits for MLflow at its end (and for a free generation slot during "
-            "training); past it the writer is abandoned: the generations not yet written are listed as "
-            "unrecorded and the result says complete = false"
+            "help": "the longest the run waits at its end for the writer process to send the outbox to MLflow (and "
+            "during training for a free generation slot); past it what is not sent stays in the outbox for the "
+            "next start, the generations not yet registered are listed as unrecorded and complete = false"
         },
     )
     pip_requirements: list[str] = field(

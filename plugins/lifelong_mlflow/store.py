@@ -1,6 +1,7 @@
 """Reaching an MLflow store without hanging on it, and without breaking a fresh sqlite store.
 
-Three things every user of a store in this plugin needs (the tracker, ``lifelong models``):
+Three things every user of a store in this plugin needs (the tracker's preflight, its writer process,
+``lifelong models``):
 
 - **Bounded requests.** MLflow's HTTP client waits 120 s per request and retries 7 times with a
   growing backoff (about 260 s against a port where nothing listens); its SQL stores retry
@@ -47,13 +48,14 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
 }
-# A run's writer, for its whole life: rides out a blip of ~15 s (4 retries, 0 + 2 + 4 + 8 s apart),
-# and one call never takes more than ~2.5 minutes even against a host that accepts and never answers.
+# A run's writer process (lifelong_mlflow.outbox_writer), for its whole life: a refused connection fails
+# within a second and the writer's own backoff (0.5 s doubling to 5 s, the entry kept in the outbox)
+# decides what next; a host that accepts and never answers costs 2 x 30 s per attempt.
 RUN_HTTP = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.2",
 }
 # MLflow's SQL stores try to connect to their database 10 times (about 100 s) before giving up.
 DB_CONNECT_ATTEMPTS = 3

@@ -7,17 +7,15 @@ What lands in MLflow:
   full as ``config.json``; tags ``lifelong.session`` (the session id), ``lifelong.plugin.<name>``
   (plugin versions), ``lifelong.device``, ``lifelong.scenario``, ``lifelong.model``, ``lifelong.seed``
   and, when the model continued from an earlier one, ``lifelong.continues``.
-- **one run per session**: a process that resumes a session (``run.session.resumed``) finds the
-  run tagged with its session id in the experiment and continues it (status back to RUNNING,
-  params not logged again, ``lifelong.resumed_step`` set); when the crash came before the run
-  existed it is created as usual. If that search itself fails (the store is down, a timeout after
-  MLflow's retries), nothing is created: a second run of the session would be worse than none, and
-  the failure is reported under ``errors``.
+- **one run per session**: the run is looked up by its session tag before one is created, so a
+  process that resumes a session (``run.session.resumed``) continues its run (status back to
+  RUNNING, params not logged again, ``lifelong.resumed_step`` set). If that search itself fails
+  (the store is down), nothing is created: a second run of the session would be worse than none.
 - **metrics**: whatever ``on_metrics`` reports (loss, prequential accuracy, throughput,
-  ``eval/…`` at boundaries) at step = stream batch, sent with ``log_batch`` every ``flush_seconds``
-  and at every boundary; NaN and infinite values are skipped (they would break MLflow's charts).
-  Each generation's row of the accuracy matrix as ``gen_acc/exp_<i>`` at step = generation index;
-  at the end the summary (``acc``, ``bwt``, ``fwt``, ``forgetting`` …), ``summary.json`` and the
+  ``eval/…`` at boundaries) at step = stream batch, batched every ``flush_seconds`` and at every
+  boundary; NaN and infinite values are skipped (they would break MLflow's charts). Each
+  generation's row of the accuracy matrix as ``gen_acc/exp_<i>`` at step = generation index; at the
+  end the summary (``acc``, ``bwt``, ``fwt``, ``forgetting`` …), ``summary.json`` and the
   accuracy-matrix heatmap.
 - **generations**: each one a logged model ``generation-<index>`` (pyfunc with the strategies'
   state, see :mod:`lifelong_mlflow.pyfunc`) and, unless ``registered_model`` is empty, a new version
@@ -30,176 +28,111 @@ What lands in MLflow:
   ``lifelong.acc.exp_<i>``. ``alias`` then points at it; MLflow reserves ``latest`` as its built-in
   alias of the newest version, so ``models:/<name>@latest`` needs no move. ``generation.records``
   gets ``run_id``, ``registered_model``, ``version``, ``model_uri``, ``model_id`` and, on the first
-  generation of a continued session, ``continues``.
+  generation of a continued session, ``continues`` (filled in when the run ends).
 - **promotion** (with ``[promotion]`` on, :mod:`lifelong.promotion`): each version is also tagged
-  with the gate's verdict (``lifelong.gate.verdict`` passed/failed, ``lifelong.gate`` the whole
-  verdict as JSON, ``lifelong.gate.<rule>`` each measured value, ``lifelong.gate.champion_version``
-  the version it was compared with when the champion is a generation of this process) and gets
-  the alias ``challenger``;
-  ``champion`` moves to it only when it passed (:func:`lifelong_mlflow.registry.set_champion`,
-  by ``gate``). A champion set by hand (``lifelong models promote`` or ``rollback``) after this
-  run's last move is never overruled: the passing version is tagged ``lifelong.gate.held`` with
-  the reason and stays a challenger until a person promotes it. ``alias`` may not be
-  ``champion`` or ``challenger`` then (refused by ``validate``).
-- **nothing twice**: in a resumed session, before a generation is logged, the version and the READY
-  logged model tagged with its session and index are looked up; a generation that was registered
-  before the stop is reused with its records (``alias`` moved only if it points elsewhere), and one
-  whose logged model was finished but not registered gets its version from that logged model. A
-  session that did not resume has a new id, so nothing of it can exist and nothing is searched.
-  A resumed session's ``summary.json`` names the versions of the generations registered before the
-  stop too (found by their tags).
+  with the gate's verdict and gets the alias ``challenger``; ``champion`` moves to it only when it
+  passed, unless a person moved ``champion`` by hand after this run's last move (see
+  :meth:`lifelong_mlflow.recorder.Recorder._promote`). ``alias`` may not be ``champion`` or
+  ``challenger`` then (refused by ``validate``).
+- **nothing twice**: every generation is looked up by its session and index before it is logged
+  (:mod:`lifelong_mlflow.recorder`), so one registered by an earlier process of the session, or by
+  an attempt whose answer a dying server never sent, is reused with its records.
 
-Every MLflow call runs on one background thread (:class:`lifelong.background.BackgroundWriter`),
-through an ``MlflowClient`` bound to this tracker's URI and explicit run ids, never the fluent
-active-run API (its run and tracking URI are process-wide state). The training thread only appends
-to a list and enqueues. Failures after the preflight never stop training: they are collected and
-returned by ``on_run_end`` under ``errors``, with a one-line ``message``.
+**Off the training path: a durable outbox and a writer process.** After the preflight the training
+process makes no MLflow call at all. The tracker appends entries to a durable outbox
+(:mod:`lifelong_mlflow.outbox`): run start (only when the preflight could not make the run),
+metric batches, each generation (its CPU state as safetensors), the run's end or failure. The
+training thread only puts them on a queue: one thread of this process writes them to disk (piece
+by piece, so it hardly holds the GIL) and fsyncs each. A writer *process*
+(:mod:`lifelong_mlflow.outbox_writer`, started in ``on_run_start``) applies them to MLflow in
+order, with retries and backoff, in its own interpreter: it never takes the training interpreter's
+GIL, and an outage of the store only makes the outbox grow. Why not a thread: on one, logging a
+generation cost training 50-85 % of its speed while it ran (the GIL), and a stuck HTTP call could
+hold a boundary. The outbox lies in ``outbox`` when set; else in ``<checkpoint dir>/outbox`` when
+``[checkpoint] dir`` is set (a ``--resume`` finds it there); else beside a sqlite store
+(``<file>.outbox``); else in ``$XDG_CACHE_HOME/lifelong/outbox/<hash of the tracking URI>``.
+Whatever a run could not send stays there and is sent by the next run of the tracker that uses the
+same outbox (its writer drains other sessions' leftovers too), or by ``lifelong models drain``.
 
-**Preflight.** ``on_run_start`` waits, before the first batch, for the writer to reach the store,
-create (or find) the run and write its params and ``config.json``, for at most
-``preflight_seconds`` (its requests time out after 5 s and are retried once; a fresh sqlite store
-gets its schema first, under a file lock, and a half-migrated one is refused with the commands that
-repair it: :mod:`lifelong_mlflow.store`). If that fails, ``on_unreachable = "fail"`` (the default)
-raises :class:`lifelong.errors.UserError`: exit status 2, nothing trained, the run (if it was
-created) marked FAILED; ``"continue"`` trains without sending anything more to MLflow.
+**Preflight.** ``on_run_start`` waits, before the first batch, for the store to answer and the run
+to be created (or found) with its params and ``config.json``, for at most ``preflight_seconds``
+(its requests time out after 5 s and are retried once; a fresh sqlite store gets its schema first,
+under a file lock, and a half-migrated one is refused with the commands that repair it:
+:mod:`lifelong_mlflow.store`). It runs in this process, before training, while the writer process
+starts. If it fails, ``on_unreachable`` decides: ``"fail"`` (the default) raises
+:class:`lifelong.errors.UserError`: exit status 2, nothing trained, the run (if it was created)
+marked FAILED; a wrong URI or a server not started yet is the usual cause, and training for hours
+into an outbox nobody drains would hide it. ``"outbox"`` trains and queues everything, the run's
+creation included, for when the store answers; ``"continue"`` trains without recording anything.
 
-**Never hanging on the store.** For the whole run every MLflow request is bounded
-(:data:`lifelong_mlflow.store.RUN_HTTP`: 30 s per request, 4 retries; the SQL stores' connect
-attempts to 3; values set in the environment win), and the run never waits on the writer more than
-``drain_seconds``: at the end, for the queue to empty, and during training, for a free generation
-slot. Past that the writer is abandoned (its daemon thread never keeps the process alive), nothing
-more is sent, and the result says what is missing.
+**Never hanging on the store.** The training thread never waits on MLflow. It waits only for the
+local disk: at most ``max_pending_generations`` generations (each holds CPU copies of the model
+and the strategies' state) may wait to be written to the outbox; at that many a boundary waits for
+one (back-pressure from a slow disk, not from MLflow), at most ``drain_seconds``; the total wait is
+``backpressure_seconds`` in the result. At the end ``on_run_end`` waits for the writer to apply
+everything for at most ``drain_seconds``; what is not applied by then stays in the outbox.
 
 **The result says whether everything was recorded.** Besides ``run_id``, ``message`` and
 ``errors``, ``on_run_end`` returns ``complete`` (true only when the run exists, every generation
-handed to the tracker was written and registered, and the run was closed FINISHED) and
-``unrecorded`` (the indices of the generations that were not). A run that was not closed stays
-RUNNING in MLflow, and the message says so.
-
-Memory stays bounded: each queued generation holds CPU copies of the model and the strategies'
-state, so at most ``max_pending_generations`` may be queued or being written; at that many, a
-boundary waits on the training thread for the writer to finish one (back-pressure: a slow store
-slows training rather than exhausting memory). The total wait is ``backpressure_seconds`` in
-``on_run_end``'s result. A run stopped by SIGTERM/SIGINT (:class:`lifelong.errors.Interrupted`) ends
-KILLED with ``lifelong.stopped_by`` = the signal; any other error ends it FAILED.
+handed to the tracker was registered, and the run was closed FINISHED), ``unrecorded`` (the
+indices of the generations that were not), ``outbox`` (its directory) and ``outbox_left`` (the
+entries still in it). A run that was not closed stays RUNNING in MLflow, and the message says so.
+A run stopped by SIGTERM/SIGINT (:class:`lifelong.errors.Interrupted`) ends KILLED with
+``lifelong.stopped_by`` = the signal; any other error ends it FAILED.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
-import math
-import re
-import shlex
-import tempfile
+import os
+import subprocess
+import sys
 import threading
 import time
-import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow import MlflowClient
-from mlflow.entities import LoggedModelOutput, Metric, Param
-from mlflow.exceptions import MlflowException
-from mlflow.models import Model
-from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 import lifelong
 from lifelong import hookimpl
 from lifelong.background import BackgroundWriter
-from lifelong.errors import Interrupted, UserError
+from lifelong.checkpoint import split_tensors
+from lifelong.errors import UserError
 from lifelong.plan import say
 from lifelong.run import Run
 from lifelong.types import Generation
-from lifelong_mlflow import pyfunc, registry, store
+from lifelong_mlflow import outbox, registry, store
 from lifelong_mlflow.options import MLflowOptions
-
-# MLflow's request and value limits (mlflow.utils.validation).
-MAX_METRICS_PER_BATCH = 1000
-MAX_PARAMS_PER_BATCH = 100
-MAX_PARAM_LENGTH = 6000
-MAX_TAG_LENGTH = 8000
-MAX_KEY_LENGTH = 250
-SUMMARY_METRICS = (
-    "acc",
-    "bwt",
-    "fwt",
-    "forgetting",
-    "prequential_accuracy",
-    "samples_seen",
-    "samples_per_second",
-    "training_seconds",
-    "wall_seconds",
+from lifelong_mlflow.recorder import (  # noqa: F401 - re-exported: the names tests and other modules use
+    MAX_TAG_LENGTH,
+    SUMMARY_METRICS,
+    Recorder,
+    _text,
+    describe_failure,
+    flatten,
+    generation_tags,
+    mlflow_key,
+    strategy_error,
+    tag_filter,
+    ui_hint,
 )
-_BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")
+
+WRITER_RESPAWNS = 3  # a writer process that died (a bug, the OOM killer) is started again this often
+POLL_SECONDS = 0.05
 
 
-def mlflow_key(key: str) -> str:
-    """A metric, param or tag name MLflow accepts: other characters become ``_``."""
-    return _BAD_KEY_CHARS.sub("_", str(key))[:MAX_KEY_LENGTH]
+class MLflowTracker(Recorder):
+    """Tracker instance for one run; see the module docstring. Construction contacts nothing.
 
-
-def _text(value: Any, limit: int) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """A nested config as dot-keyed params: ``{"learner": {"lr": 0.001}}`` → ``{"learner.lr": "0.001"}``."""
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[mlflow_key(name)] = _text(value, MAX_PARAM_LENGTH)
-    return flat
-
-
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _already_exists(exc: MlflowException) -> bool:
-    return exc.error_code in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
-
-
-def _quote(value: str) -> str:
-    """A string literal for an MLflow filter."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def tag_filter(**tags: str) -> str:
-    """An MLflow search filter matching every tag: ``tags.`lifelong.session` = 'abc' AND …``.
-
-    Tag keys with dots need backticks: MLflow 3.17 accepts double quotes for runs and model
-    versions but silently matches nothing with them when searching logged models.
+    It is a :class:`~lifelong_mlflow.recorder.Recorder` for its preflight only (creating or finding
+    the run in this process, before training); everything after goes through the outbox.
     """
-    return " AND ".join(f"tags.`{key}` = {_quote(value)}" for key, value in tags.items())
-
-
-def ui_hint(tracking_uri: str, experiment_id: str | None, run_id: str | None) -> str:
-    """How to look at the run: the ``mlflow ui`` command for a local store, else the run's URL."""
-    scheme = urllib.parse.urlparse(tracking_uri).scheme
-    if not scheme and not tracking_uri.startswith("databricks"):
-        scheme = "file"  # MLflow reads a bare path as a file store
-    if scheme in ("http", "https") and experiment_id and run_id:
-        return f"open the run: {tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    if scheme in ("sqlite", "file", "postgresql", "mysql", "mssql") or scheme.startswith(("postgresql+", "mysql+")):
-        return f"open the MLflow UI: mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
-    return f"logged to {tracking_uri}"
-
-
-class MLflowTracker:
-    """Tracker instance for one run; see the module docstring. Construction contacts nothing."""
 
     def __init__(self, options: MLflowOptions):
-        self.options = options
-        self.requirements = [
+        requirements = [
             f"lifelong=={lifelong.__version__}",
             f"mlflow=={mlflow.__version__}",
             "torch",  # the serving side picks its own build (CPU or CUDA); any torch >= 2.4 loads the weights
@@ -208,37 +141,38 @@ class MLflowTracker:
             "pandas",
             *options.pip_requirements,
         ]
-        self.log_seconds: list[float] = []  # background time to log and register each generation
-        self._writer: BackgroundWriter | None = None
+        super().__init__(options, requirements, [], None)
+        self.log_seconds: list[float] = []  # the writer's time to log and register each generation
+        self.log_intervals: list[tuple[float, float]] = []  # when (time.time()) the writer wrote each one
+        self._appender: BackgroundWriter | None = None
+        self._box: outbox.SessionBox | None = None
+        self._append_lock: outbox.Lock | None = None
+        self._process: subprocess.Popen | None = None
+        self._respawns = 0
+        self._seq = 0  # the next entry's number (used on the appender thread only)
+        self._mine: dict[int, tuple[str, int | None]] = {}  # entries this process appended: seq -> (kind, index)
+        self._terminal: int | None = None  # the seq of this process's end or fail entry
         self._pending: list[tuple[str, float, int, int]] = []
         self._last_flush = 0.0
         self._step = 0
-        # Each generation's records dict (a few small values, filled by the writer), by generation index.
-        self._records: dict[int, dict[str, Any]] = {}
-        self._session: str | None = None
-        self._resumed = False  # only a resumed session can find its generations already in the store
-        self._strategies: list[str] = []
-        # Back-pressure: one permit per generation queued or being written.
+        # Each generation's records dict (the kernel's own, filled from the writer's journal), by index.
+        self._given_records: dict[int, dict[str, Any]] = {}
+        self._resumed = False
+        # Back-pressure: one permit per generation waiting to be written to the outbox.
         self._slots = threading.BoundedSemaphore(options.max_pending_generations)
         self.backpressure_seconds = 0.0
-        # Set on the writer thread by _start; read by the main thread only after a drain.
-        self._client: MlflowClient | None = None
-        self._tracking_uri = options.tracking_uri
-        self._experiment_id: str | None = None
-        self._run_id: str | None = None
-        # ms: when this session's run started or last moved champion; a hand move after it is respected.
-        self._crowned_at = 0
-        # What was recorded: the generations handed over, those written (by the writer), the status the
-        # run was closed with; and why tracking stopped early (a failed preflight going on, an abandoned writer).
+        # What was recorded: the generations handed over, those the writer applied, the status the run
+        # was closed with; why tracking stopped early (a failed preflight going on, an abandoned appender).
         self._started = False
         self._given: list[int] = []
         self._recorded: set[int] = set()
         self._status: str | None = None
         self._offline: str | None = None
+        self._left: str | None = None  # what the end's drain left in the outbox, said in the message
+        self._left_count = 0
         self._errors: list[str] = []
-        self._bounds: contextlib.ExitStack | None = None
 
-    # -- training thread: enqueue only -----------------------------------------------------
+    # -- training thread --------------------------------------------------------------------------
     @hookimpl
     def validate(self, run: Run) -> None:
         if run.promotion is not None and self.options.alias in (registry.CHAMPION, registry.CHALLENGER):
@@ -250,13 +184,14 @@ class MLflowTracker:
 
     @hookimpl
     def on_run_start(self, run: Run) -> None:
-        self._bounds = contextlib.ExitStack()
-        self._bounds.enter_context(store.bounded(store.RUN_HTTP))  # every MLflow call of this run is bounded
-        self._writer = BackgroundWriter("lifelong-mlflow")
         self._started = True
         self._last_flush = time.monotonic()
         session = run.session
         self._session, self._resumed, self._strategies = session.id, session.resumed, run.strategies
+        # Resolved once, so the run, its models and the printed hint all name the same store even if the
+        # process's global tracking URI changes later.
+        self._tracking_uri = self.options.tracking_uri or mlflow.get_tracking_uri()
+        self._client = None
         tags = {f"lifelong.plugin.{name}": version or "unknown" for name, version in run.plugin_versions.items()}
         tags.update(
             {
@@ -269,53 +204,168 @@ class MLflowTracker:
         )
         if session.continues:
             tags["lifelong.continues"] = str(session.continues.get("ref"))
-        config = json.loads(json.dumps(run.config, default=str))  # a private copy for the writer thread
-        problem = self._preflight(config, tags, session.id, session.resumed, session.step)
+        config = json.loads(json.dumps(run.config, default=str))  # a private copy, plain data
+        # The outbox and the writer process first: the writer imports MLflow while the preflight runs.
+        box_problem = self._open_outbox(self._outbox_root(run))
+        problem = self._preflight(config, tags, session.id, session.resumed, session.step) or box_problem
         if problem is None:
+            self._write_state()
+            self._command("go")
             return
         self._errors.append(problem)
-        going_on = self.options.on_unreachable == "continue"
-        if going_on:
+        mode = self.options.on_unreachable
+        if mode == "outbox" and box_problem is None:
+            self._write_state()
+            start = {"config": config, "tags": tags, "session": session.id, "resumed": session.resumed, "step": session.step}
+            self._append("start", start)
+            self._command("go")
+            say(
+                f"mlflow: {problem}; training, and keeping what it records in the outbox {self._box.dir} until the "
+                "store answers (tracking.mlflow.on_unreachable = outbox)"
+            )
+            return
+        self._close_outbox()
+        if mode != "fail":
             self._offline = problem  # nothing more is sent to MLflow in this run
-        if self._run_id is not None and not self._writer.abandoned:  # created, then a write failed: say so there
-            self._writer.submit(self._fail, UserError(problem))
-        self._close_writer(self.options.preflight_seconds)
-        if going_on:
-            say(f"mlflow: {problem}; training without recording it (tracking.mlflow.on_unreachable = continue)")
+            say(f"mlflow: {problem}; training without recording it (tracking.mlflow.on_unreachable = {mode})")
             return
         self._started = False
-        self._release_bounds()
         raise UserError(
-            f"tracking.mlflow: {problem}. Nothing was trained. To train without recording, set "
+            f"tracking.mlflow: {problem}. Nothing was trained. To train now and record once the store answers, set "
+            'tracking.mlflow.on_unreachable = "outbox"; to train without recording, set '
             'tracking.mlflow.on_unreachable = "continue"'
         )
 
-    def _preflight(
-        self, config: dict[str, Any], tags: dict[str, str], session: str, resumed: bool, step: int
-    ) -> str | None:
+    def _outbox_root(self, run: Run) -> Path:
+        """Where the outbox lies: the option, else beside the checkpoints, a sqlite store, or in the user's cache."""
+        if self.options.outbox:
+            return Path(self.options.outbox).expanduser()
+        checkpoints = run.checkpoint_dir
+        if checkpoints:
+            return Path(checkpoints).expanduser() / "outbox"
+        db = store.sqlite_path(self._tracking_uri)
+        if db is not None:
+            return db.with_name(db.name + ".outbox")
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return cache / "lifelong" / "outbox" / hashlib.sha256(self._tracking_uri.encode()).hexdigest()[:16]
+
+    def _open_outbox(self, root: Path) -> str | None:
+        """Create this session's outbox, take it, start the writer process; why it could not, or None."""
+        box = outbox.SessionBox(root, self._session)
+        try:
+            box.create()
+            lock = outbox.Lock(box.dir / outbox.APPEND_LOCK)
+            if not lock.acquire(0):
+                return f"another process is running session {self._session} with the outbox {box.dir}"
+            box.clean()
+            # An earlier process of this session left its start, end or failure unsent: this process supersedes them.
+            box.drop(("start", *outbox.TERMINAL))
+            self._seq = box.next_seq()
+        except OSError as exc:
+            return f"cannot use the outbox {root} ({exc.strerror or exc}); set tracking.mlflow.outbox to a writable directory"
+        self._box, self._append_lock = box, lock
+        self._spawn()
+        return None
+
+    def _spawn(self) -> None:
+        box = self._box
+        command = [sys.executable, "-m", "lifelong_mlflow.outbox_writer", str(box.root), "--session", self._session]
+        command += ["--parent", str(os.getpid()), "--wait-go"]
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", "1")  # the writer does no math worth a second core
+        with open(box.dir / outbox.LOG, "ab") as log:
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # a Ctrl-C or a signal to the run's process group is the training process's
+                cwd=os.getcwd(),
+                env=env,
+            )
+
+    def _command(self, word: str) -> None:
+        process = self._process
+        if process is None or process.stdin is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            process.stdin.write(f"{word}\n".encode())
+            process.stdin.flush()
+
+    def _write_state(self) -> None:
+        """What the writer needs to apply this session's entries, and the run the preflight made."""
+        state = self._box.read_state()
+        state.update(
+            {
+                "format": outbox.FORMAT,
+                "session": self._session,
+                "tracking_uri": self._tracking_uri,
+                "options": {
+                    "experiment": self.options.experiment,
+                    "registered_model": self.options.registered_model,
+                    "alias": self.options.alias,
+                    "run_name": self.options.run_name,
+                },
+                "requirements": self.requirements,
+                "strategies": self._strategies,
+            }
+        )
+        if self._run_id is not None:
+            state.update(self.run_state())
+        self._box.write_state(state)
+        if self._appender is None:
+            self._appender = BackgroundWriter("lifelong-mlflow-outbox")
+
+    def _close_outbox(self) -> None:
+        """Stop the writer and give the outbox back (removed when nothing is in it)."""
+        if self._process is not None:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+            if self._terminal is not None and self._terminal in self._journaled():
+                # Done: it exits at once; waiting for that keeps it from racing the removal below.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._process.wait(timeout=5)
+            self._process = None
+        if self._box is not None:
+            with contextlib.suppress(OSError):
+                self._box.remove_if_done()
+        if self._append_lock is not None:
+            self._append_lock.release()
+            self._append_lock = None
+
+    def _preflight(self, config: dict[str, Any], tags: dict[str, str], session: str, resumed: bool, step: int) -> str | None:
         """Before the first batch: reach the store, create (or find) the run and write its params, in
         ``preflight_seconds``; why it failed, or None.
 
         A local sqlite store is prepared first under its lock (:func:`lifelong_mlflow.store.prepare`):
-        a fresh one gets its schema, a half-migrated one is refused with its repair.
+        a fresh one gets its schema, a half-migrated one is refused with its repair. The calls run on a
+        thread of their own so the wait is bounded even when a request hangs.
         """
-        uri = self._tracking_uri = self.options.tracking_uri or mlflow.get_tracking_uri()
-        seconds = self.options.preflight_seconds
+        uri, seconds = self._tracking_uri, self.options.preflight_seconds
+        worker = BackgroundWriter("lifelong-mlflow-preflight")
         try:
             with store.bounded(store.HTTP_DEFAULTS):
                 store.prepare(uri)
-                self._writer.submit(self._start, config, tags, session, resumed, step)
-                done = self._writer.wait(seconds)
+                worker.submit(self._start, config, tags, session, resumed, step)
+                done = worker.wait(seconds)
+                if done and worker.errors and self._run_id is not None and self.options.on_unreachable != "outbox":
+                    # created, then a write failed: say so on the run (with "outbox" the writer finishes it)
+                    worker.submit(self._fail, describe_failure(UserError(_last_line(worker.errors[-1]))))
+                    worker.wait(seconds)
         except store.StoreError as exc:
+            worker.close(0)
             return str(exc)
         if not done:
-            self._writer.abandon()
+            worker.abandon()  # its daemon thread ends when the request does; it never holds the process
+            self._run_id = None
             return (
                 f"the MLflow store at {uri} did not answer within {seconds:g} s (tracking.mlflow.preflight_seconds); "
                 "check that it is up and not overloaded"
             )
-        if self._writer.errors:
-            return store.describe_error(_last_line(self._writer.errors[-1]), uri, _REMEDY)
+        errors = worker.close(seconds)
+        if errors:
+            self._run_id = None  # a half-made run is finished by the writer from its start entry, or marked FAILED
+            return store.describe_error(_last_line(errors[0]), uri, _REMEDY)
         return None
 
     @hookimpl
@@ -330,40 +380,45 @@ class MLflowTracker:
 
     @hookimpl
     def on_generation(self, generation: Generation) -> None:
-        self._flush()
         continues = getattr(generation, "continues", None)
         if continues:
             generation.records["continues"] = dict(continues)
         self._given.append(generation.index)
         if not self._live():
             return
-        # Not the generation: its weights need not outlive the upload.
-        self._records[generation.index] = generation.records
+        # The metrics reported so far go in the generation's entry (one entry, one set of fsyncs, per boundary).
+        metrics, self._pending = self._pending, []
+        self._last_flush = time.monotonic()
+        # Not the generation: its weights need not outlive the outbox write.
+        self._given_records[generation.index] = generation.records
         if not self._slots.acquire(blocking=False):
             waited = time.perf_counter()
             free = self._slots.acquire(timeout=self.options.drain_seconds)
             self.backpressure_seconds += time.perf_counter() - waited
-            if not free:  # the writer wrote no generation for drain_seconds: stop waiting for it
-                self._writer.abandon()
+            if not free:  # the disk took no generation for drain_seconds: stop waiting for it
+                self._appender.abandon()
                 self._offline = (
-                    f"MLflow wrote no generation for {self.options.drain_seconds:g} s "
+                    f"the outbox {self._box.dir} took no generation for {self.options.drain_seconds:g} s "
                     "(tracking.mlflow.drain_seconds), so the run stopped recording"
                 )
                 say(f"mlflow: {self._offline}; training goes on")
                 return
-        self._writer.submit(self._log_generation_slot, generation)
+        self._appender.submit(self._append_generation, generation, metrics)
 
     @hookimpl
     def on_run_end(self, summary: dict[str, Any]) -> dict[str, Any] | None:
         if not self._started:
             return None
+        deadline = time.monotonic() + self.options.drain_seconds
         if self._live():
             self._flush()
-            # The heatmap file is deleted once this hook returns, so the writer is drained before that,
-            # for at most drain_seconds.
-            self._writer.submit(self._finish, summary)
-        self._close_writer(self.options.drain_seconds)
-        self._release_bounds()
+            plain = json.loads(json.dumps(summary, default=str))
+            plain["_step"] = self._step
+            heatmap = summary.get("heatmap")
+            files = {"accuracy_matrix.png": heatmap} if heatmap and Path(heatmap).is_file() else {}
+            # The heatmap file is deleted once this hook returns: it is copied into the entry before that.
+            self._appender.submit(self._append_end, plain, files)
+        self._finish_outbox(deadline)
         return self._report(self._errors)
 
     @hookimpl
@@ -372,350 +427,164 @@ class MLflowTracker:
             return
         if self._live():
             self._flush()
-            self._writer.submit(self._fail, error)
-        self._close_writer(self.options.drain_seconds)
-        self._release_bounds()
+            self._appender.submit(self._append_terminal, "fail", {"error": describe_failure(error)})
+        self._finish_outbox(time.monotonic() + self.options.drain_seconds)
         self._started = False
 
     def _live(self) -> bool:
-        """Whether MLflow calls are still being made (not after a failed preflight going on, or an abandoned writer)."""
-        return self._writer is not None and self._offline is None and not self._writer.abandoned
-
-    def _close_writer(self, seconds: float) -> None:
-        """Close the writer, waiting at most ``seconds``; past them it is abandoned and the run says so."""
-        writer = self._writer
-        if writer is None:
-            return
-        errors = writer.close(seconds)
-        self._writer = None
-        self._errors.extend(e for e in errors if e not in self._errors)
-        if writer.abandoned and self._offline is None:
-            self._offline = (
-                f"MLflow did not finish within {seconds:g} s (tracking.mlflow.drain_seconds): "
-                f"{writer.dropped} queued call(s) not made"
-            )
-
-    def _release_bounds(self) -> None:
-        if self._bounds is not None:
-            self._bounds.close()
-            self._bounds = None
+        """Whether entries are still appended (not after a failed preflight going on, or an abandoned appender)."""
+        return self._appender is not None and self._offline is None and not self._appender.abandoned
 
     def _flush(self) -> None:
         if self._pending:
             batch, self._pending = self._pending, []
-            self._writer.submit(self._log_metrics, batch)
+            self._appender.submit(self._append, "metrics", {"metrics": batch})
         self._last_flush = time.monotonic()
 
-    # -- writer thread ---------------------------------------------------------------------
-    def _start(self, config: dict[str, Any], tags: dict[str, str], session: str, resumed: bool, step: int) -> None:
-        # Resolved once, so the run, its models and the printed hint all name the same store even
-        # if the process's global tracking URI changes later.
-        self._tracking_uri = self.options.tracking_uri or mlflow.get_tracking_uri()
-        client = MlflowClient(self._tracking_uri)
-        experiment_id = self._experiment(client)
-        # A failed search raises here: no second run of the session is created (see the module docstring).
-        existing = self._session_run(client, experiment_id, session) if resumed else None
-        if existing is not None:
-            run_id = existing.info.run_id
-            client.update_run(run_id, status="RUNNING")
-            for stale in ("lifelong.stopped_by", "lifelong.checkpoint", "lifelong.error"):
-                if stale in existing.data.tags:
-                    client.delete_tag(run_id, stale)
-            client.set_tag(run_id, "lifelong.resumed_step", str(step))
-            self._client, self._experiment_id, self._run_id = client, experiment_id, run_id
-            self._crowned_at = existing.info.start_time
-        else:
-            run = client.create_run(
-                experiment_id,
-                run_name=self.options.run_name or None,
-                tags={mlflow_key(k): _text(v, MAX_TAG_LENGTH) for k, v in resolve_tags(tags).items()},
-            )
-            self._client, self._experiment_id, self._run_id = client, experiment_id, run.info.run_id
-            self._crowned_at = run.info.start_time
-            params = [Param(key, value) for key, value in flatten(config).items()]
-            for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
-                client.log_batch(self._run_id, params=chunk, synchronous=True)
-            client.log_dict(self._run_id, config, "config.json")
-        if self.options.registered_model:
-            try:
-                client.create_registered_model(self.options.registered_model)
-            except MlflowException as exc:
-                if not _already_exists(exc):
-                    raise
+    # -- the appender thread: local disk only ------------------------------------------------------
+    def _append(self, kind: str, data: dict[str, Any], tensors=None, files=None, index: int | None = None) -> int:
+        seq = self._seq
+        self._box.append(seq, kind, data, tensors, files)
+        self._mine[seq] = (kind, index)
+        self._seq += 1
+        return seq
 
-    @staticmethod
-    def _session_run(client: MlflowClient, experiment_id: str, session: str):
-        """The run this session created before it stopped, or None (the oldest, should there be several)."""
-        found = client.search_runs(
-            [experiment_id],
-            filter_string=tag_filter(**{"lifelong.session": session}),
-            max_results=1,
-            order_by=["attributes.start_time ASC"],
-        )
-        return found[0] if found else None
-
-    def _experiment(self, client: MlflowClient) -> str:
-        name = self.options.experiment
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            try:
-                return client.create_experiment(name)
-            except MlflowException as exc:  # another run created it in the meantime
-                if not _already_exists(exc):
-                    raise
-                experiment = client.get_experiment_by_name(name)
-        if experiment.lifecycle_stage == "deleted":
-            raise MlflowException(
-                f"experiment {name!r} is deleted in {self._tracking_uri}: restore it (mlflow experiments "
-                f"restore --experiment-id {experiment.experiment_id}) or set tracking.mlflow.experiment"
-            )
-        return experiment.experiment_id
-
-    def _log_metrics(self, batch: list[tuple[str, float, int, int]]) -> None:
-        if self._run_id is None:  # the run could not be created; that error is already reported
-            return
-        metrics = []
-        for key, value, timestamp, step in batch:
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                continue
-            if math.isfinite(value):
-                metrics.append(Metric(mlflow_key(key), value, timestamp, step))
-        for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
-            self._client.log_batch(self._run_id, metrics=chunk, synchronous=True)
-
-    def _log_generation_slot(self, generation: Generation) -> None:
+    def _append_generation(self, generation: Generation, metrics: list | None = None) -> None:
         try:
-            self._log_generation(generation)
-            if self._run_id is not None:  # without a run, _log_generation wrote nothing
-                self._recorded.add(generation.index)
+            tensors = {"weights": generation.state}
+            skeleton = None
+            if generation.strategy_state:
+                found: dict[str, Any] = {}
+                try:
+                    skeleton = split_tensors(generation.strategy_state, "", found)
+                    json.dumps(skeleton, allow_nan=True)  # JSON and tensors, or not stored (the generation still is)
+                    tensors["strategies"] = found
+                except (TypeError, ValueError) as exc:
+                    skeleton = None
+                    self._errors.append(strategy_error(generation.index, exc))
+            data = {
+                "index": generation.index,
+                "tags": generation_tags(generation, getattr(generation, "session", None) or self._session),
+                "accuracy": {str(k): v for k, v in generation.accuracy.items()},
+                "spec": generation.model_spec.to_dict(),
+                "promotion": generation.promotion,
+                "continues": getattr(generation, "continues", None),
+                "strategy_skeleton": skeleton,
+                "metrics": metrics or [],
+            }
+            self._append("generation", data, tensors, index=generation.index)
         finally:
             self._slots.release()
 
-    def _log_generation(self, generation: Generation) -> None:
-        if self._run_id is None:
-            return
-        started = time.perf_counter()
-        client, run_id, index = self._client, self._run_id, generation.index
-        session = getattr(generation, "session", None) or self._session
-        tags = generation_tags(generation, session)
-        champion = (generation.promotion or {}).get("champion")
-        if isinstance(champion, int) and self._records.get(champion, {}).get("version") is not None:
-            tags["lifelong.gate.champion_version"] = str(self._records[champion]["version"])
-        name = self.options.registered_model
-        key = {"lifelong.session": str(session), "lifelong.generation": str(index)}
-        if name and self._resumed:
-            done = client.search_model_versions(f"name = {_quote(name)} AND {tag_filter(**key)}", max_results=10)
-            if done:  # registered before this session stopped: reuse it
-                version = min(done, key=lambda v: int(v.version))
-                self._move_alias(name, version.version)
-                if generation.promotion is not None:
-                    self._promote(name, version.version, generation.promotion, version.tags or {})
-                # MLflow's SQL registry does not return a version's model_id: the logged model's tags find it.
-                logged = None if version.model_id else self._ready_logged_model(key)
-                records = self._version_records(name, version)
-                generation.records.update(records, model_id=version.model_id or (logged and logged.model_id))
-                self.log_seconds.append(time.perf_counter() - started)
-                return
-        now = int(time.time() * 1000)
-        logged = self._ready_logged_model(key) if self._resumed else None
-        if logged is None:
-            self._log_metrics([(f"gen_acc/exp_{exp}", acc, now, index) for exp, acc in generation.accuracy.items()])
-            logged = self._log_model(generation, tags, session)
-            client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=index)])
-        elif logged.model_id not in {o.model_id for o in (client.get_run(run_id).outputs.model_outputs or [])}:
-            client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=index)])
-        records: dict[str, Any] = {"run_id": run_id, "model_id": logged.model_id}
-        if name:
-            # The source is the logged model's storage location, not models:/<model_id>: MLflow's SQL
-            # registry resolves that URI through the process-wide tracking URI, not this client's.
-            version = client.create_model_version(
-                name, logged.artifact_location, run_id=run_id, tags=tags, model_id=logged.model_id
-            )
-            # The tag MLflow's own log_model sets, so the UI links the logged model to its version.
-            client.set_logged_model_tags(
-                logged.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([{"name": name, "version": version.version}])}
-            )
-            self._move_alias(name, version.version, known_new=True)
-            if generation.promotion is not None:
-                self._promote(name, version.version, generation.promotion, {})
-            records.update(self._version_records(name, version), model_id=logged.model_id)
-        else:
-            records.update(registered_model=None, version=None, model_uri=f"models:/{logged.model_id}")
-        generation.records.update(records)
-        self.log_seconds.append(time.perf_counter() - started)
+    def _append_end(self, summary: dict[str, Any], files: dict[str, str]) -> None:
+        data = {"summary": summary, "heatmap": next(iter(files), None), "logging_errors": len(self._errors)}
+        self._append_terminal("end", data, files)
 
-    def _log_model(self, generation: Generation, tags: dict[str, str], session: str | None):
-        """A new READY logged model holding the generation (weights, spec, strategies' state)."""
-        client, run_id = self._client, self._run_id
-        logged = client.create_logged_model(
-            self._experiment_id,
-            name=f"generation-{generation.index}",
-            source_run_id=run_id,
-            tags=tags,
-            model_type="lifelong",
-        )
-        # The MLmodel metadata MLflow's own log_model writes, tying the files to the logged model.
-        metadata = Model(
-            artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id, model_id=logged.model_id
-        )
-        save = {
-            "strategy_state": generation.strategy_state,
-            "strategies": self._strategies or list(generation.strategy_state),
-            "lineage": {"session": session, "generation": generation.index},
-        }
-        try:
-            with tempfile.TemporaryDirectory(prefix="lifelong-mlflow-") as tmp:
-                target = Path(tmp) / "model"
-                try:
-                    pyfunc.save(target, generation.state, generation.model_spec, self.requirements, metadata, **save)
-                except (TypeError, ValueError) as exc:
-                    if target.exists():
-                        raise
-                    # A strategy state that is not JSON and tensors: the generation is still worth serving.
-                    self._writer.errors.append(
-                        f"generation {generation.index}: strategy state not stored ({type(exc).__name__}: {exc}); "
-                        "a run continuing from it starts its strategies afresh"
-                    )
-                    pyfunc.save(target, generation.state, generation.model_spec, self.requirements, metadata)
-                # Recorded in the registry, apart from the artifact store, so lifelong serve can tell changed weights.
-                tags[registry.WEIGHTS_DIGEST_TAG] = pyfunc.file_digest(target / "artifacts" / pyfunc.WEIGHTS)
-                client.log_model_artifacts(logged.model_id, str(target))
-        except BaseException:
-            client.finalize_logged_model(logged.model_id, "FAILED")
-            raise
-        return client.finalize_logged_model(logged.model_id, "READY")
+    def _append_terminal(self, kind: str, data: dict[str, Any], files=None) -> None:
+        self._terminal = self._append(kind, data, files=files)
 
-    def _ready_logged_model(self, key: dict[str, str]):
-        """The READY logged model this session already wrote for this generation, or None.
-
-        One left PENDING or FAILED by a crash mid-upload is not trusted: the generation is written again.
-        """
-        found = self._client.search_logged_models(
-            [self._experiment_id], filter_string=tag_filter(**key), max_results=10
-        )
-        ready = [m for m in found if str(getattr(m.status, "value", m.status)) == "READY"]
-        return ready[0] if ready else None
-
-    def _move_alias(self, name: str, version: str, known_new: bool = False) -> None:
-        alias = self.options.alias
-        if not alias or alias.lower() == "latest":
-            return
-        if known_new or self._alias_version(name, alias) != str(version):
-            self._client.set_registered_model_alias(name, alias, version)
-
-    def _promote(self, name: str, version: str, verdict: dict[str, Any], tags: dict[str, str]) -> None:
-        """``challenger`` to this version; ``champion`` too if it passed and no person moved it since.
-
-        ``tags`` are the version's tags when it existed before this process (a resumed session):
-        one crowned before the stop is not crowned again.
-        """
-        client = self._client
-        if str(self._alias_version(name, registry.CHALLENGER)) != str(version):
-            client.set_registered_model_alias(name, registry.CHALLENGER, version)
-        if not verdict.get("passed") or registry.SINCE_TAG in tags:
-            return
-        current = self._alias_version(name, registry.CHAMPION)
-        if current is not None and str(current) != str(version):
-            held = client.get_model_version(name, str(current)).tags or {}
-            by, since = held.get(registry.BY_TAG), int(held.get(registry.SINCE_TAG, "0") or 0)
-            if by in ("promote", "rollback") and since >= self._crowned_at:
-                client.set_model_version_tag(
-                    name,
-                    version,
-                    registry.HELD_TAG,
-                    f"passed, but champion v{current} was set by hand ({by}: {held.get(registry.REASON_TAG, '')}); "
-                    f"promote by hand: lifelong models promote {name} {version} --reason ...",
+    # -- the end: wait for the writer, read what it did ---------------------------------------------
+    def _finish_outbox(self, deadline: float) -> None:
+        """Wait (until ``deadline``) for the outbox write, then for the writer to apply this process's entries."""
+        appender, self._appender = self._appender, None
+        if appender is not None:
+            errors = appender.close(max(0.0, deadline - time.monotonic()))
+            self._errors.extend(f"outbox: {_last_line(e)}" for e in errors if e)
+            if appender.abandoned and self._offline is None:
+                self._offline = (
+                    f"the outbox {self._box.dir} was not written within {self.options.drain_seconds:g} s "
+                    "(tracking.mlflow.drain_seconds)"
                 )
-                return
-        registry.set_champion(client, name, version, by="gate", reason=verdict.get("reason", "passed the promotion gate"))
-        self._crowned_at = int(time.time() * 1000)
+        if self._box is None:
+            return
+        while self._process is not None and time.monotonic() < deadline:
+            if self._terminal is not None and self._terminal in self._journaled():
+                break
+            if not self._mine and not self._box.entries():
+                break
+            if self._process.poll() is not None:  # died: a bug or the OOM killer; its journal tells what it did
+                if self._respawns >= WRITER_RESPAWNS:
+                    self._errors.append(f"the outbox writer exited with status {self._process.returncode}; see {self._box.dir / outbox.LOG}")
+                    break
+                self._respawns += 1
+                self._spawn()
+                self._command("go")
+            time.sleep(POLL_SECONDS)
+        self._read_journal()
+        # An entry stays on disk for a moment after its journal line (the writer removes it next): not left.
+        journaled = self._journaled()
+        waiting = [e for e in self._box.entries() if e.seq not in journaled]
+        left = [e for e in waiting if e.seq in self._mine]
+        self._left_count = len(waiting)
+        if left:
+            word = "entry" if len(left) == 1 else "entries"
+            self._left = (
+                f"MLflow did not finish within {self.options.drain_seconds:g} s (tracking.mlflow.drain_seconds): "
+                f"{len(left)} {word} left in the outbox {self._box.dir}, sent by the next run that uses it "
+                f"(or: lifelong models drain {self._box.root})"
+            )
+            pending_error = self._writer_error()
+            if pending_error:
+                self._errors.append(pending_error)
+        self._command("stop")
+        self._close_outbox()
 
-    def _alias_version(self, name: str, alias: str) -> str | None:
+    def _journaled(self) -> set[int]:
+        return {int(line["seq"]) for line in self._box.journal()}
+
+    def _read_journal(self) -> None:
+        for line in self._box.journal():
+            seq = int(line["seq"])
+            if seq not in self._mine:
+                continue
+            kind, index = self._mine[seq]
+            result = line.get("result") or {}
+            if not line.get("ok"):
+                what = f"generation {index}" if kind == "generation" else f"the {kind} entry"
+                self._errors.append(f"{what} was given up after retries: {_last_line(line.get('error', ''))}")
+                continue
+            if kind == "start" and result.get("run_id"):
+                self._run_id, self._experiment_id = result["run_id"], result.get("experiment_id")
+            elif kind == "generation" and index is not None:
+                self._given_records.setdefault(index, {}).update(result.get("records") or {})
+                self._recorded.add(index)
+                if result.get("seconds") is not None:
+                    self.log_seconds.append(float(result["seconds"]))
+                    at = float(line.get("at", 0.0))
+                    self.log_intervals.append((at - float(result["seconds"]), at))
+            elif kind in outbox.TERMINAL:
+                self._status = result.get("status")
+                self._run_id = self._run_id or result.get("run_id")
+        if self._run_id is None:  # made by an earlier process of the session (its start was applied then)
+            self._run_id = self._box.read_state().get("run_id")
+
+    def _writer_error(self) -> str | None:
+        """The last failure the writer logged, to say why entries are left."""
         try:
-            return str(self._client.get_model_version_by_alias(name, alias).version)
-        except MlflowException:
-            return None  # no such alias yet
+            lines = (self._box.dir / outbox.LOG).read_text().splitlines()
+        except OSError:
+            return None
+        failed = [line for line in lines if "failed, retrying" in line]
+        return f"outbox writer: {failed[-1].split('] ', 1)[-1]}" if failed else None
 
-    @staticmethod
-    def _version_records(name: str, version: Any) -> dict[str, Any]:
-        return {
-            "run_id": version.run_id,
-            "model_id": getattr(version, "model_id", None),
-            "registered_model": name,
-            "version": int(version.version),
-            "model_uri": f"models:/{name}/{version.version}",
-        }
-
-    def _finish(self, summary: dict[str, Any]) -> None:
-        if self._run_id is None:
-            return
-        client, run_id = self._client, self._run_id
-        now = int(time.time() * 1000)
-        self._log_metrics(
-            [(key, summary.get(key), now, self._step) for key in SUMMARY_METRICS if summary.get(key) is not None]
-        )
-        report = dict(summary)
-        # The kernel copies generation records into the summary only after this hook; the artifact has them now.
-        # Generations registered before a resume are found by their tags.
-        earlier = self._earlier_records(summary.get("generations", []))
-        report["generations"] = [
-            {**entry, **earlier.get(entry.get("index"), {}), **self._records.get(entry.get("index"), {})}
-            for entry in summary.get("generations", [])
-        ]
-        client.log_text(run_id, json.dumps(report, indent=2, default=str), "summary.json")
-        if summary.get("heatmap"):
-            client.log_artifact(run_id, summary["heatmap"])
-        writer = self._writer
-        if writer is not None and writer.errors:
-            client.set_tag(run_id, "lifelong.logging_errors", str(len(writer.errors)))
-        client.set_terminated(run_id, "FINISHED")
-        self._status = "FINISHED"
-
-    def _earlier_records(self, entries: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-        """Records of the summary's generations this process did not log (a resumed session's earlier ones)."""
-        name = self.options.registered_model
-        missing = [e.get("index") for e in entries if e.get("index") not in self._records]
-        if not (self._resumed and name and missing):
-            return {}
-        found = self._client.search_model_versions(
-            f"name = {_quote(name)} AND {tag_filter(**{'lifelong.session': str(self._session)})}", max_results=10000
-        )
-        records: dict[int, dict[str, Any]] = {}
-        for version in sorted(found, key=lambda v: -int(v.version)):  # the oldest version of a generation wins
-            generation = (version.tags or {}).get("lifelong.generation", "")
-            if generation.isdigit():
-                known = self._version_records(name, version)
-                records[int(generation)] = {k: v for k, v in known.items() if v is not None}
-        return records
-
-    def _fail(self, error: BaseException) -> None:
-        if self._run_id is None:
-            return
-        if isinstance(error, Interrupted):  # stopped on purpose, resumable: not a failure
-            tags = {"lifelong.stopped_by": error.signal_name}
-            if error.checkpoint:
-                tags["lifelong.checkpoint"] = _text(error.checkpoint, MAX_TAG_LENGTH)
-            for key, value in tags.items():
-                self._client.set_tag(self._run_id, key, value)
-            self._client.set_terminated(self._run_id, "KILLED")
-            self._status = "KILLED"
-            return
-        self._client.set_tag(self._run_id, "lifelong.error", f"{type(error).__name__}: {error}"[:5000])
-        self._client.set_terminated(self._run_id, "FAILED")
-        self._status = "FAILED"
-
-    # -- result ----------------------------------------------------------------------------
+    # -- result -----------------------------------------------------------------------------------
     def _report(self, errors: list[str]) -> dict[str, Any]:
         """``on_run_end``'s result: where the run is, whether every generation was recorded, and what failed.
 
-        ``complete`` is true only when the run exists, every generation handed over was written (and
-        registered) and the run was closed; ``unrecorded`` lists the generations that were not.
+        ``complete`` is true only when the run exists, every generation handed over was registered
+        and the run was closed; ``unrecorded`` lists the generations that were not.
         """
-        versions = sorted(r["version"] for r in self._records.values() if r.get("version") is not None)
+        versions = sorted(
+            r["version"] for i, r in self._given_records.items() if i in self._recorded and r.get("version") is not None
+        )
         unrecorded = [index for index in self._given if index not in self._recorded]
-        complete = self._run_id is not None and self._status == "FINISHED" and not unrecorded and self._offline is None
+        complete = (
+            self._run_id is not None
+            and self._status == "FINISHED"
+            and not unrecorded
+            and self._offline is None
+            and self._left is None
+        )
         result: dict[str, Any] = {
             "run_id": self._run_id,
             "experiment_id": self._experiment_id,
@@ -724,24 +593,31 @@ class MLflowTracker:
             "backpressure_seconds": round(self.backpressure_seconds, 6),
             "complete": complete,
             "unrecorded": unrecorded,
+            "outbox": str(self._box.dir) if self._box is not None else None,
+            "outbox_left": self._left_count,
         }
-        if self._run_id is None:
+        if self._run_id is None and (self._offline or self._box is None or not self._left):
             first = self._offline or (_last_line(errors[0]) if errors else "unknown error")
             result["message"] = f"MLflow logging failed, nothing was recorded: {first}"
         else:
             parts = []
             if self._offline:
                 parts.append(self._offline)
+            if self._left:
+                parts.append(self._left)
             if unrecorded:
                 parts.append(f"generation(s) {_spans(unrecorded)} not recorded")
-            if self._status is None:
+            if self._run_id is None:
+                parts.append("the MLflow run is not created yet")
+            elif self._status is None:
                 parts.append("the run was not closed (MLflow shows it RUNNING)")
             elif self._status != "FINISHED":
                 parts.append(f"the run was closed as {self._status}")
             if versions:
                 span = f"v{versions[0]}" if len(versions) == 1 else f"v{versions[0]}-v{versions[-1]}"
                 parts.append(f"registered {self.options.registered_model!r} {span}")
-            parts.append(ui_hint(self._tracking_uri, self._experiment_id, self._run_id))
+            if self._run_id is not None:
+                parts.append(ui_hint(self._tracking_uri, self._experiment_id, self._run_id))
             if errors:
                 parts.append(f"{len(errors)} MLflow call(s) failed (see trackers.mlflow.errors in the summary)")
             result["message"] = "; ".join(parts)
@@ -770,51 +646,3 @@ def _spans(indices: list[int]) -> str:
             run = [index]
     parts.append(run)
     return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in parts)
-
-
-def generation_tags(generation: Generation, session: str | None = None) -> dict[str, str]:
-    """Logged-model and version tags: where the generation sits in the lineage and what it was trained on.
-
-    ``session`` is the generation's session id (``generation.session`` when the kernel sets it).
-    """
-    experience = generation.experience
-    session = getattr(generation, "session", None) or session
-    continues = getattr(generation, "continues", None)
-    tags = {"lifelong.generation": str(generation.index)}
-    if session:
-        tags["lifelong.session"] = str(session)
-    if generation.parent is not None:
-        tags["lifelong.parent"] = str(generation.parent)
-        if session:
-            tags["lifelong.parent_session"] = str(session)
-        tags["lifelong.parent_generation"] = str(generation.parent)
-    elif continues:
-        tags["lifelong.parent"] = _text(str(continues.get("ref")), MAX_TAG_LENGTH)
-        if continues.get("session") is not None:
-            tags["lifelong.parent_session"] = str(continues["session"])
-        if continues.get("generation") is not None:
-            tags["lifelong.parent_generation"] = str(continues["generation"])
-    else:
-        tags["lifelong.parent"] = "none"
-    tags.update(
-        {
-            "lifelong.experiences": json.dumps(experience.experience_ids),
-            "lifelong.experiences_covered": json.dumps(generation.experiences_covered),
-            "lifelong.samples": str(experience.samples),
-            "lifelong.offsets": _text(experience.offsets, MAX_TAG_LENGTH),
-            "lifelong.model": generation.model_spec.name,
-        }
-    )
-    for exp, acc in generation.accuracy.items():
-        tags[f"lifelong.acc.exp_{exp}"] = f"{acc:.6g}"
-    verdict = getattr(generation, "promotion", None)
-    if verdict is not None:
-        tags[registry.VERDICT_TAG] = "passed" if verdict["passed"] else "failed"
-        text = json.dumps(verdict)
-        if len(text) > MAX_TAG_LENGTH:  # hundreds of experiences: the rules without the per-experience scores
-            text = json.dumps({k: v for k, v in verdict.items() if k not in ("scores", "champion_scores")})
-        tags[registry.GATE_TAG] = _text(text, MAX_TAG_LENGTH)
-        for rule, outcome in verdict["rules"].items():
-            value = outcome.get("value")
-            tags[f"{registry.GATE_TAG}.{rule}"] = "n/a" if value is None else f"{value:.6g}"
-    return tags

@@ -463,30 +463,35 @@ def test_an_interrupted_run_is_killed_and_any_other_error_fails_it(tmp_path, mon
 
 
 def test_pending_generations_are_bounded_and_the_wait_is_reported(tmp_path, monkeypatch):
-    """A writer slower than the boundaries holds at most max_pending_generations; the training thread waits."""
+    """A disk slower than the boundaries: at most max_pending_generations wait to be written to the
+    outbox; the training thread waits for a slot. (Adapted: the bound used to be on generations waiting
+    for MLflow on a writer thread; MLflow is now a writer process the training thread never waits for.)"""
     monkeypatch.chdir(tmp_path)
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
     model = MLP(MLPOptions(hidden=[8]), SMALL)
     tracker = MLflowTracker(MLflowOptions(tracking_uri=uri, registered_model="", flush_seconds=3600, max_pending_generations=2))
     submitted, finished, most = [0], [0], [0]
-    write = tracker._log_generation
+    append = tracker._append
 
-    def slow_write(generation):  # a store slower than training: 0.2 s per generation
-        time.sleep(0.2)
-        write(generation)
-        finished[0] += 1
+    def slow_append(kind, data, tensors=None, files=None, index=None):
+        if kind != "generation":
+            return append(kind, data, tensors, files, index)
+        time.sleep(0.2)  # a disk slower than training: 0.2 s per generation
+        seq = append(kind, data, tensors, files, index)
+        finished[0] += 1  # written; its slot is released after this returns
+        return seq
 
-    monkeypatch.setattr(tracker, "_log_generation", slow_write)
+    monkeypatch.setattr(tracker, "_append", slow_append)
     tracker.on_run_start(run=fake_run(model, SMALL, Session("s4")))
-    submit = tracker._writer.submit
+    submit = tracker._appender.submit
 
     def counting_submit(fn, *args):
-        if fn == tracker._log_generation_slot:  # a generation enters the queue: count those not yet written
+        if fn == tracker._append_generation:  # a generation enters the queue: count those not yet written
             submitted[0] += 1
             most[0] = max(most[0], submitted[0] - finished[0])
         submit(fn, *args)
 
-    tracker._writer.submit = counting_submit
+    tracker._appender.submit = counting_submit
     started = time.perf_counter()
     for index in range(6):
         tracker.on_generation(generation=small_generation(model, index, session="s4"))
@@ -494,9 +499,10 @@ def test_pending_generations_are_bounded_and_the_wait_is_reported(tmp_path, monk
     result = tracker.on_run_end(summary={"generations": [], "heatmap": None})
     assert "errors" not in result, result.get("errors")
     assert most[0] == 2  # never more than two generations' state held at once
-    # The 3rd to 6th generations each waited for the writer to finish one (~0.2 s each).
+    # The 3rd to 6th generations each waited for the disk to take one (~0.2 s each).
     assert result["backpressure_seconds"] == pytest.approx(tracker.backpressure_seconds)
     assert 0.6 < result["backpressure_seconds"] <= enqueued
+    assert result["complete"] is True
     assert len(MlflowClient(uri).search_logged_models([result["experiment_id"]])) == 6
     fast = MLflowTracker(MLflowOptions(tracking_uri=uri, registered_model="", flush_seconds=3600))
     fast.on_run_start(run=fake_run(model, SMALL, Session("s5")))

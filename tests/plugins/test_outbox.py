@@ -1,0 +1,270 @@
+"""The MLflow tracker's durable outbox and its writer process, against a real ``mlflow server``.
+
+The server (tests/fixtures/mlflow_server.py) is killed with SIGKILL to its process group in the
+middle of a run and started again on the same port with the same backend store: generations made
+during the outage reach the registry once it is back, in order, each exactly once, and training
+does not slow down meanwhile. A training process killed with a non-empty outbox has it drained by
+the next start. The first tests check the outbox's files without any store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from lifelong_mlflow import outbox
+from lifelong_mlflow.models_command import models
+from lifelong_mlflow.options import MLflowOptions
+from lifelong_mlflow.tracker import MLflowTracker
+from mlflow import MlflowClient
+
+from lifelong import config, pipeline
+from lifelong.host import PluginHost
+from tests.fixtures.mlflow_server import ServerProcess, free_port, killable_mlflow_server
+from tests.plugins.test_tracking_failures import small_generation, small_run
+
+
+# -- the files --------------------------------------------------------------------------------------
+def test_entries_are_whole_or_absent_and_numbers_are_never_reused(tmp_path):
+    box = outbox.SessionBox(tmp_path, "s/1")  # a session id is never a path
+    box.create()
+    assert box.dir == tmp_path / "s_1"
+    first = box.append(1, "metrics", {"metrics": [["loss", 1.0, 0, 1]]})
+    second = box.append(2, "generation", {"index": 0}, tensors={"weights": {"w": torch.ones(3)}})
+    (box.dir / ".tmp-000000000003-generation-x").mkdir()  # a crash in the middle of writing entry 3
+    assert [(e.seq, e.kind) for e in box.entries()] == [(1, "metrics"), (2, "generation")]
+    assert (second.path / "weights.safetensors").is_file() and first.data()["metrics"] == [["loss", 1.0, 0, 1]]
+    box.clean()
+    assert not list(box.dir.glob(".*"))
+
+    box.applied(first, {"done": True})
+    with open(box.dir / outbox.JOURNAL, "ab") as journal:
+        journal.write(b'{"seq": 9, "kind": "met')  # a journal line a crash cut short
+    box.applied(second, error="Traceback ...\nValueError: bad")
+    assert [(line["seq"], line["ok"]) for line in box.journal()] == [(1, True), (2, False)]
+    assert box.entries() == [] and [e.seq for e in box.entries(box.dir / outbox.FAILED)] == [2]
+    assert box.next_seq() == 3  # after the journal and the given-up entry, never a number in use
+    assert not box.remove_if_done()  # a given-up entry is kept to inspect
+
+
+# -- a server killed mid-run and started again ---------------------------------------------------------
+def versions(store: Path) -> list[tuple[int, str, str]]:
+    """(version, session tag, generation tag) of every registered version, read from the server's sqlite file."""
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as db:
+            rows = db.execute(
+                "SELECT v.version, s.value, g.value FROM model_versions v "
+                "JOIN model_version_tags s ON s.name = v.name AND s.version = v.version AND s.key = 'lifelong.session' "
+                "JOIN model_version_tags g ON g.name = v.name AND g.version = v.version AND g.key = 'lifelong.generation' "
+                "ORDER BY v.version"
+            ).fetchall()
+    except sqlite3.Error:
+        return []
+    return [(int(v), s, g) for v, s, g in rows]
+
+
+class Timed:
+    """The training thread's step compute times and the trackers' boundary hooks, with when they ran."""
+
+    def __init__(self, runner: pipeline.Runner, pause: float):
+        self.steps: list[tuple[float, float]] = []  # (start, seconds of compute)
+        self.hooks: list[tuple[float, float]] = []  # (start, seconds in on_metrics + on_generation)
+        step = runner.learner.step
+
+        def timed_step(*args, **kwargs):
+            start = time.perf_counter()
+            step(*args, **kwargs)
+            self.steps.append((start, time.perf_counter() - start))
+            time.sleep(pause)  # a model whose steps take longer: the run lasts through the outage
+
+        runner.learner.step = timed_step
+        for name in ("on_metrics", "on_generation"):
+            caller = getattr(runner.hooks, name)
+
+            def timed(caller=caller, **kwargs):
+                start = time.perf_counter()
+                result = caller(**kwargs)
+                self.hooks.append((start, time.perf_counter() - start))
+                return result
+
+            setattr(runner.hooks, name, timed)
+
+    def within(self, series, start: float, end: float) -> list[float]:
+        return [seconds for at, seconds in series if start <= at < end]
+
+
+@pytest.mark.slow
+def test_generations_made_while_the_server_is_down_are_registered_once_in_order_and_training_never_slows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with killable_mlflow_server(tmp_path) as server:
+        overrides = [
+            "learner.progress=false",
+            "learner.epochs=60",  # ~3 s per experience with the pause below: 5 generations over ~15 s
+            f"tracking.mlflow.tracking_uri={server.uri}",
+            f"tracking.mlflow.outbox={tmp_path / 'outbox'}",
+            "tracking.mlflow.drain_seconds=120",
+            "tracking.mlflow.flush_seconds=0.5",
+        ]
+        plan = pipeline.build(PluginHost(), config.load(None, overrides), tmp_path / "dead.jsonl")
+        runner = pipeline.Runner(plan)
+        timed = Timed(runner, pause=0.004)
+        tracker = plan.trackers["mlflow"]
+        marks: dict[str, float] = {}
+        failures: list[BaseException] = []
+
+        def outage() -> None:
+            try:
+                deadline = time.monotonic() + 120
+                while not versions(server.store):  # generation 0 is registered: the writer is under way
+                    assert time.monotonic() < deadline, "the first generation was never registered"
+                    time.sleep(0.05)
+                server.kill()  # SIGKILL to its process group: no clean shutdown
+                marks["killed"], marks["given"] = time.perf_counter(), len(tracker._given)
+                while len(tracker._given) < marks["given"] + 2:  # two generations made while it is down
+                    assert time.monotonic() < deadline, "training made no generation during the outage"
+                    time.sleep(0.05)
+                time.sleep(0.5)
+                marks["restarting"] = time.perf_counter()
+                server.start()  # the same port and backend store
+                marks["up"] = time.perf_counter()
+            except BaseException as exc:  # noqa: BLE001 - reported on the test's thread
+                failures.append(exc)
+
+        watcher = threading.Thread(target=outage, daemon=True)
+        watcher.start()
+        summary = runner.execute()
+        watcher.join(timeout=150)
+        assert not failures, failures
+        found = versions(server.store)
+        client = MlflowClient(server.uri)
+        run = client.get_run(summary["trackers"]["mlflow"]["run_id"])
+
+    result = summary["trackers"]["mlflow"]
+    assert result["complete"] is True, result
+    session = summary["session"]
+    # Each generation exactly once, registered in the order it was made, the outage's included.
+    assert found == [(i + 1, session, str(i)) for i in range(5)]
+    assert [g["version"] for g in summary["generations"]] == [1, 2, 3, 4, 5]
+    assert marks["given"] <= 3  # at least generations 3 and 4 were made while the server was down
+    assert run.info.status == "FINISHED"
+    assert not (tmp_path / "outbox").exists()  # everything sent: the outbox is removed
+
+    # Training did not slow down while the server was down: the step compute times during the outage
+    # against those before it (the restart's own CPU load excluded), and every boundary's hooks stayed short.
+    before = timed.within(timed.steps, timed.steps[0][0], marks["killed"])
+    during = timed.within(timed.steps, marks["killed"], marks["restarting"])
+    assert len(during) > 50
+    assert statistics.median(during) < 1.5 * statistics.median(before) + 0.0005, (
+        statistics.median(during), statistics.median(before))
+    hooks = timed.within(timed.hooks, marks["killed"], marks["up"])
+    assert hooks and max(hooks) < 0.1, max(hooks)
+
+
+# -- a training process killed with entries in its outbox ------------------------------------------------
+def wait_for(condition, seconds: float, what: str, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the run ended before {what}: {process.communicate()[1][-3000:]}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_crash_with_a_full_outbox_is_drained_by_the_next_start(tmp_path):
+    """The server dies, the training process is killed with generations still in its outbox; the server
+    comes back; the session resumed from its checkpoint sends them first, then its own, each once."""
+    checkpoints = tmp_path / "ckpt"
+    (tmp_path / "cwd").mkdir()
+    with killable_mlflow_server(tmp_path) as server:
+        settings = [
+            "learner.progress=false",
+            "learner.epochs=120",
+            f"checkpoint.dir={checkpoints}",
+            f"tracking.mlflow.tracking_uri={server.uri}",
+            "tracking.mlflow.drain_seconds=120",
+        ]
+        command = [sys.executable, "-m", "lifelong.cli", "run", *(a for s in settings for a in ("--set", s))]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        run = subprocess.Popen(command, cwd=tmp_path / "cwd", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: versions(server.store), 120, "the first registered generation", run)
+            server.kill()
+            box_root = checkpoints / "outbox"  # the default beside the checkpoints
+            pending = lambda: [
+                e for box in outbox.sessions(box_root) for e in box.entries() if e.kind == "generation"
+            ]
+            wait_for(lambda: len(pending()) >= 2, 120, "two generations waiting in the outbox", run)
+            run.send_signal(signal.SIGKILL)  # no on_run_failed, no drain: the outbox is all that is left
+            run.communicate(timeout=30)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.communicate()
+        (session_box,) = outbox.sessions(box_root)
+        left = sorted(int(e.data()["index"]) for e in session_box.entries() if e.kind == "generation")
+        # Generation 0 may be among them: registered, but killed before the writer journaled it (so sent again).
+        assert len(left) >= 2 and max(left) >= 1 and str(max(left)) not in {g for _, _, g in versions(server.store)}
+
+        server.start()  # the same port and store
+        resumed = subprocess.run(
+            [*command, "--resume", "--summary", str(tmp_path / "summary.json")],
+            check=False, cwd=tmp_path / "cwd", env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        found = versions(server.store)
+        client = MlflowClient(server.uri)
+        runs = client.search_runs([client.get_experiment_by_name("lifelong").experiment_id])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    session = summary["session"]
+    assert found == [(i + 1, session, str(i)) for i in range(5)]  # each generation once, in order
+    assert summary["trackers"]["mlflow"]["complete"] is True
+    assert [r.info.status for r in runs] == ["FINISHED"]  # one run for the session, closed
+    assert not box_root.exists()
+
+
+@pytest.mark.slow
+def test_lifelong_models_drain_sends_what_a_run_left(tmp_path):
+    """A run whose store never answered leaves everything in its outbox; once the server is up, the
+    drain command creates the run and registers each generation."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    box_root = tmp_path / "outbox"
+    options = MLflowOptions(tracking_uri=uri, on_unreachable="outbox", drain_seconds=1, outbox=str(box_root))
+    tracker = MLflowTracker(options)
+    tracker.on_run_start(run=small_run("drained"))
+    for index in range(2):
+        tracker.on_generation(generation=small_generation(index))
+    result = tracker.on_run_end(summary={"generations": [{"index": 0}, {"index": 1}], "heatmap": None})
+    assert result["complete"] is False and result["outbox_left"] == 4  # start, 2 generations, end
+
+    empty = CliRunner().invoke(models, ["drain", str(tmp_path / "nowhere")])
+    assert empty.exit_code == 2 and "there is no outbox" in empty.output
+    refused = CliRunner().invoke(models, ["drain", str(box_root), "--seconds", "1"])
+    assert refused.exit_code == 3 and "4 left" in refused.output
+
+    server = ServerProcess(tmp_path, port=port)
+    server.start()
+    try:
+        drained = CliRunner().invoke(models, ["drain", str(box_root), "--seconds", "60"])
+        assert drained.exit_code == 0, drained.output
+        assert "sent 4 entries; 0 left" in drained.output
+        client = MlflowClient(uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("lifelong").experiment_id])
+        tags = [v.tags["lifelong.generation"] for v in sorted(client.search_model_versions("name = 'lifelong'"), key=lambda v: int(v.version))]
+    finally:
+        server.stop()
+    assert run.info.status == "FINISHED" and run.data.tags["lifelong.session"] == "drained"
+    assert tags == ["0", "1"]
+    assert not box_root.exists()

@@ -20,8 +20,9 @@ The contract comes from the generation's :class:`lifelong.types.StreamInfo`:
 - **values**: numbers only (booleans count as 0/1) and finite after conversion to float32; a bad
   one is named by its row and column.
 
-Scaling frozen into a generation would be applied in :meth:`Contract.check` after the values are
-checked (the rows are then in feature order); no generation carries any yet, so nothing is applied.
+Scaling is not the contract's: a generation trained with ``normalize = "standard"`` carries its
+statistics as buffers of the model (:mod:`lifelong.scaling`), so :meth:`Contract.check` passes the
+raw rows on, in feature order, and the model scales them exactly as in training.
 
 :func:`signature` describes the same contract as an MLflow ``ModelSignature`` for the registry
 (see its docstring for what MLflow itself then enforces before lifelong's checks run).

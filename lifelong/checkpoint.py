@@ -112,8 +112,9 @@ _DTYPES = {
 }
 
 
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Write ``tensors`` in the safetensors format, fsynced; returns the file's size and SHA-256.
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], checksum: bool = True) -> dict[str, Any]:
+    """Write ``tensors`` in the safetensors format, fsynced; returns the file's size and SHA-256
+    (None without ``checksum``: a writer whose rename is the commit and that nothing verifies).
 
     Written piece by piece from each tensor's own memory, rather than through
     ``safetensors.torch.save``: that builds the whole file in one bytes object while holding the
@@ -123,7 +124,7 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str,
     if any(t.dtype not in _DTYPES for t in tensors.values()):  # rare dtypes: the library's writer
         data = save_tensors({k: v.contiguous() for k, v in tensors.items()})
         _write(path, data)
-        return {"bytes": len(data), "sha256": _digest(data)}
+        return {"bytes": len(data), "sha256": _digest(data) if checksum else None}
     header: dict[str, Any] = {}
     pieces = []
     offset = 0
@@ -136,15 +137,16 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str,
         offset += size
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the library writes it
-    digest = hashlib.sha256()
+    digest = hashlib.sha256() if checksum else None
     with open(path, "wb") as f:
         for chunk in (len(text).to_bytes(8, "little"), text, *(p for p in pieces if p is not None)):
             view = memoryview(chunk).cast("B")
-            digest.update(view)
+            if digest is not None:
+                digest.update(view)
             f.write(view)
         f.flush()
         os.fsync(f.fileno())
-    return {"bytes": 8 + len(text) + offset, "sha256": digest.hexdigest()}
+    return {"bytes": 8 + len(text) + offset, "sha256": digest.hexdigest() if digest is not None else None}
 
 
 def step_name(step: int) -> str:

@@ -239,36 +239,12 @@ class SessionBox:
 
 
 def write_safetensors(path: Path, tensors: dict[str, Any]) -> None:
-    """Write ``tensors`` in the safetensors format, fsynced, piece by piece from each tensor's memory.
+    """:func:`lifelong.checkpoint.write_safetensors` without its SHA-256 (an entry's rename is its
+    commit; nothing reads a checksum): piece by piece from each tensor's memory, so the file writes
+    release the GIL and the training thread beside it keeps running."""
+    from lifelong.checkpoint import write_safetensors as write
 
-    :func:`lifelong.checkpoint.write_safetensors` without its SHA-256 (an entry's rename is its
-    commit; nothing reads a checksum): file writes release the GIL, so the training thread beside it
-    keeps running, where ``safetensors.torch.save`` builds the whole file in one bytes object first.
-    """
-    import torch
-
-    from lifelong.checkpoint import _DTYPES
-    from lifelong.checkpoint import write_safetensors as checked
-
-    if any(t.dtype not in _DTYPES for t in tensors.values()):  # rare dtypes: the kernel's (library) writer
-        checked(path, tensors)
-        return
-    header: dict[str, Any] = {}
-    pieces = []
-    offset = 0
-    for name in sorted(tensors):
-        value = tensors[name].detach().contiguous()
-        raw = value.reshape(-1).view(torch.uint8).numpy() if value.numel() else None
-        size = 0 if raw is None else raw.nbytes
-        header[name] = {"dtype": _DTYPES[value.dtype], "shape": list(value.shape), "data_offsets": [offset, offset + size]}
-        pieces.append(raw)
-        offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.writelines(memoryview(chunk).cast("B") for chunk in (len(text).to_bytes(8, "little"), text, *(p for p in pieces if p is not None)))
-        f.flush()
-        os.fsync(f.fileno())
+    write(path, tensors, checksum=False)
 
 
 def _ends_with_newline(path: Path) -> bool:

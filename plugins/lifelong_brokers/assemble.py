@@ -336,3 +336,18 @@ def _shown(message: Any) -> Any:
     if isinstance(message, Mapping):
         return {str(raw_record(k)): raw_record(v) if isinstance(v, (bytes, bytearray, str)) else v for k, v in message.items()}
     return raw_record(message)
+
+
+class AssembledStream:
+    """The reader members both broker readers hand straight to their assembler (``self.asm``)."""
+
+    asm: Assembler
+
+    def info(self) -> StreamInfo:
+        return self.asm.info()
+
+    def test_set(self, experience: int) -> Batch | None:
+        return self.asm.test_set(experience)
+
+    def counts(self, position: Any = None) -> dict[str, int]:
+        return self.asm.counts(position)

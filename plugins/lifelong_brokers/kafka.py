@@ -59,8 +59,8 @@ from typing import Any, Iterator
 
 from lifelong.errors import ConfigError, UserError
 from lifelong.readers import ReaderContext
-from lifelong.types import Batch, StreamInfo
-from lifelong_brokers.assemble import Assembler
+from lifelong.types import Batch
+from lifelong_brokers.assemble import AssembledStream, Assembler
 from lifelong_brokers.options import BrokerOptions
 from lifelong_streams.records import say
 
@@ -121,7 +121,7 @@ def _split(name: str) -> tuple[str, int]:
     return topic, int(partition)
 
 
-class KafkaStream:
+class KafkaStream(AssembledStream):
     """The reader; see the module docstring."""
 
     def __init__(self, options: KafkaOptions, context: ReaderContext):
@@ -151,15 +151,6 @@ class KafkaStream:
         self._errors_seen: set[int] = set()
 
     # -- the stream -----------------------------------------------------------------------------
-    def info(self) -> StreamInfo:
-        return self.asm.info()
-
-    def test_set(self, experience: int) -> Batch | None:
-        return self.asm.test_set(experience)
-
-    def counts(self, position: Any = None) -> dict[str, int]:
-        return self.asm.counts(position)
-
     def seek(self, position: dict[str, Any]) -> None:
         cursor = self.asm.restore(position)
         self._start = {name: int(offset) for name, offset in cursor.items()}

@@ -90,8 +90,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from lifelong.errors import ConfigError, UserError
 from lifelong.readers import ReaderContext
-from lifelong.types import Batch, StreamInfo
-from lifelong_brokers.assemble import Assembler
+from lifelong.types import Batch
+from lifelong_brokers.assemble import AssembledStream, Assembler
 from lifelong_brokers.decode import raw_record
 from lifelong_brokers.options import BrokerOptions
 from lifelong_streams.records import say, short
@@ -174,7 +174,7 @@ def shown_url(url: str) -> str:
         return "<the url>"
 
 
-class RedisStream:
+class RedisStream(AssembledStream):
     """The reader; see the module docstring."""
 
     def __init__(self, options: RedisOptions, context: ReaderContext):
@@ -207,15 +207,6 @@ class RedisStream:
         self._closed = False
 
     # -- the stream -----------------------------------------------------------------------------
-    def info(self) -> StreamInfo:
-        return self.asm.info()
-
-    def test_set(self, experience: int) -> Batch | None:
-        return self.asm.test_set(experience)
-
-    def counts(self, position: Any = None) -> dict[str, int]:
-        return self.asm.counts(position)
-
     def seek(self, position: dict[str, Any]) -> None:
         cursor = self.asm.restore(position)
         o = self.options

@@ -246,7 +246,11 @@ def test_seek_resumes_exactly_where_the_checkpoint_stood(redis_server, tmp_path)
     through = entry_id(checkpoint["cursor"]["through"])
     assert resumed.acked == sum(1 for e in client(redis_server).xrange("s") if entry_id(e[0]) <= through)
     resumed.commit(after[-1].position)
-    assert pending_count(redis_server, "s", "lifelong") == 0
+    # Everything up to the last batch is acknowledged; entries after it (held out or unlabeled at the
+    # very end; held-out picks hash the entry ids, which differ run to run) are in no position yet.
+    last = entry_id(after[-1].position["cursor"]["through"])
+    beyond = sum(1 for e in client(redis_server).xrange("s") if entry_id(e[0]) > last)
+    assert pending_count(redis_server, "s", "lifelong") == beyond
     resumed.close()
 
 
@@ -372,7 +376,11 @@ def test_claims_after_the_checkpoint_are_trained_again_on_resume_listed_ones_are
     assert sorted(numbers(after)) == list(range(2, 12))  # 0 and 1 were in the checkpoint: acknowledged, not trained
     assert resumed.acked == 2
     resumed.commit(after[-1].position)
-    assert pending_count(redis_server, "s", "lifelong") == 0
+    # Everything up to the last batch is acknowledged; entries after it (held out or unlabeled at the
+    # very end; held-out picks hash the entry ids, which differ run to run) are in no position yet.
+    last = entry_id(after[-1].position["cursor"]["through"])
+    beyond = sum(1 for e in client(redis_server).xrange("s") if entry_id(e[0]) > last)
+    assert pending_count(redis_server, "s", "lifelong") == beyond
     resumed.close()
 
 

@@ -101,7 +101,7 @@ def identity(tensors: dict[str, torch.Tensor]) -> str:
     for key in sorted(tensors):
         value = tensors[key].detach().cpu().contiguous()
         digest.update(f"{key}:{value.dtype}:{tuple(value.shape)};".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")  # reshape: a (N, W, 1) tensor contiguous() keeps with odd strides cannot be viewed as bytes
     return digest.hexdigest()
 
 

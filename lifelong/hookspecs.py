@@ -114,6 +114,17 @@ class RegistrationSpecs:
           generation (``{"ref", "session", "generation"}`` and ``{"strategies": {name: state}}``);
           the kernel records ``continues`` as the first generation's parent and restores the
           strategies' state when ``learner.continue_strategies`` is on and the lists match.
+
+        **Anomaly detectors** (:mod:`lifelong.objective`): a module with ``anomaly_score`` learns
+        without labels and is judged by ROC-AUC and PR-AUC instead of accuracy. Its ``forward(x)``
+        returns any outputs (a reconstruction); ``sample_loss(x, outputs)`` gives the per-sample
+        training loss the kernel minimises (strategies' terms are added as for classifiers);
+        ``anomaly_score(x, outputs)`` the per-sample score, higher is more anomalous;
+        ``sample_weights(scores)`` (optional) 1 for a sample to learn from, 0 to leave it out of the
+        update and out of every memory (contamination filter); and a ``threshold`` buffer: a score
+        above it flags an anomaly, in the summary and in served generations. It recalibrates the
+        threshold itself, in its own ``lifecycle_hooks()``. It is never wrapped for
+        ``normalize``: it standardises its inputs itself.
         """
 
     @hookspec
@@ -205,8 +216,10 @@ class LifecycleSpecs:
     def extra_loss(self, batch: Batch, outputs: torch.Tensor, model: torch.nn.Module) -> torch.Tensor | None:
         """Per batch, after the forward pass: return a scalar tensor to add to the loss, or None.
 
-        ``batch``/``outputs`` are the (augmented) training batch and its logits. The kernel sums
-        the cross-entropy loss and all returned terms (EWC, LwF, L2 anchors) before ``backward``.
+        ``batch``/``outputs`` are the (augmented) training batch and its logits (an anomaly
+        detector's: its reconstruction). The kernel sums the objective's loss (cross-entropy, or the
+        detector's own ``sample_loss``, weighted by its filter) and all returned terms (EWC, LwF, L2
+        anchors) before ``backward``.
         """
 
     @hookspec
@@ -222,7 +235,9 @@ class LifecycleSpecs:
         """Per batch, after ``optimizer.step()``: observe the stream batch and its pre-update logits.
 
         ``batch`` is the stream batch without augmentation; ``outputs`` are its detached logits from
-        the forward pass before the update. ``first_pass`` is False when the kernel trains on the
+        the forward pass before the update. With an anomaly detector's contamination filter on,
+        ``batch.weight`` holds each sample's weight (0: left out): a memory stores
+        ``lifelong.objective.kept(batch)``, never a left-out sample. ``first_pass`` is False when the kernel trains on the
         batch again for an extra epoch (``learner.epochs > 1``), so replay stores each sample once.
         """
 
@@ -251,6 +266,10 @@ class LifecycleSpecs:
 
         ``step`` counts stream batches. Keys: ``loss``, ``prequential_accuracy``, ``samples_seen``,
         ``prequential_accuracy_recent`` (over the last ``learner.prequential_window`` samples), ``samples_per_second`` (trained samples, every epoch, per second of training), and after a boundary ``eval/acc`` and ``eval/exp_<i>``.
+        An anomaly detector's run has ``prequential_roc_auc`` (of the pre-update scores of the
+        labelled stream samples, binned: :class:`lifelong.ranking.ScoreHistogram`; NaN until both
+        classes were seen) instead of the accuracies, and ``eval/roc_auc``, ``eval/pr_auc`` and
+        ``eval/exp_<i>`` (ROC-AUC) after a boundary.
         """
 
     @hookspec

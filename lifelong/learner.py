@@ -21,15 +21,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from lifelong.metrics import RunningMetrics
+from lifelong.objective import forward, objective_of
 from lifelong.types import Batch
 
-
-def forward(model: torch.nn.Module, x: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
-    """Logits of ``model``; task-incremental models also take the per-sample task ids."""
-    return model(x) if task is None else model(x, task)
+__all__ = ["Learner", "build_optimizer", "forward", "parameter_groups", "prepare", "skips_nonfinite"]
 
 
 def prepare(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +69,9 @@ class Learner:
         self.optimizer = optimizer
         self.hooks = hooks
         self.device = device
-        self.metrics = RunningMetrics(device)
+        # classification (cross-entropy, accuracy) or detection (the model's own loss, ROC-AUC): lifelong.objective
+        self.objective = objective_of(model)
+        self.metrics = RunningMetrics(device, detector=self.objective.metric != "accuracy")
         # 1.0 when the batch in hand had a non-finite loss or gradient; the fused optimizer reads it.
         self.found_inf = torch.zeros((), device=device)
         self._unit_scale = torch.ones((), device=device)
@@ -92,7 +91,7 @@ class Learner:
         if not self.model.training:  # train() walks every submodule: only after an evaluation
             self.model.train()
         outputs = forward(self.model, train.x, train.task)
-        loss = F.cross_entropy(outputs, train.y)
+        loss, weights, scores = self.objective.loss(self.model, train, outputs)
         total = loss
         for term in hooks.extra_loss(batch=train, outputs=outputs, model=self.model):
             if term is not None:
@@ -102,9 +101,12 @@ class Learner:
         hooks.before_optimizer_step(model=self.model, optimizer=self.optimizer)
         found = self._check_finite(total)
         self.optimizer.step()  # a fused optimizer skips the update on the device when ``found`` is set
-        stream_outputs = outputs[: len(batch)].detach()
+        n = len(batch)
+        stream_outputs = outputs[:n].detach()
+        if weights is not None:
+            batch.weight = weights[:n]
         hooks.after_step(batch=batch, outputs=stream_outputs, first_pass=prequential)
-        self.metrics.update(loss, stream_outputs, batch.y, found, counted=prequential)
+        self.metrics.update(loss, stream_outputs, batch.y, found, counted=prequential, scores=None if scores is None else scores[:n])
 
     def _check_finite(self, total: torch.Tensor) -> torch.Tensor:
         """Set ``found_inf`` on the device when the loss or a gradient is not finite; no host sync."""
@@ -116,19 +118,3 @@ class Learner:
         # fused kernels test found_inf == 1 exactly, so the loss's own flag is merged with a max, not a sum
         torch.maximum(found, (~torch.isfinite(total.detach())).to(found.dtype), out=found)
         return found
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Batch, device: torch.device, batch_size: int) -> float:
-    """Accuracy of ``model`` on a held-out set, in chunks; one host read at the end."""
-    model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    n = len(data)
-    for start in range(0, n, batch_size):
-        chunk = Batch(
-            x=data.x[start : start + batch_size],
-            y=data.y[start : start + batch_size],
-            task=None if data.task is None else data.task[start : start + batch_size],
-        ).to(device)
-        correct += (forward(model, chunk.x, chunk.task).argmax(dim=1) == chunk.y).sum()
-    return correct.item() / n if n else float("nan")

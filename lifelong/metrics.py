@@ -26,6 +26,8 @@ from typing import Any, Optional
 
 import torch
 
+from lifelong.ranking import ScoreHistogram
+
 Matrix = list[list[Optional[float]]]
 
 
@@ -80,14 +82,36 @@ def aligned(spans: list[list[int]], columns: list[int]) -> bool:
     return len(spans) == len(columns) and all(list(span) == [column] for span, column in zip(spans, columns))
 
 
-def summarize(matrix: Matrix, initial: list[float | None], aligned: bool = True) -> dict[str, float | None]:
-    """ACC, BWT, FWT and forgetting; BWT, FWT and forgetting are None unless ``aligned`` (see :func:`aligned`)."""
-    return {
+def summarize(matrix: Matrix, initial: list[float | None], aligned: bool = True, metric: str = "accuracy") -> dict[str, float | None]:
+    """ACC, BWT, FWT and forgetting; BWT, FWT and forgetting are None unless ``aligned`` (see :func:`aligned`).
+
+    On an accuracy matrix the keys are ``acc``, ``bwt``, ``fwt`` and ``forgetting``; on another
+    metric's matrix (a detector's ROC-AUC) the same definitions are named after it:
+    ``avg_roc_auc``, ``bwt_roc_auc``, ``fwt_roc_auc``, ``forgetting_roc_auc``.
+    """
+    values = {
         "acc": acc(matrix),
         "bwt": bwt(matrix) if aligned else None,
         "fwt": fwt(matrix, initial) if aligned else None,
         "forgetting": forgetting(matrix) if aligned else None,
     }
+    if metric == "accuracy":
+        return values
+    return {("avg" if key == "acc" else key) + "_" + metric: value for key, value in values.items()}
+
+
+def names(metric: str) -> dict[str, str]:
+    """Summary keys of a metric's matrix, initial row and headline figures (see :func:`summarize`)."""
+    if metric == "accuracy":
+        return {"matrix": "accuracy_matrix", "initial": "initial_accuracy", "avg": "acc", "bwt": "bwt", "fwt": "fwt",
+                "forgetting": "forgetting", "prequential": "prequential_accuracy", "label": "accuracy", "short": "ACC"}
+    return {"matrix": f"{metric}_matrix", "initial": f"initial_{metric}", "avg": f"avg_{metric}", "bwt": f"bwt_{metric}",
+            "fwt": f"fwt_{metric}", "forgetting": f"forgetting_{metric}", "prequential": f"prequential_{metric}",
+            "label": metric.replace("_", "-").upper(), "short": metric.replace("_", "-").upper()}
+
+
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 class RunningMetrics:
@@ -100,7 +124,7 @@ class RunningMetrics:
     skipped batch adds no loss and no correct prediction (its samples count as misses).
     """
 
-    def __init__(self, device: torch.device, recent_samples: int = 1000):
+    def __init__(self, device: torch.device, recent_samples: int = 1000, detector: bool = False):
         self._loss = torch.zeros((), dtype=torch.float64, device=device)  # Σ loss·n over the window
         self._correct = torch.zeros((), dtype=torch.int64, device=device)  # over the window
         self._skipped = torch.zeros((), dtype=torch.int64, device=device)  # every skipped step of the run
@@ -113,6 +137,8 @@ class RunningMetrics:
         # prequential accuracy of an unbounded stream, where the whole-run figure stops moving.
         self.recent_samples = recent_samples
         self._recent: deque[tuple[int, int]] = deque()
+        # an anomaly detector's pre-update scores of labelled stream samples: the prequential ROC-AUC
+        self.histogram = ScoreHistogram(device) if detector else None
 
     def update(
         self,
@@ -121,9 +147,11 @@ class RunningMetrics:
         targets: torch.Tensor,
         found: torch.Tensor | None = None,
         counted: bool = True,
+        scores: torch.Tensor | None = None,
     ) -> None:
         """One step; ``found`` is its non-finite flag (None: finite), ``counted`` False for steps that
-        are not a stream batch's first pass (extra epochs), which only count towards skipped steps."""
+        are not a stream batch's first pass (extra epochs), which only count towards skipped steps.
+        A detector passes its pre-update anomaly ``scores``, counted by label instead of correct predictions."""
         if found is None:
             found = torch.zeros((), device=self._loss.device)
         self._skipped.add_(found.to(torch.int64))
@@ -132,7 +160,11 @@ class RunningMetrics:
         n = targets.shape[0]
         applied = 1 - found
         self._loss.add_(torch.nan_to_num(loss.detach(), nan=0.0, posinf=0.0, neginf=0.0) * applied * n)
-        self._correct.add_((outputs.argmax(dim=1) == targets).sum() * applied.to(torch.int64))
+        if self.histogram is not None:
+            if scores is not None:
+                self.histogram.add(scores, targets)
+        else:
+            self._correct.add_((outputs.argmax(dim=1) == targets).sum() * applied.to(torch.int64))
         self._flags.append(found.detach().clone())
         self._n += n
 
@@ -148,6 +180,7 @@ class RunningMetrics:
             "total_n": self._total_n,
             "skipped_steps": self.skipped_steps,
             "recent": [list(w) for w in self._recent],
+            **({"histogram": self.histogram.state_dict()} if self.histogram is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -159,6 +192,8 @@ class RunningMetrics:
             self._flags = [flag.to(self._loss.device) for flag in state["flags"]]
             self.skipped_steps = int(state["skipped_steps"])
         self._recent = deque((int(c), int(n)) for c, n in state.get("recent", []))
+        if self.histogram is not None and "histogram" in state:
+            self.histogram.load_state_dict(state["histogram"])
 
     def read(self) -> dict[str, Any]:
         """Window means since the last read, the whole-run prequential accuracy and that of the last
@@ -181,6 +216,13 @@ class RunningMetrics:
             while len(self._recent) > 1 and sum(w[1] for w in self._recent) - self._recent[0][1] >= self.recent_samples:
                 self._recent.popleft()
         recent_n = sum(w[1] for w in self._recent)
+        if self.histogram is not None:  # no accuracy: the prequential ROC-AUC of the scores so far (None: one class seen)
+            return {
+                "loss": loss / n if n else float("nan"),
+                "prequential_roc_auc": _nan_if_none(self.histogram.auc()),
+                "skipped_in_window": [i for i, flag in enumerate(flags) if flag],
+                "skipped_steps": self.skipped_steps,
+            }
         return {
             "loss": loss / n if n else float("nan"),
             "window_accuracy": correct / n if n else float("nan"),

@@ -26,6 +26,7 @@ from lifelong import checkpoint, config, device as devices, hookspecs, resources
 from lifelong import options as opts
 from lifelong.components import Components, construct
 from lifelong.errors import ConfigError, brief
+from lifelong.objective import is_detector
 from lifelong.host import PluginHost
 from lifelong.promotion import PromotionOptions
 from lifelong.readers import DeadLetters, Reader, ReaderContext, can_seek
@@ -214,6 +215,17 @@ def _check_training_memory(
     resources.require(needed, what, where, device)
 
 
+def _check_labels(model: torch.nn.Module, info: StreamInfo, where: str) -> None:
+    """A classifier needs labels: refuse a stream without them, naming what can learn from it."""
+    if not info.labels and not is_detector(model):
+        raise ConfigError(
+            where,
+            "the stream carries no labels (an npz without y, a csv without a label column), and this model is a "
+            "classifier that trains on labels: use an anomaly detector (model = \"autoencoder\"), which learns "
+            "without them, or give the stream its labels",
+        )
+
+
 def _check_input_dtype(model: torch.nn.Module, info: StreamInfo, reader: Reader, where: str) -> None:
     """A model that cannot take the stream's samples fails here, not at the first batch after trackers opened.
 
@@ -349,6 +361,7 @@ def build(
         where_model = "learner.strategies"
     _check_training_memory(model, learner, info, device, where_model)
     _check_input_dtype(model, info, reader, where_model)
+    _check_labels(model, info, where_model)
     model_hooks = getattr(model, "lifecycle_hooks", None)
     if model_hooks is not None:
         pm.register(model_hooks(), name="model:hooks")  # registered last: called first

@@ -32,7 +32,7 @@ from typing import Any, Iterator
 
 ROUTED_LOGGERS = ("mlflow", "alembic")
 ARTIFACT_BARS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-FIELDS = ("loss", "sps", "generations", "eval_acc")
+FIELDS = ("loss", "sps", "generations", "eval_acc", "eval_roc_auc")
 
 
 def format_status(fields: dict[str, Any]) -> str:
@@ -47,6 +47,8 @@ def format_status(fields: dict[str, Any]) -> str:
         parts.append(f"{n} generation{'' if n == 1 else 's'}")
     if fields.get("eval_acc") is not None:
         parts.append(f"eval acc {fields['eval_acc']:.3f}")
+    if fields.get("eval_roc_auc") is not None:  # an anomaly detector's run
+        parts.append(f"eval ROC-AUC {fields['eval_roc_auc']:.3f}")
     return " · ".join(parts)
 
 

@@ -1,9 +1,15 @@
-"""What a person reads at the end of a run: the accuracy-matrix table and its heatmap."""
+"""What a person reads at the end of a run: the matrix table and its heatmap.
+
+The matrix is the run's metric (``summary["metric"]``): accuracy for classifiers, ROC-AUC for
+anomaly detectors, whose table also shows PR-AUC and the threshold's figures.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from lifelong.metrics import names
 
 
 MAX_ANNOTATED = 30  # rows or columns beyond which the heatmap drops its per-cell labels and ticks
@@ -14,25 +20,31 @@ def _cell(value: float | None) -> str:
 
 
 def table(summary: dict[str, Any]) -> str:
-    """The accuracy matrix (rows: generations, columns: experiences) and ACC/BWT/FWT/forgetting."""
-    matrix = summary["accuracy_matrix"]
+    """The metric's matrix (rows: generations, columns: experiences) and its averages, BWT, FWT and forgetting."""
+    keys = names(summary.get("metric", "accuracy"))
+    matrix = summary[keys["matrix"]]
     columns = summary["experiences"]
-    lines = ["accuracy matrix R[j][i] (row j: after generation j, column i: experience i)"]
+    lines = [f"{keys['label'].lower()} matrix R[j][i] (row j: after generation j, column i: experience i)"]
     lines.append("        " + " ".join(f"exp {c:<2}" for c in columns))
     verdicts = [g.get("promotion") for g in summary.get("generations", [])]
     for j, row in enumerate(matrix):
         lines.append(f"gen {j:<3} " + " ".join(_cell(v) for v in row) + _verdict(verdicts[j] if j < len(verdicts) else None))
-    if summary.get("initial_accuracy"):
-        lines.append("initial " + " ".join(_cell(v) for v in summary["initial_accuracy"]))
+    if summary.get(keys["initial"]):
+        lines.append("initial " + " ".join(_cell(v) for v in summary[keys["initial"]]))
 
-    def fmt(key: str) -> str:
+    def fmt(key: str, signed: bool = False) -> str:
         value = summary.get(key)
-        return "n/a" if value is None else f"{value:+.4f}" if key in ("bwt", "fwt") else f"{value:.4f}"
+        return "n/a" if value is None else f"{value:+.4f}" if signed else f"{value:.4f}"
 
     lines.append(
-        f"ACC {fmt('acc')}   BWT {fmt('bwt')}   FWT {fmt('fwt')}   forgetting {fmt('forgetting')}   "
-        f"prequential {fmt('prequential_accuracy')}"
+        f"{keys['short']} {fmt(keys['avg'])}   BWT {fmt(keys['bwt'], True)}   "
+        f"FWT {fmt(keys['fwt'], True)}   forgetting {fmt(keys['forgetting'])}   prequential {fmt(keys['prequential'])}"
     )
+    if "threshold" in summary:
+        lines.append(
+            f"PR-AUC {fmt('avg_pr_auc')}   threshold {fmt_value(summary['threshold'])}   "
+            f"precision {fmt('precision')}   recall {fmt('recall')}   F1 {fmt('f1')}   false alarms {fmt('false_alarm_rate')}"
+        )
     lines.append(
         f"{summary['samples_seen']} stream samples ({summary['trained_samples']} trained), "
         f"{summary['samples_per_second']:.0f} samples/s training, "
@@ -46,6 +58,10 @@ def table(summary: dict[str, Any]) -> str:
             label = f"generation {label}"
         lines.append(f"promotion gate: {len(champion['passed'])} of {champion['judged']} generations passed; champion: {label}")
     return "\n".join(lines)
+
+
+def fmt_value(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def _verdict(promotion: dict[str, Any] | None) -> str:
@@ -66,9 +82,11 @@ def heatmap(summary: dict[str, Any], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    matrix = np.array(
-        [[np.nan if v is None else v for v in row] for row in summary["accuracy_matrix"]], dtype=float
-    ).reshape(len(summary["accuracy_matrix"]), len(summary["experiences"]))
+    keys = names(summary.get("metric", "accuracy"))
+    values = summary[keys["matrix"]]
+    matrix = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float).reshape(
+        len(values), len(summary["experiences"])
+    )
     rows, cols = matrix.shape
     # A long session (window boundaries on an endless stream) has hundreds of generations: the figure
     # stays a bounded size, and cells are annotated only while they are large enough to read.
@@ -86,8 +104,9 @@ def heatmap(summary: dict[str, Any], path: str | Path) -> Path:
         ax.set_yticks(range(rows), [str(j) for j in range(rows)])
     ax.set_xlabel("evaluated on experience")
     ax.set_ylabel("after generation")
-    acc = summary.get("acc")
-    ax.set_title(f"accuracy matrix (ACC {acc:.3f})" if acc is not None else "accuracy matrix", fontsize=9)
+    average, title = summary.get(keys["avg"]), f"{keys['label'].lower()} matrix"
+    short = "ACC" if keys["avg"] == "acc" else f"average {keys['short']}"
+    ax.set_title(f"{title} ({short} {average:.3f})" if average is not None else title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     path = Path(path)

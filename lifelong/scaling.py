@@ -50,6 +50,7 @@ from torch import nn
 
 from lifelong import hookimpl
 from lifelong.errors import UserError
+from lifelong.objective import is_detector
 from lifelong.types import Batch, StreamInfo
 
 NORMALIZE = ("none", "standard")  # the values readers offer; "none" is StreamInfo.normalize = None
@@ -72,7 +73,10 @@ def standardized(model: nn.Module, info: StreamInfo, where: str = "model") -> nn
     """``model`` wrapped in :class:`Standardize` when ``info.normalize`` asks for it, else ``model``.
 
     Idempotent at the top: a model that is a Standardize already (an initializer's architecture,
-    wrapped when it was built) is returned as it is, so scaling is applied once. Raises UserError
+    wrapped when it was built) is returned as it is, so scaling is applied once. So is an anomaly
+    detector (:func:`lifelong.objective.is_detector`): its score is defined in the standardised
+    space it keeps itself (its loss and score take raw inputs), so a second scaling outside would
+    only make the wrapper's raw inputs disagree with its own. Raises UserError
     for an unknown ``normalize`` (a third-party reader's, or an edited ``model.json``) and for a
     model with a ``prepare`` step.
     """
@@ -84,7 +88,7 @@ def standardized(model: nn.Module, info: StreamInfo, where: str = "model") -> nn
             f"{where}: the stream asks for normalize = {kind!r}, which lifelong does not know; "
             f"the choices are {', '.join(repr(k) for k in NORMALIZE)} (stream.normalize)"
         )
-    if isinstance(model, Standardize):
+    if isinstance(model, Standardize) or is_detector(model):
         return model
     if getattr(model, "prepare", None) is not None:
         raise UserError(

@@ -44,6 +44,7 @@ from lifelong import checkpoint, metrics, report
 from lifelong.background import BackgroundWriter
 from lifelong.errors import Diverged, Interrupted
 from lifelong.learner import Learner, build_optimizer, parameter_groups, prepare
+from lifelong.objective import calibrated
 from lifelong.plan import Plan, say
 from lifelong.promotion import Gate
 from lifelong.readers import Fetched, Prefetcher
@@ -90,8 +91,14 @@ class Runner:
             )
         self.columns: list[int] = list(plan.info.experiences or [])
         self.test_sets = TestSets(plan.reader, self.model, self.device, lo.eval_batch_size, self.columns, keep=lo.eval_keep)
+        # The objective's headline metric (accuracy, or a detector's ROC-AUC) makes the matrix; its other
+        # metrics (PR-AUC) are kept beside it, row for row.
+        self.objective = self.learner.objective
+        self.metric = self.objective.metric
         self.matrix: list[dict[int, float]] = []
         self.initial: dict[int, float] = {}
+        self.other_matrices: dict[str, list[dict[int, float]]] = {m: [] for m in self.objective.metrics if m != self.metric}
+        self.other_initial: dict[str, dict[int, float]] = {m: {} for m in self.other_matrices}
         self.generations: list[dict[str, Any]] = []  # summary rows only: generations themselves are not kept
         self.last_generation: Generation | None = None  # the newest, until the next boundary (tests, benches)
         self.covered: list[int] = []
@@ -149,21 +156,34 @@ class Runner:
         for exp in span.experience_ids:
             if exp not in self.covered:
                 self.covered.append(exp)
-        row = self.test_sets.evaluate(self.columns, self._streaming)
+        rows = self.test_sets.evaluate(self.columns, self._streaming)
+        row = rows[self.metric]
         self.matrix.append(row)
+        for name, matrix in self.other_matrices.items():
+            matrix.append(rows[name])
         generation = self._generation(experience, row)
+        generation.scores = rows
         if self.gate is not None:
             self._judge(generation, row)
-        known = list(row.values())
-        eval_metrics = {"eval/acc": sum(known) / len(known)} if known else {}
-        eval_metrics.update({f"eval/exp_{exp}": acc for exp, acc in row.items()})
+        eval_metrics = self._eval_metrics(rows)
         self.hooks.on_metrics(step=self.step, metrics=eval_metrics)
         self.hooks.on_generation(generation=generation)
         self._checkpoint_due = True
         if self.progress is not None:
-            self.progress.status(generations=len(self.generations), eval_acc=eval_metrics.get("eval/acc"))
+            key = "acc" if self.metric == "accuracy" else self.metric
+            self.progress.status(generations=len(self.generations), **{f"eval_{key}": eval_metrics.get(f"eval/{key}")})
         self.span = Span(keep=span.keep)
         return time.perf_counter()
+
+    def _eval_metrics(self, rows: dict[str, dict[int, float]]) -> dict[str, float]:
+        """``eval/acc`` (a detector: ``eval/roc_auc``, ``eval/pr_auc``), the mean over the known sets, and
+        ``eval/exp_<i>``, the headline metric per set."""
+        out: dict[str, float] = {}
+        for name, row in rows.items():
+            if row:
+                out["eval/acc" if name == "accuracy" else f"eval/{name}"] = sum(row.values()) / len(row)
+        out.update({f"eval/exp_{exp}": value for exp, value in rows[self.metric].items()})
+        return out
 
     def _generation(self, experience: Experience, row: dict[int, float]) -> Generation:
         session = self.plan.session
@@ -189,6 +209,7 @@ class Runner:
             },
             session=session.id,
             continues=session.continues if index == 0 else None,
+            metric=self.metric,
         )
         self.generations.append(
             {
@@ -262,6 +283,10 @@ class Runner:
                 "covered": list(self.covered),
                 "matrix": [[[exp, acc] for exp, acc in row.items()] for row in self.matrix],
                 "initial": [[exp, acc] for exp, acc in self.initial.items()],
+                "other_matrices": {
+                    name: [[[exp, v] for exp, v in row.items()] for row in rows] for name, rows in self.other_matrices.items()
+                },
+                "other_initial": {name: [[exp, v] for exp, v in row.items()] for name, row in self.other_initial.items()},
                 "generations": [dict(row, records=dict(row["records"])) for row in self.generations],
                 "streaming": self._streaming,
                 "window": [list(entry) for entry in self._window],
@@ -296,6 +321,10 @@ class Runner:
         self.covered = [int(c) for c in kernel["covered"]]
         self.matrix = [{int(exp): acc for exp, acc in row} for row in kernel["matrix"]]
         self.initial = {int(exp): acc for exp, acc in kernel["initial"]}
+        for name, rows in kernel.get("other_matrices", {}).items():
+            self.other_matrices[name] = [{int(exp): v for exp, v in row} for row in rows]
+        for name, row in kernel.get("other_initial", {}).items():
+            self.other_initial[name] = {int(exp): v for exp, v in row}
         self.generations = [dict(row) for row in kernel["generations"]]
         self._streaming = kernel["streaming"]
         self._window = [list(entry) for entry in kernel.get("window", [])]
@@ -452,7 +481,10 @@ class Runner:
                 plan.strategies[name].load_state_dict(state)
             if plan.continued_strategies:
                 say(f"continued the state of {sorted(plan.continued_strategies)} from {plan.session.continues['ref']}")
-            self.initial = self.test_sets.evaluate(self.columns, None)
+            rows = self.test_sets.evaluate(self.columns, None)
+            self.initial = rows[self.metric]
+            for name in self.other_initial:
+                self.other_initial[name] = rows[name]
             if self.gate is not None and plan.session.continues:
                 # The model this run continued from is the champion its first generation must beat.
                 self.gate.crown(plan.session.continues.get("ref"), checkpoint.to_cpu(self.model.state_dict()), self.initial)
@@ -575,13 +607,26 @@ class Runner:
         initial_row = [self.initial.get(exp) for exp in columns]
         final = self.learner.metrics.read()
         aligned = metrics.aligned([row["experiences"] for row in self.generations], columns)
+        keys = metrics.names(self.metric)
         summary: dict[str, Any] = {
-            "accuracy_matrix": matrix,
+            "metric": self.metric,
+            keys["matrix"]: matrix,
             "experiences": columns,
-            "initial_accuracy": initial_row,
-            **metrics.summarize(matrix, initial_row, aligned),
-            "prequential_accuracy": final["prequential_accuracy"] if self.samples_seen else None,
-            "prequential_accuracy_recent": final["prequential_accuracy_recent"] if self.samples_seen else None,
+            keys["initial"]: initial_row,
+            **metrics.summarize(matrix, initial_row, aligned, self.metric),
+        }
+        for name, rows in self.other_matrices.items():
+            summary[f"{name}_matrix"] = [[row.get(exp) for exp in columns] for row in rows]
+            summary[f"initial_{name}"] = [self.other_initial[name].get(exp) for exp in columns]
+            summary[f"avg_{name}"] = metrics.acc(summary[f"{name}_matrix"])
+        if self.metric == "accuracy":
+            summary["prequential_accuracy"] = final["prequential_accuracy"] if self.samples_seen else None
+            summary["prequential_accuracy_recent"] = final["prequential_accuracy_recent"] if self.samples_seen else None
+        else:
+            auc = final[keys["prequential"]]
+            summary[keys["prequential"]] = None if auc != auc else auc  # NaN: no labelled stream sample of each class
+            summary.update(self._at_threshold())
+        summary.update({
             "samples_seen": self.samples_seen,
             "trained_samples": self.trained_samples,
             "samples_per_second": self.trained_samples / self.train_seconds if self.train_seconds else 0.0,
@@ -603,10 +648,20 @@ class Runner:
             "dead_letters": self.plan.dead_letters.summary(),
             "reader": self._reader_counts(),
             "config": self.plan.resolved,
-        }
+        })
         if self.commit_errors:
             summary["commit_errors"] = self.commit_errors
         return summary
+
+    def _at_threshold(self) -> dict[str, Any]:
+        """A detector's threshold and its precision, recall, F1 and false-alarm rate on every held-out set together."""
+        sets = [self.test_sets[exp] for exp in self.test_sets]
+        stats = self.objective.at_threshold(self.model, sets, self.device, self.plan.learner.eval_batch_size)
+        return {
+            "threshold": calibrated(stats["threshold"]),
+            **{k: stats[k] for k in ("precision", "recall", "f1", "false_alarm_rate")},
+            "test_counts": {"anomalies": stats["anomalies"], "normals": stats["normals"]},
+        }
 
     def _reader_counts(self) -> dict[str, int] | None:
         """What the reader counted (unlabeled records, held out, …) as of the last trained batch."""
@@ -625,7 +680,7 @@ class Runner:
         """Draw the heatmap, let trackers finish, and merge what they report into the summary."""
         with tempfile.TemporaryDirectory(prefix="lifelong-") as tmp:
             path = Path(heatmap_path) if heatmap_path is not None else Path(tmp) / "accuracy_matrix.png"
-            summary["heatmap"] = str(report.heatmap(summary, path)) if summary["accuracy_matrix"] else None
+            summary["heatmap"] = str(report.heatmap(summary, path)) if summary[metrics.names(self.metric)["matrix"]] else None
             errors = [f"checkpoint: {e}" for e in self.writer.close()] if self.writer is not None else []
             summary["trackers"] = {}
             # Called one by one (in hook order) so each result stays attached to its tracker's name;

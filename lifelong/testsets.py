@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from lifelong.checkpoint import identity
-from lifelong.learner import evaluate, prepare
+from lifelong.learner import prepare
+from lifelong.objective import objective_of
 from lifelong.readers import Reader
 from lifelong.types import Batch
 
@@ -56,6 +57,7 @@ class TestSets(Mapping):
         self._unsaved: set[int] = set()
         self.keep = keep  # evaluate the newest ``keep`` sets only (0: all), so an unbounded stream's evaluation stays bounded
         self.dropped: set[int] = set()  # experiences whose sets were dropped for ``keep``: never asked again
+        self.objective = objective_of(model)  # accuracy, or a detector's ROC-AUC and PR-AUC
 
     def refresh(self, columns: list[int], streaming: int | None) -> None:
         """Ask the reader for the sets of ``columns`` not known yet.
@@ -93,17 +95,25 @@ class TestSets(Mapping):
         task = None if data.task is None else data.task.to(self.device)
         return Batch(x=torch.cat([c.x for c in chunks]), y=torch.cat([c.y for c in chunks]), task=task)
 
-    def evaluate(self, columns: list[int], streaming: int | None) -> dict[int, float]:
+    def evaluate(self, columns: list[int], streaming: int | None) -> dict[str, dict[int, float]]:
+        """Every metric of the objective on every known set: ``{metric: {experience: value}}``."""
         self.refresh(columns, streaming)
-        return self.score(list(self.sets))
+        return self.measure(list(self.sets))
+
+    def measure(self, experiences: list[int]) -> dict[str, dict[int, float]]:
+        """Every metric on the known sets among ``experiences``, without asking the reader; a value
+        that is undefined (a detector's set holding one class only) is left out."""
+        rows: dict[str, dict[int, float]] = {name: {} for name in self.objective.metrics}
+        for exp in experiences:
+            if exp in self.sets:
+                for name, value in self.objective.measure(self.model, self.sets[exp], self.device, self.eval_batch_size).items():
+                    if value is not None:
+                        rows[name][exp] = value
+        return rows
 
     def score(self, experiences: list[int]) -> dict[int, float]:
-        """The model's score on the known sets among ``experiences``, without asking the reader."""
-        return {
-            exp: evaluate(self.model, self.sets[exp], self.device, self.eval_batch_size)
-            for exp in experiences
-            if exp in self.sets
-        }
+        """The objective's headline metric (accuracy, ROC-AUC) on the known sets among ``experiences``."""
+        return self.measure(experiences)[self.objective.metric]
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def state(self) -> dict[str, str | None]:

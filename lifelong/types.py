@@ -22,6 +22,10 @@ class Batch:
     batch in its source (file and record offsets, half-open) for dead letters and generation tags.
     ``position`` is where the stream stands right after this batch, as plain JSON data, for
     readers that can resume (see :class:`lifelong.readers.Reader`); None for readers that cannot.
+    A sample without a label holds ``NO_LABEL`` (-1, :mod:`lifelong.objective`) in ``y``.
+    ``weight`` is set by the kernel on the stream batch handed to ``after_step`` when an anomaly
+    detector's contamination filter weighed its samples (1 kept, 0 left out of the update): a
+    memory must not store a sample of weight 0. None: every sample counts.
     """
 
     x: torch.Tensor
@@ -32,6 +36,7 @@ class Batch:
     start: int = 0
     stop: int = 0
     position: Any = None
+    weight: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.y.shape[0]
@@ -46,6 +51,7 @@ class Batch:
             start=self.start,
             stop=self.stop,
             position=self.position,
+            weight=None if self.weight is None else self.weight.to(device, non_blocking=non_blocking),
         )
 
     @staticmethod
@@ -84,6 +90,9 @@ class StreamInfo:
     (running per-feature standardisation, kept as statistics inside the model; see
     :mod:`lifelong.scaling`). It is part of the stream's description, so every ModelSpec that
     rebuilds a generation (serving, ``--resume``, continuing) rebuilds the same scaling.
+    ``labels`` is False when the training stream carries no labels (an npz without ``y``, a csv
+    without a label column): its batches hold ``NO_LABEL`` (-1, :mod:`lifelong.objective`) in ``y``,
+    and only a model that learns without labels (an anomaly detector) can train on it.
     """
 
     input_shape: tuple[int, ...]
@@ -95,6 +104,7 @@ class StreamInfo:
     class_names: list[str] | None = None
     feature_names: list[str] | None = None
     normalize: str | None = None
+    labels: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -107,6 +117,7 @@ class StreamInfo:
             "class_names": self.class_names,
             "feature_names": self.feature_names,
             "normalize": self.normalize,
+            "labels": self.labels,
         }
 
     @staticmethod
@@ -121,6 +132,7 @@ class StreamInfo:
             class_names=data.get("class_names"),
             feature_names=data.get("feature_names"),
             normalize=data.get("normalize"),  # absent in specs written before scaling existed: raw inputs
+            labels=bool(data.get("labels", True)),
         )
 
 
@@ -167,7 +179,7 @@ class Generation:
     parent: int | None
     experience: Experience
     experiences_covered: list[int]
-    accuracy: dict[int, float]  # test experience id -> accuracy after this generation
+    accuracy: dict[int, float]  # test experience id -> the run's metric after this generation (accuracy, or a detector's ROC-AUC)
     model_spec: ModelSpec
     state: dict[str, torch.Tensor]
     strategy_state: dict[str, dict[str, Any]]
@@ -176,3 +188,7 @@ class Generation:
     continues: dict[str, Any] | None = None
     # The promotion gate's verdict when ``[promotion]`` is on (lifelong.promotion.Verdict.to_dict), else None.
     promotion: dict[str, Any] | None = None
+    # The name of the metric in ``accuracy`` ("accuracy", or "roc_auc" for an anomaly detector) and every
+    # metric of the run by name ({"roc_auc": {...}, "pr_auc": {...}}; see lifelong.objective).
+    metric: str = "accuracy"
+    scores: dict[str, dict[int, float]] = field(default_factory=dict)

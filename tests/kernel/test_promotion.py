@@ -8,7 +8,7 @@ import torch
 
 from lifelong.errors import ConfigError
 from lifelong.host import PluginHost
-from lifelong.learner import evaluate
+from lifelong.objective import Classification
 from lifelong.promotion import Gate, PromotionOptions
 from tests.conftest import run_pipeline
 
@@ -129,7 +129,7 @@ def test_the_champion_is_scored_on_held_out_sets_that_appeared_after_it(tmp_path
     # scoring the champion borrowed the live model: it holds the challenger's weights again
     assert all(torch.equal(v, second.state[k]) for k, v in model.state_dict().items())
     model.load_state_dict(first.state)
-    expected = evaluate(model, runner.test_sets[1], runner.device, 1024)
+    expected = Classification().measure(model, runner.test_sets[1], runner.device, 1024)["accuracy"]
     assert second.promotion["champion_scores"]["1"] == expected
     assert second.promotion["compared"] == [0, 1]
 

@@ -36,6 +36,10 @@ shared by all heads, so a row's name is read in its own task's head. With
 ``params={"probabilities": True}`` it returns a pandas DataFrame instead: a ``class`` column (the
 same names or indices) and one column of probabilities (softmax of the head's logits) per class,
 named by the class names (or ``"0"``, ``"1"`` … when unknown).
+
+An anomaly detector's generation (:mod:`lifelong.objective`) returns a DataFrame with a ``score``
+column (its anomaly score) and an ``anomaly`` column (``score > threshold``, the threshold the
+generation was trained with and stores in its weights).
 """
 
 from __future__ import annotations
@@ -176,11 +180,20 @@ class GenerationModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         """Class names (or indices) per row; a DataFrame of probabilities with ``params={"probabilities": True}``."""
         scorer = self.scorer
+        if scorer.detector:
+            return score_frame(scorer.scores(scorer.contract.check(model_input)), scorer.threshold)
         probabilities = scorer.probabilities(scorer.contract.check(model_input))
         labels = scorer.contract.labels(probabilities.argmax(axis=1))
         if not (params or {}).get(contract.PROBABILITIES):
             return labels
         return probability_frame(labels, probabilities, scorer.contract.classes)
+
+
+def score_frame(scores, threshold: float):
+    """A detector's answer: a ``score`` column and an ``anomaly`` column (score > the stored threshold)."""
+    import pandas as pd
+
+    return pd.DataFrame({"score": scores, "anomaly": scores > threshold})
 
 
 def probability_frame(labels, probabilities, classes: list[str]):

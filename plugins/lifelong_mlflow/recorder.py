@@ -55,8 +55,19 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000
 MAX_KEY_LENGTH = 250
+METRIC_TAG = "lifelong.metric"  # the metric of a generation's lifelong.acc.exp_<i> tags: accuracy or roc_auc
 SUMMARY_METRICS = (
     "acc",
+    "avg_roc_auc",
+    "bwt_roc_auc",
+    "fwt_roc_auc",
+    "avg_pr_auc",
+    "prequential_roc_auc",
+    "threshold",
+    "precision",
+    "recall",
+    "f1",
+    "false_alarm_rate",
     "bwt",
     "fwt",
     "forgetting",
@@ -325,7 +336,9 @@ class Recorder:
         now = int(time.time() * 1000)
         logged = self._ready_logged_model(key)
         if logged is None:
-            self._log_metrics([(f"gen_acc/exp_{exp}", acc, now, index) for exp, acc in generation.accuracy.items()])
+            metric = generation.tags.get(METRIC_TAG, "accuracy")
+            prefix = "gen_acc" if metric == "accuracy" else f"gen_{metric}"
+            self._log_metrics([(f"{prefix}/exp_{exp}", acc, now, index) for exp, acc in generation.accuracy.items()])
             logged = self._log_model(generation, tags, session)
             client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=index)])
         elif logged.model_id not in {o.model_id for o in (client.get_run(run_id).outputs.model_outputs or [])}:
@@ -565,8 +578,16 @@ def generation_tags(generation: Generation, session: str | None = None) -> dict[
             "lifelong.model": generation.model_spec.name,
         }
     )
+    # lifelong.acc.exp_<i> holds the run's headline metric (what the gate and `lifelong models` compare):
+    # accuracy, or a detector's ROC-AUC, named by lifelong.metric; a detector's PR-AUC is beside it.
+    metric = getattr(generation, "metric", "accuracy")
+    tags[METRIC_TAG] = metric
     for exp, acc in generation.accuracy.items():
         tags[f"lifelong.acc.exp_{exp}"] = f"{acc:.6g}"
+    for name, row in (getattr(generation, "scores", None) or {}).items():
+        if name not in (metric, "accuracy"):
+            for exp, value in row.items():
+                tags[f"lifelong.{name}.exp_{exp}"] = f"{value:.6g}"
     verdict = getattr(generation, "promotion", None)
     if verdict is not None:
         tags[registry.VERDICT_TAG] = "passed" if verdict["passed"] else "failed"

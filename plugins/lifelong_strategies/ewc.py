@@ -19,7 +19,10 @@ squared minibatch gradients), with the model in eval mode (BatchNorm running sta
 dropout): in closed form for Linear, Conv2d and BatchNorm layers, from one forward and one
 backward per chunk (see ``_closed_form_fisher``; the true Fisher draws its labels from that same
 forward's logits), and with ``torch.func`` (``vmap`` of ``grad`` over ``functional_call``) in
-memory-bounded chunks for every other parameter. ``fisher = "true"`` draws ``y`` from the model's predictive distribution
+memory-bounded chunks for every other parameter. An anomaly detector (:mod:`lifelong.objective`)
+has no predictive distribution to draw labels from: its Fisher is the empirical Fisher of its own
+per-sample training loss (the reconstruction error), by ``torch.func`` for every parameter,
+whatever ``fisher`` says. ``fisher = "true"`` draws ``y`` from the model's predictive distribution
 (the Fisher information of the model); ``"empirical"`` uses the stream labels. The samples are a
 uniform reservoir (Vitter's algorithm R) of the experience's stream batches (first pass only, so
 extra epochs do not count a sample twice), kept on the training device (``fisher_samples`` inputs
@@ -43,6 +46,7 @@ from torch.func import functional_call, grad, vmap
 
 from lifelong import hookimpl, resources
 from lifelong.learner import forward
+from lifelong.objective import is_detector, kept, sample_losses
 from lifelong.types import Batch
 from lifelong_strategies.anchors import Named, QuadraticAnchor, trainable
 
@@ -96,6 +100,11 @@ def fisher_diagonal(
     was_training = model.training
     model.eval()  # BatchNorm running statistics, no dropout: samples are independent
     try:
+        if is_detector(model):  # no predictive distribution: the empirical Fisher of the model's own loss
+            chunk = max(1, min(CHUNK, GRADIENT_ELEMENTS // sum(p.numel() for p in params.values())))
+            for start in range(0, n, chunk):
+                _per_sample_fisher(model, {k: p.detach() for k, p in params.items()}, x[start : start + chunk], None, None, fisher)
+            return {name: f.div_(n).detach() for name, f in fisher.items()}
         scale = 1 if x.device.type == "cpu" else 32
         forms, per_sample = _closed_forms(model, x[:2], None if task is None else task[:2])
         covered = {name for names in forms.values() for name in names if name}
@@ -124,9 +133,11 @@ def _per_sample_fisher(model, params: Named, x, y, task, fisher: Named) -> None:
 
     def loss(params, x, y, task):
         args = (x[None],) if task is None else (x[None], task[None])
-        return F.cross_entropy(functional_call(model, ({**frozen, **params}, buffers), args), y[None])
+        outputs = functional_call(model, ({**frozen, **params}, buffers), args)
+        return sample_losses(model, x[None], outputs, None if y is None else y[None]).sum()
 
-    grads = vmap(grad(loss), in_dims=(None, 0, 0, None if task is None else 0))(params, x, y, task)
+    in_dims = (None, 0, None if y is None else 0, None if task is None else 0)
+    grads = vmap(grad(loss), in_dims=in_dims)(params, x, y, task)
     for name, g in grads.items():  # once per chunk at a boundary, not per batch
         fisher[name].add_(g.square().sum(0))
 
@@ -372,7 +383,7 @@ class EWC:
     @hookimpl
     def after_step(self, batch: Batch, first_pass: bool) -> None:
         if first_pass:  # extra epochs show the same samples again: sample each once
-            self.reservoir.add(batch)
+            self.reservoir.add(kept(batch))  # never a sample an anomaly detector's filter left out
 
     @hookimpl
     def extra_loss(self) -> torch.Tensor | None:

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from lifelong import hookimpl
+from lifelong.objective import kept
 from lifelong.types import Batch
 from lifelong_strategies.replay import Buffer
 
@@ -95,6 +96,7 @@ class Joint:
     def after_step(self, batch: Batch, outputs, first_pass: bool) -> None:
         if not first_pass:  # extra epochs: the samples are stored already
             return
+        batch = kept(batch)  # an anomaly detector's contamination filter: what it left out is never stored
         n = len(batch)
         if self.stored + n > self.buffer.capacity:  # grow by doubling: amortised O(1) per sample
             self.buffer.grow(max(2 * self.buffer.capacity, self.stored + n), keep=self.stored)

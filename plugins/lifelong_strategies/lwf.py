@@ -16,6 +16,9 @@ Which outputs are distilled, by scenario:
 - one head per task (task-incremental): as in the paper, the old tasks' heads on the new data. The
   batch is evaluated under every task the teacher knew (one forward of ``len(batch) × old tasks``
   samples through student and teacher), each head's KL summed, then averaged over samples.
+- an anomaly detector (:mod:`lifelong.objective`), whose outputs are reconstructions, not
+  logits: ``α·‖student − teacher‖²`` per sample, averaged over the batch (its outputs anchored to
+  the teacher's).
 
 >>> import torch
 >>> from lifelong.types import Batch
@@ -40,6 +43,7 @@ import torch.nn.functional as F
 
 from lifelong import hookimpl
 from lifelong.learner import forward
+from lifelong.objective import is_detector
 from lifelong.types import Batch
 
 
@@ -71,12 +75,15 @@ class LwF:
         self.old_classes: torch.Tensor | None = None  # indices the teacher knows (one head)
         self.old_tasks: torch.Tensor | None = None  # task ids the teacher knows (task heads)
         self._pending: dict[str, Any] | None = None  # state loaded before the model was known
+        self.detector = False
 
     @hookimpl
     def on_run_start(self, run) -> None:
         self.model = run.model
         self.multi_head = run.info.num_tasks > 1
-        self.classes = torch.zeros(run.info.num_classes, dtype=torch.bool, device=run.device)
+        # An anomaly detector's outputs are reconstructions, not logits: they are anchored by squared error.
+        self.detector = is_detector(run.model)
+        self.classes = None if self.detector else torch.zeros(run.info.num_classes, dtype=torch.bool, device=run.device)
         self.tasks = torch.zeros(run.info.num_tasks, dtype=torch.bool, device=run.device)
         if self._pending is not None:
             self.load_state_dict(self._pending)
@@ -99,6 +106,10 @@ class LwF:
     def extra_loss(self, batch: Batch, outputs: torch.Tensor, model: torch.nn.Module) -> torch.Tensor | None:
         if self.teacher is None or not self.options.alpha:
             return None
+        if self.detector:
+            with torch.no_grad():
+                target = forward(self.teacher, batch.x, batch.task)
+            return self.options.alpha * F.mse_loss(outputs, target, reduction="sum") / len(batch)
         if self.multi_head:
             old = self.old_tasks
             x = batch.x.repeat(len(old), *[1] * (batch.x.dim() - 1))  # task-major copies of the batch

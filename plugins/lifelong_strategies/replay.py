@@ -43,6 +43,10 @@ Fills (when the memory takes the stream's samples):
   and part of every replayed minibatch is current data. Replay starts at the second batch and needs
   no boundary, so it works the same in benchmark and task-free streams.
 
+With an anomaly detector's contamination filter on, a sample it left out of the update (weight 0)
+is never stored: :func:`lifelong.objective.kept` replaces it by a kept sample of the same batch
+before the batch is offered, so the memory's counts stay host-side.
+
 Samples are stored once: repeated passes over a span (``learner.epochs > 1``) are trained on with
 replay but not offered to the memory again.
 
@@ -71,6 +75,7 @@ import numpy as np
 import torch
 
 from lifelong import hookimpl, resources
+from lifelong.objective import is_detector, kept
 from lifelong.types import Batch
 
 log = logging.getLogger(__name__)
@@ -214,7 +219,13 @@ class Replay:
 
     @hookimpl
     def validate(self, run) -> None:
-        """The memory is preallocated at the run's start: it must fit on the device."""
+        """The memory is preallocated at the run's start: it must fit on the device. Class-balanced
+        needs labels: an anomaly detector's stream has none to balance."""
+        if self._balanced and (is_detector(run.model) or not run.info.labels):
+            raise ValueError(
+                "strategy.replay.policy = 'class-balanced' shares the memory among classes, and this stream's "
+                "samples carry no class labels (an anomaly detector, or a stream without labels): use 'reservoir'"
+            )
         resources.require(
             self.memory_estimate(run.info),
             f"a replay memory of {self.size:,} samples of shape {tuple(run.info.input_shape)}"
@@ -278,6 +289,7 @@ class Replay:
     def after_step(self, batch: Batch, outputs, first_pass: bool) -> None:
         if not first_pass:
             return
+        batch = kept(batch)  # an anomaly detector's contamination filter: what it left out is never stored
         if self._at_end:
             self._offer(self.stage, self.stage_priority, self.stage_seen, batch)
             self.stage_seen += len(batch)

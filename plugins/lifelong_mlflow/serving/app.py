@@ -5,6 +5,9 @@ Endpoints:
 - ``POST /predict``: ``{"instances": [...], "task": …, "probabilities": false}`` →
   ``{"predictions": [...], "version": "N", "classes": [...]}``, plus ``"probabilities"`` (one row
   per instance, in ``classes`` order) when asked for in the body or with ``?probabilities=true``.
+  An anomaly detector answers ``{"scores": [...], "anomaly": [true|false, ...], "threshold": t,
+  "version": "N"}``: each row's score and its flag at the threshold stored in the generation
+  (``threshold`` null while it was never calibrated, when nothing is flagged).
   Instances follow :mod:`lifelong_mlflow.contract`; a refusal is a 400 ``{"error": message}``.
 - ``GET /health``: 200 while the process runs. ``GET /ready``: 200 once a version is loaded, else 503.
 - ``GET /version``: the served version, the reference followed, when it was loaded, its
@@ -47,6 +50,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from lifelong.objective import calibrated
 from lifelong_mlflow.contract import PROBABILITIES, TASK, InputError
 from lifelong_mlflow.serving.batcher import MicroBatcher
 from lifelong_mlflow.serving.metrics import Metrics
@@ -203,6 +207,20 @@ class Service:
             log.info("serving %s: version %s (loaded in %.2f s)", self.ref, loaded.version.version, loaded.load_seconds)
 
 
+def detector_answer(scores: Any, loaded: Any) -> dict[str, Any]:
+    """An anomaly detector's answer: each row's score and flag (score > the generation's threshold)."""
+    threshold = loaded.scorer.threshold
+    flags = (scores > threshold).tolist()
+    metrics.predictions.labels(**{"class": "anomaly"}).inc(sum(flags))
+    metrics.predictions.labels(**{"class": "normal"}).inc(len(flags) - sum(flags))
+    return {
+        "scores": scores.tolist(),
+        "anomaly": flags,
+        "threshold": calibrated(threshold),
+        "version": loaded.version.version,
+    }
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text[:500]}"
@@ -279,6 +297,8 @@ def create_app(service: Service) -> FastAPI:
             log.exception("forward pass failed on version %s", loaded.version.version)
             return refuse("/predict", started, f"scoring failed: {_one_line(exc)}", 500)
         contract = loaded.scorer.contract
+        if loaded.scorer.detector:
+            return record("/predict", started, _answer(detector_answer(probabilities, loaded)))
         labels = contract.labels(probabilities.argmax(axis=1)).tolist()
         answer: dict[str, Any] = {
             "predictions": labels,

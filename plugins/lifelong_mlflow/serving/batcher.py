@@ -83,7 +83,8 @@ class MicroBatcher:
             self._wakeup.set()
 
     def submit(self, rows: Rows, loaded: Any) -> asyncio.Future:
-        """Queue checked rows for ``loaded``'s model; the future gets their (N, classes) probabilities."""
+        """Queue checked rows for ``loaded``'s model; the future gets their (N, classes) probabilities
+        (a detector's: their (N,) scores)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.append(_Queued(rows, loaded, future, loop.time()))
@@ -149,7 +150,7 @@ def _forward(batch: list[_Queued]) -> np.ndarray:
     """On the worker thread: one forward pass over the batch's rows, in order."""
     scorer = batch[0].loaded.scorer
     if len(batch) == 1:
-        return scorer.probabilities(batch[0].rows)
+        return scorer.outputs(batch[0].rows)
     x = np.concatenate([q.rows.x for q in batch])
     task = None if batch[0].rows.task is None else np.concatenate([q.rows.task for q in batch])
-    return scorer.probabilities(Rows(x, task))
+    return scorer.outputs(Rows(x, task))

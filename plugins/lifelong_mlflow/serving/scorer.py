@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from lifelong.learner import prepare
+from lifelong.objective import forward, is_detector
 from lifelong.types import ModelSpec
 from lifelong_mlflow.contract import Contract, Rows
 
@@ -44,6 +45,9 @@ class Scorer:
         model.load_state_dict(state)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        # An anomaly detector answers a score per row and its flag at the threshold it was trained with.
+        self.detector = is_detector(model)
+        self.threshold = float(model.threshold) if self.detector else None
 
     @classmethod
     def from_files(cls, spec_path: str | Path, weights_path: str | Path, device: str | torch.device = "cpu", components: Any = None) -> Scorer:
@@ -52,6 +56,17 @@ class Scorer:
 
         spec = ModelSpec.from_dict(json.loads(Path(spec_path).read_text()))
         return cls(spec, load_file(str(weights_path)), device, components)
+
+    def outputs(self, rows: Rows) -> np.ndarray:
+        """What the batcher computes per row: class probabilities (N, classes), or a detector's scores (N,)."""
+        return self.scores(rows) if self.detector else self.probabilities(rows)
+
+    def scores(self, rows: Rows) -> np.ndarray:
+        """A detector's anomaly scores (N,) float32 on ``rows``; ``score > threshold`` flags an anomaly."""
+        with torch.inference_mode():
+            x = torch.from_numpy(rows.x).to(self.device)
+            task = None if rows.task is None else torch.from_numpy(rows.task).to(self.device)
+            return self.model.anomaly_score(x, forward(self.model, x, task)).float().cpu().numpy()
 
     def probabilities(self, rows: Rows) -> np.ndarray:
         """Class probabilities (N, num_classes) float32: the softmax of the model's logits on ``rows``."""
@@ -66,17 +81,17 @@ class Scorer:
     def smoke_test(self) -> None:
         """Score a valid all-zeros input; raise :class:`SmokeTestFailed` unless the answer has one
         finite probability row per instance over the generation's classes (and as many class names,
-        when it has names)."""
+        when it has names), or, for a detector, one finite score per instance."""
         rows = self.contract.zeros(2)
         try:
-            probs = self.probabilities(rows)
+            probs = self.outputs(rows)
         except Exception as exc:  # any failure of the forward pass is the verdict
             raise SmokeTestFailed(f"the forward pass on a valid all-zeros input failed: {type(exc).__name__}: {exc}") from exc
-        expected = (len(rows), self.contract.num_classes)
+        expected = (len(rows),) if self.detector else (len(rows), self.contract.num_classes)
         if probs.shape != expected:
             raise SmokeTestFailed(f"the model answered shape {probs.shape} for a valid input, expected {expected}")
         if not np.isfinite(probs).all():
             raise SmokeTestFailed("the model answered non-finite values for a valid all-zeros input")
         names = self.spec.info.class_names
-        if names is not None and len(names) != probs.shape[1]:
+        if not self.detector and names is not None and len(names) != probs.shape[1]:
             raise SmokeTestFailed(f"the model has {probs.shape[1]} outputs per head but {len(names)} class names")

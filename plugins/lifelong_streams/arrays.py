@@ -1,4 +1,4 @@
-"""A reader over in-memory arrays grouped by experience: the base of benchmarks and the npz reader."""
+"""A reader over in-memory arrays grouped by experience: the base of benchmarks, the npz reader and the anomaly readers."""
 
 from __future__ import annotations
 
@@ -86,7 +86,22 @@ class ArrayStream:
 
 def _tensors(x: np.ndarray, y: np.ndarray, task: np.ndarray | None):
     return (
-        torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32),
+        torch.as_tensor(_canonical(x), dtype=torch.float32),
         torch.as_tensor(np.asarray(y), dtype=torch.long),
         None if task is None else torch.as_tensor(np.asarray(task), dtype=torch.long),
     )
+
+
+def _canonical(x: np.ndarray) -> np.ndarray:
+    """``x`` in C order with the usual strides, copied only when it has other ones.
+
+    np.ascontiguousarray is not enough: numpy counts an array as contiguous whatever the stride of
+    a size-1 axis (a transposed window of one channel has shape (N, 128, 1) and strides
+    (512, 4, 512)), torch keeps such a stride, and a byte view of the tensor then fails.
+    """
+    x = np.ascontiguousarray(x)
+    expected, step = [], x.itemsize
+    for size in reversed(x.shape):
+        expected.append(step)
+        step *= size
+    return x if x.strides == tuple(reversed(expected)) else x.copy()

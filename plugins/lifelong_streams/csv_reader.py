@@ -1,4 +1,4 @@
-"""The ``csv`` reader: a labelled stream read line by line from a delimited text file.
+"""The ``csv`` reader: a stream read line by line from a delimited text file, labelled or not.
 
 Format: a header line naming the columns, then one record per physical line (a quoted field may
 not hold a line break: numeric features and class labels never need one). The ``label`` column
@@ -6,6 +6,18 @@ holds the class (compared after trimming spaces), the optional ``experience`` co
 non-negative integer experience id (``2.0`` reads as 2; without the column every row is experience
 0), and every other column is a numeric feature. Blank lines are skipped; the file is read as
 UTF-8 (a byte-order mark is allowed).
+
+Labels are optional. With ``label = ""``, or when the header has no column named ``label``, the
+stream is **unlabeled** (for anomaly detectors, which learn without labels): every column but the
+experience column is a feature, batches carry ``NO_LABEL`` (-1) in ``y``, ``StreamInfo.labels`` is
+False, and the head is described as ``num_classes = 2``, ``class_names = ["normal", "anomaly"]``
+(or the declared ``classes``). A missing label column is announced in one line on stderr, and a
+header column that differs from ``label`` only in case or spaces (``Label`` for ``label``) is
+refused (UserError), since it is far more likely the label than a feature; so is a header of one
+column without the label column (often no header at all; ``label = ""`` reads such a file). A ``test_path`` file of
+an unlabeled stream may have the label column: its labels are then class numbers 0 (normal) and
+1 (anomaly), or the declared ``classes``; without it its rows hold -1. A labelled stream's test
+file must have the label column.
 
 The file is streamed: ``__iter__`` (run on the kernel's reader thread) reads it with the csv module
 and yields minibatches of ``batch_size`` rows in file order, cut early where the experience id
@@ -77,6 +89,7 @@ from typing import Iterator, Literal
 import numpy as np
 
 from lifelong.errors import ConfigError, UserError
+from lifelong.objective import NO_LABEL
 from lifelong.readers import ReaderContext
 from lifelong.scaling import normalize_value
 from lifelong_streams.records import (
@@ -93,16 +106,18 @@ from lifelong_streams.records import (
     check_options,
     check_task_heads,
     clip,
+    say,
     short,
 )
 
 MAX_EXPERIENCE = 2**53  # experience ids must be below this (exact in float64, which parses them)
+ANOMALY_CLASSES = ["normal", "anomaly"]  # the head an unlabeled stream describes (see the module docstring)
 
 
 @dataclass
 class CsvOptions:
     path: str = field(default="", metadata={"help": "the CSV file; its header names the columns (required)"})
-    label: str = field(default="label", metadata={"help": "label column; every column but label and experience is a numeric feature"})
+    label: str = field(default="label", metadata={"help": "label column; every column but label and experience is a numeric feature. Empty, or a header without this column: an unlabeled stream (y = -1, for anomaly detectors)"})
     experience: str = field(default="", metadata={"help": "experience id column (non-negative integers); empty: all rows are experience 0"})
     test_path: str = field(default="", metadata={"help": "held-out CSV with the same columns, read upfront; empty: hold out test_fraction"})
     test_fraction: float = field(default=0.0, metadata={"help": "share of rows held out for evaluation, chosen by hash of (seed, line)"})
@@ -114,7 +129,7 @@ class CsvOptions:
 
     def check(self) -> None:
         check_options(self, "column")
-        if self.label == self.experience:
+        if self.label and self.label == self.experience:
             raise ValueError(f"label and experience name the same column {self.label!r}")
 
 
@@ -132,29 +147,47 @@ class Columns:
     """Where the label, experience and features sit in one file's records."""
 
     width: int
-    label: int
+    label: int | None  # None: the file has no label column (an unlabeled stream, or unlabeled test data)
     experience: int | None
     features: list[int]
     names: list[str]
 
     @staticmethod
-    def from_header(header: list[str], options: CsvOptions, source: str, features: list[str] | None = None) -> Columns:
-        """Locate the columns; ``features`` (the training file's feature names) fixes their order in a test file."""
+    def from_header(
+        header: list[str], options: CsvOptions, source: str, features: list[str] | None = None, require_label: bool = False
+    ) -> Columns:
+        """Locate the columns; ``features`` (the training file's feature names) fixes their order in a
+        test file. Without the label column the file is unlabeled, unless ``require_label``."""
         names = [h.strip() for h in header]
         seen: set[str] = set()
         for name in names:
             if name in seen:
                 raise UserError(f"{source!r}: column {name!r} appears twice in the header")
             seen.add(name)
-        if options.label not in seen:
-            raise UserError(f"{source!r} has no label column {options.label!r} ({columns_hint(names)}); set stream.label")
+        label = options.label
+        if label and label not in seen:
+            near = [n for n in names if n.lower() == label.strip().lower()]
+            if near:
+                raise UserError(
+                    f"{source!r} has no label column {label!r} but a column {near[0]!r}: set stream.label = {near[0]!r} "
+                    f"(or stream.label = \"\" to read {near[0]!r} as a feature of an unlabeled stream)"
+                )
+            if require_label or len(names) < 2:
+                # One column is no header at all as often as a one-feature stream: refuse it (the hint
+                # never echoes such a line); an explicit label = "" reads a one-column file.
+                raise UserError(
+                    f"{source!r} has no label column {label!r} ({columns_hint(names)})"
+                    + ("" if len(names) < 2 else ", and the training data has labels")
+                    + "; set stream.label"
+                )
+            label = ""
         if options.experience and options.experience not in seen:
             raise UserError(
                 f"{source!r} has no experience column {options.experience!r} ({columns_hint(names)}); set stream.experience"
             )
-        own = [n for n in names if n not in (options.label, options.experience)]
+        own = [n for n in names if n not in (label, options.experience)]
         if not own:
-            raise UserError(f"{source!r} has no feature columns besides {options.label!r}: every other column is a feature")
+            raise UserError(f"{source!r} has no feature columns besides {label or options.experience!r}: every other column is a feature")
         if features is not None:
             missing = [f for f in features if f not in seen]
             if missing:
@@ -165,21 +198,24 @@ class Columns:
             own = features
         return Columns(
             width=len(names),
-            label=names.index(options.label),
+            label=names.index(label) if label else None,
             experience=names.index(options.experience) if options.experience else None,
             features=[names.index(f) for f in own],
             names=names,
         )
 
     def parse(self, fields: list[str], labels: Labels | None) -> tuple[np.ndarray, str | int, int]:
-        """float32 features, label (its class index under ``labels``, else its text) and experience id."""
+        """float32 features, label (its class index under ``labels``, else its text; NO_LABEL without a
+        label column) and experience id."""
         if len(fields) != self.width:
             raise BadRecord(f"expected {self.width} fields, got {len(fields)}")
-        label = fields[self.label].strip()
-        if not label:
-            raise BadRecord(f"label column {self.names[self.label]!r} is empty")
-        if labels is not None:
-            label = labels(label)
+        label: str | int = NO_LABEL
+        if self.label is not None:
+            label = fields[self.label].strip()
+            if not label:
+                raise BadRecord(f"label column {self.names[self.label]!r} is empty")
+            if labels is not None:
+                label = labels(label)
         exp = 0
         if self.experience is not None:
             exp = _experience_id(fields[self.experience], self.names[self.experience])
@@ -338,6 +374,9 @@ class CsvStream(RecordStream):
         self.context = context
         self.source = str(Path(options.path).expanduser())
         self.columns = Columns.from_header(read_header(self.source, options.delimiter), options, self.source)
+        self.labelled = self.columns.label is not None
+        if not self.labelled and options.label:
+            say(f"csv {self.source!r} has no label column {options.label!r}: an unlabeled stream (y = -1), which only a detector trains on")
         self.task = options.scenario == "task"
         self._column = f"column {options.label!r}"
         classes, integers, max_experience = self._scan()
@@ -349,12 +388,20 @@ class CsvStream(RecordStream):
         features = [self.columns.names[i] for i in self.columns.features]
         self._set_up((len(features),), classes, test_source, features)
         self._info.normalize = normalize_value(options.normalize)  # see lifelong.scaling
+        if not self.labelled:
+            self._info.labels = False
+            if options.classes is None:
+                self._info.class_names = list(ANOMALY_CLASSES)
 
     def _scan(self) -> tuple[list[str], bool, int]:
         """The classes (given, or scanned under the label policy), whether the column holds class
         numbers, and the largest experience id (task scenario)."""
         given = self.options.classes
         what = f"csv file {self.source!r}, label column {self.options.label!r}"
+        if not self.labelled:
+            # Only test data can carry labels: 0 (normal) and 1 (anomaly) as class numbers, unless declared.
+            classes, integers = (list(given), False) if given is not None else (["0", "1"], True)
+            return classes, integers, self._largest_experience() if self.task else 0
         if given is not None and not self.task:
             return list(given), False, 0
         labels = Labels(list(given), False, self._column) if given is not None else None
@@ -383,13 +430,29 @@ class CsvStream(RecordStream):
         scan.report(f"csv {self.source!r}")
         return names, integers, max_experience
 
+    def _largest_experience(self) -> int:
+        """The largest experience id of an unlabeled file's valid rows (the task scenario's heads)."""
+        largest = -1
+        for record in records(self.source, self.options.delimiter):
+            if record.fields is None:
+                continue
+            try:
+                _, _, exp = self.columns.parse(record.fields, None)
+            except BadRecord:
+                continue  # reported when the stream reaches it
+            largest = max(largest, exp)
+        if largest < 0:
+            raise UserError(f"csv file {self.source!r} has no valid rows, so its experiences cannot be known")
+        return largest
+
     def _parsed(
         self, source: str, start: Position | None = None, quiet: bool = False
     ) -> Iterator[tuple[int, np.ndarray | None, int, int, Position]]:
         columns = self.columns
         if source != self.source:  # the test file: its own header, the training file's feature order
             header = read_header(source, self.options.delimiter)
-            columns = Columns.from_header(header, self.options, source, [self.columns.names[i] for i in self.columns.features])
+            features = [self.columns.names[i] for i in self.columns.features]
+            columns = Columns.from_header(header, self.options, source, features, require_label=self.labelled)
         for record in records(source, self.options.delimiter, start):
             try:
                 if record.fields is None:

@@ -1,4 +1,4 @@
-"""The ``npz`` reader: a labelled stream from one NumPy ``.npz`` archive, in file order.
+"""The ``npz`` reader: a stream from one NumPy ``.npz`` archive, in file order, labelled or not.
 
 Format (loaded with ``allow_pickle=False``):
 
@@ -12,7 +12,17 @@ Format (loaded with ``allow_pickle=False``):
   ``max_classes`` among fewer distinct labels is a dead letter (one junk index must not stop the
   stream nor size the model);
 - ``experience`` (optional): N non-negative integer experience ids; without it every row is
-  experience 0.
+  experience 0;
+- ``x_test``, ``y_test``, ``experience_test`` (optional): held-out data in the same archive, read
+  like ``test_path`` (below).
+
+Labels are optional: an archive without ``y`` is an **unlabeled** stream (for anomaly detectors,
+which learn without labels). Its batches carry ``NO_LABEL`` (-1) in ``y``, ``StreamInfo.labels``
+is False, and the head is described as ``num_classes = 2``, ``class_names = ["normal",
+"anomaly"]``: the only models that train on it are detectors, and the labels its test data may
+carry are 0 (normal) and 1 (anomaly). Test data of an unlabeled stream may have labels (``y_test``,
+or ``y`` in ``test_path``): they must be 0 or 1, other values are dead letters; test data without
+labels holds -1 (a test set of -1 labels has no ROC-AUC).
 
 Rows stream in file order, never shuffled, in minibatches that never span two experiences: a
 batch is cut where the experience id changes, so an id that recurs later in the file (0 0 1 1 0)
@@ -28,8 +38,9 @@ an image) with running statistics kept inside the model (:mod:`lifelong.scaling`
 each trained stream row once, frozen into each generation, applied by the served model.
 
 Held-out data comes from ``test_path`` (an archive in the same format; its experience ids name the
-test set of each experience) or from ``test_fraction`` of each experience's rows, stratified by
-class and drawn with the run's seed (the same rows for the same seed). Both are known before
+test set of each experience), from the archive's own ``x_test`` arrays, or from ``test_fraction``
+of each experience's rows, stratified by class and drawn with the run's seed (the same rows for
+the same seed). Both are known before
 training, so every experience's test set is available from the start.
 
 Bad rows — a value in ``x`` that is NaN or infinite *after the cast to the training dtype float32*
@@ -40,8 +51,8 @@ training data does not have — go to the dead-letter file (source: the file, of
 record: the row's label and experience id; ``x`` is not copied, as rows can be large; the reason
 names the first bad feature and its value) and the rest streams: the archive is read upfront, but
 a bad row is still one record, never a reason to refuse the file. A missing or unreadable file,
-missing ``x`` or ``y``, arrays of different lengths, or more distinct labels than ``max_classes``
-raise UserError before training.
+missing ``x``, arrays of different lengths, ``x_test`` together with ``test_path`` or
+``test_fraction``, or more distinct labels than ``max_classes`` raise UserError before training.
 
 >>> import tempfile, numpy as np
 >>> from lifelong.readers import DeadLetters, ReaderContext
@@ -63,6 +74,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from lifelong.errors import ConfigError, UserError
+from lifelong.objective import NO_LABEL
 from lifelong.readers import ReaderContext
 from lifelong.scaling import normalize_value
 from lifelong.types import Batch, StreamInfo
@@ -71,12 +83,13 @@ from lifelong_streams.benchmarks import holdout
 from lifelong_streams.records import MAX_CLASSES, check_max_classes, check_task_heads, say, short
 
 MAX_EXPERIENCE = 2**53  # experience ids must be below this
+ANOMALY_CLASSES = ["normal", "anomaly"]  # the head an unlabeled stream describes (see the module docstring)
 
 
 @dataclass
 class NpzOptions:
-    path: str = field(default="", metadata={"help": "the .npz archive: arrays x, y and optionally experience (required)"})
-    test_path: str = field(default="", metadata={"help": "held-out .npz in the same format; empty: hold out test_fraction"})
+    path: str = field(default="", metadata={"help": "the .npz archive: array x, optionally y (without it the stream is unlabeled: y = -1), experience and x_test/y_test/experience_test (required)"})
+    test_path: str = field(default="", metadata={"help": "held-out .npz in the same format; empty: the archive's x_test if it has one, else hold out test_fraction"})
     test_fraction: float = field(default=0.0, metadata={"help": "share of each experience's rows held out for evaluation"})
     scenario: Literal["class", "task", "domain"] = field(default="class", metadata={"help": "class, task (task id = experience id) or domain incremental"})
     max_classes: int = field(default=MAX_CLASSES, metadata={"help": "integer labels must be below it and distinct labels at most it (more is refused; a label above is a dead letter)"})
@@ -99,6 +112,7 @@ class _Rows:
     experience: np.ndarray  # int64
     offsets: np.ndarray  # row index in the file
     has_experience: bool = True  # False: the archive has no experience array, every row is 0
+    labelled: bool = True  # False: the archive has no y, every label is NO_LABEL
 
 
 class NpzStream(ArrayStream):
@@ -122,25 +136,37 @@ def npz_reader(options: NpzOptions, context: ReaderContext) -> NpzStream:
     if not options.path:
         raise ConfigError("stream.path", "missing: name the .npz file to read")
     source = str(Path(options.path).expanduser())
-    rows = _read(source, context, options.max_classes)
+    arrays = _open(source)
+    rows = _read(source, context, options.max_classes, arrays)
     if options.scenario == "task" and not rows.has_experience:
         raise UserError(f"{source!r} has no 'experience' array; the task scenario takes its task ids from it")
     if not len(rows.y):
         raise UserError(f"{source!r} has no valid rows (see the dead-letter file for why each was rejected)")
 
     text_labels = rows.y.dtype.kind == "U"
-    if text_labels:
+    if not rows.labelled:
+        names = list(ANOMALY_CLASSES)
+    elif text_labels:
         names = sorted(set(rows.y.tolist()))
         rows.y = _encode(rows.y, names)
     else:
         names = [str(i) for i in range(int(rows.y.max()) + 1)]
 
-    if options.test_path:
-        test_source = str(Path(options.test_path).expanduser())
-        test = _read(test_source, context)
+    inline = "x_test" in arrays
+    if inline and (options.test_path or options.test_fraction):
+        raise UserError(
+            f"{source!r} holds its own test data (x_test): leave stream.test_path and stream.test_fraction unset, "
+            "or remove x_test from the archive"
+        )
+    if options.test_path or inline:
+        test_source = str(Path(options.test_path).expanduser()) if options.test_path else f"{source}:test"
+        test_arrays = _open(test_source) if options.test_path else arrays
+        test = _read(test_source, context, arrays=test_arrays, suffix="" if options.test_path else "_test")
         if test.x.shape[1:] != rows.x.shape[1:]:
             raise UserError(f"{test_source!r}: x has rows of shape {test.x.shape[1:]}, the training file {rows.x.shape[1:]}")
-        test = _known_labels(test, names, text_labels, test_source, context)
+        if rows.labelled and not test.labelled:
+            raise UserError(f"{test_source!r}: the test data has no labels (y), the training data has: a test set needs them")
+        test = _known_labels(test, names, text_labels, test_source, context, rows.labelled)
         train_rows = rows
     else:
         train_rows, test = _split(rows, options.test_fraction, context.seed)
@@ -158,6 +184,7 @@ def npz_reader(options: NpzOptions, context: ReaderContext) -> NpzStream:
         experiences=experiences,
         class_names=names,
         normalize=normalize_value(options.normalize),  # see lifelong.scaling
+        labels=rows.labelled,
     )
     runs, run_experience, offsets = {}, [], {}
     for r, (a, b) in enumerate(_runs(train_rows.experience)):
@@ -172,46 +199,57 @@ def npz_reader(options: NpzOptions, context: ReaderContext) -> NpzStream:
     return NpzStream(run_experience, info, runs, tests, context.batch_size, source, offsets)
 
 
-def _read(source: str, context: ReaderContext, max_classes: int | None = None) -> _Rows:
+def _read(
+    source: str, context: ReaderContext, max_classes: int | None = None, arrays: dict[str, np.ndarray] | None = None, suffix: str = ""
+) -> _Rows:
     """The archive's valid rows, ``x`` as float32; bad ones go to the dead letters.
 
-    ``max_classes`` (the training file): more distinct labels than that is a UserError, and an
-    integer label at or above it a bad row. A test file's labels are checked against the training
-    file's classes instead (:func:`_known_labels`).
+    ``arrays``: the archive's arrays (:func:`_open`); ``suffix`` picks ``x_test``, ``y_test`` and
+    ``experience_test`` instead of ``x``, ``y`` and ``experience``. Without ``y`` every label is
+    NO_LABEL. ``max_classes`` (the training file): more distinct labels than that is a UserError,
+    and an integer label at or above it a bad row. A test file's labels are checked against the
+    training file's classes instead (:func:`_known_labels`).
     """
-    arrays = _open(source)
-    x, y = arrays["x"], arrays["y"]
+    arrays = _open(source) if arrays is None else arrays
+    x, raw_y, raw_exp = arrays[f"x{suffix}"], arrays.get(f"y{suffix}"), arrays.get(f"experience{suffix}")
     n = len(x) if x.ndim else 0
     if x.ndim < 1 or x.dtype.kind not in "biuf":
         raise UserError(f"{source!r}: x must be a numeric array of shape (N, ...), got dtype {x.dtype} and shape {x.shape}")
-    if y.shape != (n,):
-        raise UserError(f"{source!r}: y must hold one label per row of x ({n}), got shape {y.shape}")
-    exp = arrays.get("experience")
-    if exp is not None and exp.shape != (n,):
-        raise UserError(f"{source!r}: experience must hold one id per row of x ({n}), got shape {exp.shape}")
+    if raw_y is not None and raw_y.shape != (n,):
+        raise UserError(f"{source!r}: y must hold one label per row of x ({n}), got shape {raw_y.shape}")
+    if raw_exp is not None and raw_exp.shape != (n,):
+        raise UserError(f"{source!r}: experience must hold one id per row of x ({n}), got shape {raw_exp.shape}")
 
     reasons: dict[int, str] = {}
     x, bad = _features(x)
     reasons.update(bad)
-    y, bad = _integers(y, "label", source, allow_text=True)
-    for i, reason in bad.items():
-        reasons.setdefault(i, reason)
-    if max_classes is not None:
-        for i, reason in _bounded(y, bad, max_classes, source).items():
+    if raw_y is None:
+        y = np.full(n, NO_LABEL, dtype=np.int64)
+    else:
+        y, bad = _integers(raw_y, "label", source, allow_text=True)
+        for i, reason in bad.items():
             reasons.setdefault(i, reason)
+        if max_classes is not None:
+            for i, reason in _bounded(y, bad, max_classes, source).items():
+                reasons.setdefault(i, reason)
+    exp = raw_exp
     if exp is None:
         exp = np.zeros(n, dtype=np.int64)
     else:
         exp, bad = _integers(exp, "experience id", source, allow_text=False)
         for i, reason in bad.items():
             reasons.setdefault(i, reason)
-    raw_y, raw_exp = arrays["y"], arrays.get("experience")
     for i in sorted(reasons):
-        record = {"y": _plain(raw_y[i]), "experience": None if raw_exp is None else _plain(raw_exp[i])}
+        record = {
+            "y": None if raw_y is None else _plain(raw_y[i]),
+            "experience": None if raw_exp is None else _plain(raw_exp[i]),
+        }
         context.dead_letter(reasons[i], source, i, record)
     keep = np.ones(n, bool)
     keep[list(reasons)] = False
-    return _Rows(x[keep], y[keep], exp[keep], np.flatnonzero(keep), has_experience=raw_exp is not None)
+    return _Rows(
+        x[keep], y[keep], exp[keep], np.flatnonzero(keep), has_experience=raw_exp is not None, labelled=raw_y is not None
+    )
 
 
 def _features(x: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
@@ -271,12 +309,17 @@ def _open(source: str) -> dict[str, np.ndarray]:
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise UserError(f"{source!r} is a single .npy array, not an .npz archive with arrays x and y")
         with loaded as archive:
-            missing = [k for k in ("x", "y") if k not in archive.files]
-            if missing:
-                raise UserError(f"{source!r} has no array {missing[0]!r} (arrays: {', '.join(archive.files) or 'none'})")
-            return {k: archive[k] for k in ("x", "y", "experience") if k in archive.files}
+            if "x" not in archive.files:
+                raise UserError(f"{source!r} has no array 'x' (arrays: {', '.join(archive.files) or 'none'})")
+            orphans = [k for k in ("y_test", "experience_test") if k in archive.files and "x_test" not in archive.files]
+            if orphans:
+                raise UserError(f"{source!r} has {orphans[0]!r} but no 'x_test' to go with it")
+            return {k: archive[k] for k in ARRAYS if k in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
         raise UserError(f"{source!r} is not a readable .npz archive: {exc}") from None
+
+
+ARRAYS = ("x", "y", "experience", "x_test", "y_test", "experience_test")
 
 
 def _integers(values: np.ndarray, what: str, source: str, allow_text: bool) -> tuple[np.ndarray, dict[int, str]]:
@@ -337,8 +380,16 @@ def _integers(values: np.ndarray, what: str, source: str, allow_text: bool) -> t
     return out, bad
 
 
-def _known_labels(rows: _Rows, names: list[str], text_labels: bool, source: str, context: ReaderContext) -> _Rows:
-    """Test rows encoded like the training labels; a label the training data lacks is dead-lettered."""
+def _known_labels(
+    rows: _Rows, names: list[str], text_labels: bool, source: str, context: ReaderContext, labelled: bool = True
+) -> _Rows:
+    """Test rows encoded like the training labels; a label the training data lacks is dead-lettered.
+
+    Under an unlabeled training stream (``labelled`` False) test labels must be 0 or 1 (normal,
+    anomaly), and test rows without labels keep NO_LABEL.
+    """
+    if not labelled and rows.y.dtype.kind == "U":
+        raise UserError(f"{source!r}: y holds strings; test labels of an unlabeled stream are 0 (normal) or 1 (anomaly)")
     if rows.y.dtype.kind == "U":
         if not text_labels:
             raise UserError(f"{source!r}: y holds strings, the training file's y integers")
@@ -347,10 +398,11 @@ def _known_labels(rows: _Rows, names: list[str], text_labels: bool, source: str,
         if text_labels:
             raise UserError(f"{source!r}: y holds integers, the training file's y strings")
         known = rows.y < len(names)
+    why = "is not among the training labels" if labelled else "is not 0 (normal) or 1 (anomaly), the labels of an unlabeled stream's test data"
     for i in np.flatnonzero(~known):
         offset = int(rows.offsets[i])
-        context.dead_letter(f"label {_plain(rows.y[i])!r} is not among the training labels", source, offset, {"y": _plain(rows.y[i])})
-    rows = _Rows(rows.x[known], rows.y[known], rows.experience[known], rows.offsets[known])
+        context.dead_letter(f"label {_plain(rows.y[i])!r} {why}", source, offset, {"y": _plain(rows.y[i])})
+    rows = _Rows(rows.x[known], rows.y[known], rows.experience[known], rows.offsets[known], labelled=rows.labelled)
     if rows.y.dtype.kind == "U":
         rows.y = _encode(rows.y, names)
     return rows
@@ -369,7 +421,7 @@ def _split(rows: _Rows, fraction: float, seed: int) -> tuple[_Rows, _Rows]:
             idx = np.flatnonzero(rows.experience == exp)
             if len(idx) > 1:
                 test[idx[holdout(rows.y[idx], fraction, rng)[1]]] = True
-    part = lambda m: _Rows(rows.x[m], rows.y[m], rows.experience[m], rows.offsets[m])  # noqa: E731
+    part = lambda m: _Rows(rows.x[m], rows.y[m], rows.experience[m], rows.offsets[m], labelled=rows.labelled)  # noqa: E731
     return part(~test), part(test)
 
 

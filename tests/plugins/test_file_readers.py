@@ -125,13 +125,13 @@ def test_npz_test_path_gives_test_sets_and_drops_unknown_labels(tmp_path):
         (lambda p: p.write_text("x,y\n1,2\n"), "not a readable .npz"),
         (lambda p: np.save(p.with_suffix(".npy"), np.zeros(3)) or p.with_suffix(".npy").rename(p), "single .npy array"),
         (lambda p: np.savez(p, y=np.zeros(3)), "no array 'x'"),
-        (lambda p: np.savez(p, x=np.zeros((3, 2))), "no array 'y'"),
+        (lambda p: np.savez(p, x=np.zeros((3, 2)), y_test=np.zeros(3)), "'y_test' but no 'x_test'"),
         (lambda p: np.savez(p, x=np.zeros((3, 2)), y=np.zeros(2)), "one label per row of x (3)"),
         (lambda p: np.savez(p, x=np.zeros((3, 2)), y=np.zeros(3), experience=np.zeros(4)), "one id per row of x (3)"),
         (lambda p: np.savez(p, x=np.zeros((3, 2)), y=np.array([{}, {}, {}], dtype=object)), "not a readable .npz"),
         (lambda p: np.savez(p, x=np.full((2, 2), np.nan), y=np.zeros(2)), "no valid rows"),
     ],
-    ids=["missing", "text", "npy", "no-x", "no-y", "y-length", "experience-length", "pickled", "all-bad"],
+    ids=["missing", "text", "npy", "no-x", "orphan-y-test", "y-length", "experience-length", "pickled", "all-bad"],
 )
 def test_npz_file_problems_are_user_errors_naming_the_file(tmp_path, setup, message):
     path = tmp_path / "data.npz"
@@ -259,13 +259,13 @@ def test_csv_test_path_is_read_upfront_and_lists_experiences(tmp_path):
     [
         (None, {}, "does not exist"),
         ("", {}, "is empty"),
-        ("a,b,target\n1,2,x\n", {}, "no label column 'label'"),
+        ("a,b, Label\n1,2,x\n", {}, "no label column 'label' but a column 'Label'"),
         ("a,label\n1,x\n", {"experience": "exp"}, "no experience column 'exp'"),
         ("label,exp\nx,0\n", {"experience": "exp"}, "no feature columns"),
         ("a,a,label\n1,2,x\n", {}, "column 'a' appears twice"),
         ("a,label\n1,\n", {}, "no valid rows"),
     ],
-    ids=["missing", "empty", "no-label", "no-experience", "no-features", "duplicate", "no-valid-rows"],
+    ids=["missing", "empty", "label-in-other-case", "no-experience", "no-features", "duplicate", "no-valid-rows"],
 )
 def test_csv_header_problems_are_user_errors_naming_file_and_column(tmp_path, text, options, message):
     path = tmp_path / "data.csv"

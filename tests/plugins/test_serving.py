@@ -409,3 +409,36 @@ def test_train_gate_serve_promote_and_roll_back_end_to_end(tmp_path):
         served.wait_until(lambda: served.version() == "1", "the server to follow the rollback to v1")
     finally:
         assert served.stop() == 0
+
+
+def test_a_detector_answers_scores_and_flags_at_its_stored_threshold(tmp_path):
+    """An anomaly detector's generation: each row's score and its flag at the threshold stored in its weights."""
+    import torch
+    from lifelong_anomaly.autoencoder import Autoencoder, AutoencoderOptions
+
+    from lifelong.types import ModelSpec, StreamInfo
+
+    info = StreamInfo(input_shape=(4,), num_classes=2, class_names=["normal", "anomaly"], labels=False)
+    options = AutoencoderOptions(hidden=[8], latent=2, recent=100)
+    torch.manual_seed(0)
+    model = Autoencoder(options, info).eval()
+    rows = torch.randn(6, 4)
+    rows[5] *= 50.0  # far out
+    with torch.no_grad():
+        scores = model.anomaly_score(rows, model(rows))
+    threshold = float(scores[:5].max()) + 1e-3
+    model.threshold.fill_(threshold)
+    spec = ModelSpec("autoencoder", {k: v for k, v in vars(options).items()}, info)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    register(MlflowClient(uri), "detector", tmp_path / "detector-1", spec, model.state_dict(), alias="champion")
+    served = Served(tmp_path, "models:/detector@champion", uri)
+    try:
+        served.wait_for_health()
+        served.wait_until(lambda: served.request("GET", "/ready")[0] == 200, "/ready")
+        status, body = served.json("POST", "/predict", {"instances": rows.tolist()})
+        assert status == 200, body
+        assert body["anomaly"] == [False] * 5 + [True]
+        assert body["threshold"] == pytest.approx(threshold)
+        assert body["scores"] == pytest.approx(scores.tolist(), rel=1e-5)
+    finally:
+        assert served.stop() == 0, served.log.read_text()[-3000:]

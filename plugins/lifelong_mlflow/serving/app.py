@@ -211,8 +211,6 @@ def detector_answer(scores: Any, loaded: Any) -> dict[str, Any]:
     """An anomaly detector's answer: each row's score and flag (score > the generation's threshold)."""
     threshold = loaded.scorer.threshold
     flags = (scores > threshold).tolist()
-    metrics.predictions.labels(**{"class": "anomaly"}).inc(sum(flags))
-    metrics.predictions.labels(**{"class": "normal"}).inc(len(flags) - sum(flags))
     return {
         "scores": scores.tolist(),
         "anomaly": flags,
@@ -298,7 +296,11 @@ def create_app(service: Service) -> FastAPI:
             return refuse("/predict", started, f"scoring failed: {_one_line(exc)}", 500)
         contract = loaded.scorer.contract
         if loaded.scorer.detector:
-            return record("/predict", started, _answer(detector_answer(probabilities, loaded)))
+            answer = detector_answer(probabilities, loaded)
+            flagged = sum(answer["anomaly"])
+            metrics.predictions.labels(**{"class": "anomaly"}).inc(flagged)
+            metrics.predictions.labels(**{"class": "normal"}).inc(len(answer["anomaly"]) - flagged)
+            return record("/predict", started, _answer(answer))
         labels = contract.labels(probabilities.argmax(axis=1)).tolist()
         answer: dict[str, Any] = {
             "predictions": labels,

@@ -113,6 +113,10 @@ def _check_concepts(concepts: Sequence[Concept]) -> None:
 # river HalfSpaceTrees
 
 
+def _hst_params(n_trees: int, height: int, window_size: int, seed: int) -> dict[str, Any]:
+    return {"n_trees": n_trees, "height": height, "window_size": window_size, "seed": seed, "scaler": "MinMaxScaler"}
+
+
 def _hst_model(seed: int, n_trees: int, height: int, window_size: int):
     from river import anomaly, compose, preprocessing
 
@@ -169,13 +173,7 @@ def half_space_trees(
         "pr_auc": _pr(y, scores),
         "seconds": seconds,
         "records_per_s": len(records) / seconds,
-        "params": {
-            "n_trees": n_trees,
-            "height": height,
-            "window_size": window_size,
-            "seed": seed,
-            "scaler": "MinMaxScaler",
-        },
+        "params": _hst_params(n_trees, height, window_size, seed),
     }
     if return_scores:
         out["scores"] = scores.tolist()
@@ -227,13 +225,7 @@ def half_space_trees_concepts(
         "records_learned": n_learned,
         "records_scored": n_scored,
         "records_per_s": (n_learned + n_scored) / (learn_s + score_s),
-        "params": {
-            "n_trees": n_trees,
-            "height": height,
-            "window_size": window_size,
-            "seed": seed,
-            "scaler": "MinMaxScaler",
-        },
+        "params": _hst_params(n_trees, height, window_size, seed),
     }
 
 

@@ -219,16 +219,23 @@ class Columns:
         exp = 0
         if self.experience is not None:
             exp = _experience_id(fields[self.experience], self.names[self.experience])
-        try:
-            x = np.array([fields[i] for i in self.features], dtype=np.float64)
-        except ValueError:
-            x = None
-        if x is not None:
-            with np.errstate(over="ignore", invalid="ignore"):
-                x32 = x.astype(np.float32)
-            if np.isfinite(x32).all():
-                return x32, label, exp
-        return np.array([_feature(fields[i], self.names[i]) for i in self.features], dtype=np.float32), label, exp
+        return feature_values([fields[i] for i in self.features], [self.names[i] for i in self.features]), label, exp
+
+
+def feature_values(fields: list[str], names: list[str]) -> np.ndarray:
+    """The float32 values of ``fields``, or BadRecord naming the first column (of ``names``) that is
+    not a finite float32 number. One vectorised parse on the common path; the slow one only to name
+    the bad column."""
+    try:
+        x = np.array(fields, dtype=np.float64)
+    except ValueError:
+        x = None
+    if x is not None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            x32 = x.astype(np.float32)
+        if np.isfinite(x32).all():
+            return x32
+    return np.array([_feature(text, name) for text, name in zip(fields, names)], dtype=np.float32)
 
 
 def _feature(text: str, column: str) -> float:

@@ -28,7 +28,8 @@ import numpy as np
 
 from lifelong.errors import UserError
 from lifelong.readers import ReaderContext
-from lifelong_streams.records import FLOAT32_MAX, BadRecord, clip, columns_hint, say, short
+from lifelong_streams.csv_reader import feature_values
+from lifelong_streams.records import BadRecord, columns_hint, say, short
 
 
 @dataclass
@@ -104,7 +105,7 @@ def _read_csv(source: str, context: ReaderContext, label: str, columns: list[str
             fields = _fields(raw)
             if len(fields) != len(header):
                 raise BadRecord(f"expected {len(header)} fields, got {len(fields)}")
-            x = _values([fields[i] for i in where], columns)
+            x = feature_values([fields[i] for i in where], columns)
             y = _flag(fields[at], label) if at is not None else 0
         except BadRecord as bad:
             context.dead_letter(str(bad), source, number, raw.decode("utf-8", "replace"))
@@ -128,31 +129,6 @@ def _fields(raw: bytes) -> list[str]:
         return next(csv.reader([text]))
     except (csv.Error, StopIteration) as exc:
         raise BadRecord(f"unparseable CSV: {exc}") from None
-
-
-def _values(fields: list[str], columns: list[str]) -> np.ndarray:
-    """float32 values, or BadRecord naming the first column that is not a finite float32 number."""
-    try:
-        x = np.array(fields, dtype=np.float64)
-    except ValueError:
-        x = None
-    if x is not None:
-        with np.errstate(over="ignore", invalid="ignore"):
-            x32 = x.astype(np.float32)
-        if np.isfinite(x32).all():
-            return x32
-    for text, column in zip(fields, columns):
-        try:
-            value = float(text)
-        except ValueError:
-            raise BadRecord(f"column {column!r} is not a number: {short(text)}") from None
-        if not math.isfinite(value):
-            raise BadRecord(f"column {column!r} is {clip(text.strip())} (NaN or infinite)")
-        if abs(value) > FLOAT32_MAX:
-            with np.errstate(over="ignore"):
-                if not np.isfinite(np.float32(value)):
-                    raise BadRecord(f"column {column!r} is {value:g}, beyond float32's range (±3.4e38)")
-    raise AssertionError("unreachable: some value was not a finite float32")  # pragma: no cover
 
 
 def _flag(text: str, column: str) -> int:

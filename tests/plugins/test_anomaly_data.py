@@ -4,7 +4,6 @@ and reader, on the real bundled data."""
 from __future__ import annotations
 
 import gzip
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,32 +17,12 @@ from lifelong_streams.windows import EcgOptions, WindowsOptions, ecg_reader, win
 from lifelong.errors import UserError
 from lifelong.objective import NO_LABEL
 from lifelong.options import validate
-from lifelong.readers import DeadLetters, ReaderContext
+from tests.fixtures.readers import dead_letters, resumed_batches, same
+from tests.fixtures.readers import context as reader_context
 
 
-def context(tmp_path: Path, batch_size: int = 64, seed: int = 0) -> ReaderContext:
-    return ReaderContext(batch_size=batch_size, seed=seed, dead_letter=DeadLetters(tmp_path / "dl.jsonl"))
-
-
-def dead_letters(ctx: ReaderContext) -> list[dict]:
-    ctx.dead_letter.close()
-    path = ctx.dead_letter.path
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def resumed_batches(make, cut: int) -> tuple[list, list]:
-    """The batches after batch ``cut`` of an uninterrupted run, and those of a fresh reader sought there."""
-    whole = list(make())
-    reader = make()
-    reader.seek(whole[cut].position)
-    return whole[cut + 1 :], list(reader)
-
-
-def same(a: list, b: list) -> bool:
-    return len(a) == len(b) and all(
-        torch.equal(p.x, q.x) and torch.equal(p.y, q.y) and (p.experience, p.start, p.stop) == (q.experience, q.start, q.stop)
-        for p, q in zip(a, b)
-    )
+def context(tmp_path: Path, batch_size: int = 64, seed: int = 0):
+    return reader_context(tmp_path, batch_size, seed)
 
 
 # -- shuttle ---------------------------------------------------------------------------------------

@@ -11,20 +11,10 @@ import torch
 
 from lifelong.errors import UserError
 from lifelong.options import validate
-from lifelong.readers import DeadLetters, ReaderContext
 from lifelong_streams.csv_reader import CsvOptions, csv_reader
 from lifelong_streams.npz import NpzOptions, npz_reader
 from tests.conftest import cli, run_pipeline
-
-
-def context(tmp_path: Path, batch_size: int = 2, seed: int = 0) -> ReaderContext:
-    return ReaderContext(batch_size=batch_size, seed=seed, dead_letter=DeadLetters(tmp_path / "dl.jsonl"))
-
-
-def dead_letters(ctx: ReaderContext) -> list[dict]:
-    ctx.dead_letter.close()
-    path = ctx.dead_letter.path
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+from tests.fixtures.readers import context, dead_letters
 
 
 # -- npz -------------------------------------------------------------------------------------------

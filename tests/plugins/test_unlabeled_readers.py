@@ -3,8 +3,6 @@ StreamInfo, still dead-letter bad records, still resume, and may have labelled t
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,32 +12,7 @@ from lifelong_streams.npz import NpzOptions, npz_reader
 
 from lifelong.errors import UserError
 from lifelong.objective import NO_LABEL
-from lifelong.readers import DeadLetters, ReaderContext
-
-
-def context(tmp_path: Path, batch_size: int = 2, seed: int = 0) -> ReaderContext:
-    return ReaderContext(batch_size=batch_size, seed=seed, dead_letter=DeadLetters(tmp_path / "dl.jsonl"))
-
-
-def dead_letters(ctx: ReaderContext) -> list[dict]:
-    ctx.dead_letter.close()
-    path = ctx.dead_letter.path
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def resumed_batches(make, cut: int) -> tuple[list, list]:
-    """The batches after batch ``cut`` of an uninterrupted run, and those of a fresh reader sought there."""
-    whole = list(make())
-    reader = make()
-    reader.seek(whole[cut].position)
-    return whole[cut + 1 :], list(reader)
-
-
-def same(a: list, b: list) -> bool:
-    return len(a) == len(b) and all(
-        torch.equal(p.x, q.x) and torch.equal(p.y, q.y) and (p.experience, p.start, p.stop) == (q.experience, q.start, q.stop)
-        for p, q in zip(a, b)
-    )
+from tests.fixtures.readers import context, dead_letters, resumed_batches, same
 
 
 # -- npz -------------------------------------------------------------------------------------------

@@ -120,8 +120,8 @@ class RegistrationSpecs:
         returns any outputs (a reconstruction); ``sample_loss(x, outputs)`` gives the per-sample
         training loss the kernel minimises (strategies' terms are added as for classifiers);
         ``anomaly_score(x, outputs)`` the per-sample score, higher is more anomalous;
-        ``sample_weights(scores)`` (optional) 1 for a sample to learn from, 0 to leave it out of the
-        update and out of every memory (contamination filter); and a ``threshold`` buffer: a score
+        ``sample_weights(x, scores)`` (optional) 1 for a sample to learn from, 0 to leave it out of
+        the update and out of every memory (a contamination filter, a calibration hold-out); and a ``threshold`` buffer: a score
         above it flags an anomaly, in the summary and in served generations. It recalibrates the
         threshold itself, in its own ``lifecycle_hooks()``. It is never wrapped for
         ``normalize``: it standardises its inputs itself.

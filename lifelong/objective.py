@@ -5,8 +5,8 @@ The model decides. A model component whose module has ``anomaly_score`` is an **
 detector** (see ``register_models``): it defines its own per-sample training loss from the batch
 (``sample_loss(x, outputs)``, a reconstruction error), its anomaly score
 (``anomaly_score(x, outputs)``, higher is more anomalous), optionally the weights of the samples
-it lets into the update (``sample_weights(scores)``: 0 keeps a sample out of the loss and out of
-every memory, the contamination filter) and a ``threshold`` buffer (flag = score > threshold;
+it lets into the update (``sample_weights(x, scores)``: 0 keeps a sample out of the loss and out
+of every memory: a contamination filter, a calibration hold-out) and a ``threshold`` buffer (flag = score > threshold;
 :data:`NOT_CALIBRATED` until it is set, since every buffer of a generation must be finite). Any
 other model is a **classifier**: cross-entropy on the labels, accuracy.
 
@@ -89,7 +89,7 @@ class Detection:
         losses = model.sample_loss(batch.x, outputs)
         scores = model.anomaly_score(batch.x, outputs.detach()).detach()
         weigh = getattr(model, "sample_weights", None)
-        weights = weigh(scores) if weigh is not None else None
+        weights = weigh(batch.x, scores) if weigh is not None else None
         if weights is None:
             return losses.mean(), None, scores
         # samples the filter keeps out add nothing and do not dilute the mean of those it keeps

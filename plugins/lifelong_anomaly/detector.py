@@ -60,6 +60,18 @@ The price: the rescored samples were trained on (once each, in a stream), so the
 slightly optimistic, and a high-capacity model trained for several epochs flags more than the
 target on new data; and the ring stores ``recent`` inputs (module **State**).
 
+**Calibration hold-out** (``holdout``, off by default). For that case: a share of the stream's
+samples is never trained on and never stored by a memory (weight 0 from ``sample_weights``), and
+only those are recorded and rescored, so the threshold is a quantile of scores of data the model
+has not learned (split-conformal calibration). Which samples: a fixed hash of their values (the
+fractional part of a scaled random projection), so the same sample is held out in every epoch
+and in every rebuilt generation, with no state and no host synchronisation. Measured
+(``test_the_hold_out_keeps_the_false_alarm_rate_on_target_where_training_samples_run_low``: 600
+samples, 60 epochs, a wide autoencoder, target 5 %): 73 % of unseen normal samples flagged when
+calibrated on training samples, 3.7 % with a 20 % hold-out. Not the default because a hash of
+the values holds out every copy of a value: on Shuttle, whose records repeat, it held out whole
+clusters of normal records, and the prequential ROC-AUC fell from 0.99 to 0.89.
+
 - ``quantile``: the ``1 - false_alarm_rate`` quantile of the calibration scores (at least
   ``1 / false_alarm_rate`` of them, else the threshold stays as it was: not calibrated at first). Training
   anomalies count too: with contamination above the target rate, the false-alarm rate on
@@ -107,6 +119,8 @@ from lifelong.scaling import Standardize
 from lifelong.types import Batch
 from lifelong_anomaly.thresholds import MAX_PEAKS, METHODS, MIN_PEAKS, QuantileThreshold, Spot
 
+HOLDOUT_SEED = 20170813  # the calibration hold-out's projection (any fixed value: it only has to stay fixed)
+HOLDOUT_SCALE = 7919.0  # spreads the projection's fractional part over [0, 1)
 MAX_RECENT = 10_000_000  # ring buffer samples (their size is checked against memory by the model)
 CHUNK = 4096  # samples per forward pass when rescoring the ring at a boundary
 MAX_SPOT_PEAKS = 1_000_000  # SPOT peaks kept (8 MB of float64; each boundary refits on all of them)
@@ -125,11 +139,14 @@ class DetectorOptions:
     spot_update: Literal["refit", "stream"] = field(default="refit", metadata={"help": "spot: refit = a fresh SPOT calibration on the scores of the span's training samples at every boundary; stream = the paper's streaming update with them, its counts and peaks kept across boundaries"})
     spot_peaks: int = field(default=MAX_PEAKS, metadata={"help": "spot: newest peaks (excesses over t) kept for the fit; bounds memory and the refit time"})
     recent: int = field(default=5000, metadata={"help": "newest stream samples kept on the device (ring buffer, part of every generation) and rescored at each boundary to calibrate the threshold"})
+    holdout: float = field(default=0.0, metadata={"help": "share of stream samples never trained on nor stored in a memory, chosen by a fixed hash of their values (the same samples in every epoch), on which the threshold and the filter's level are calibrated: split-conformal calibration on data the model has not learned, for many epochs over small spans. A hash of the values holds out every copy of a value: on data with many duplicates (Shuttle) it holds out whole clusters of normal records. 0: calibrate on rescored training samples"})
     filter: float = field(default=0.0, metadata={"help": "contamination filter: the share of anomalies expected in the training stream (e.g. 0.1); samples scoring above the 1 - filter quantile of the last calibration's scores stay out of the update and out of replay/EWC memories. 0: off; equal to false_alarm_rate (with threshold = quantile): the alarm threshold itself"})
 
     def check(self) -> None:
         if not (math.isfinite(self.noise) and self.noise >= 0):
             raise ValueError(f"noise must be a standard deviation >= 0, got {self.noise}")
+        if not 0.0 <= self.holdout < 0.5:
+            raise ValueError(f"holdout must lie in [0, 0.5): the share of stream samples kept for calibration, e.g. 0.1; got {self.holdout}")
         if not 0.0 <= self.filter < 0.5:
             raise ValueError(f"filter must lie in [0, 0.5): the share of anomalies expected in training data, e.g. 0.1; 0 turns it off; got {self.filter}")
         if self.filter and self.recent * self.filter < 1:
@@ -179,7 +196,11 @@ class Detector(nn.Module):
             f"the detector's ring of its {options.recent:,} newest samples of {resources.elements(self.shape):,} values",
             "model.recent",
         )
-        self.register_buffer("recent_inputs", torch.zeros(options.recent, *self.shape, dtype=torch.float32))
+        # one spare row past the ring takes the writes of samples that are not recorded (no host sync)
+        self.register_buffer("recent_inputs", torch.zeros(options.recent + 1, *self.shape, dtype=torch.float32))
+        # the calibration hold-out's hash: a fixed random projection (the same in every process and generation)
+        key = torch.randn(resources.elements(self.shape), generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+        self.register_buffer("holdout_key", key, persistent=False)
         self.register_buffer("recent_total", torch.zeros((), dtype=torch.int64))
         self.register_buffer("recent_mark", torch.zeros((), dtype=torch.int64))
         if options.threshold == "spot":
@@ -213,33 +234,56 @@ class Detector(nn.Module):
         """The reconstruction error, detached: shape (N,), higher = more anomalous."""
         return self.sample_loss(x, outputs.detach()).detach()
 
-    def sample_weights(self, scores: torch.Tensor) -> torch.Tensor | None:
-        """With ``filter``: 1.0 where score <= filter_threshold, else 0.0 (device-side); without it None."""
-        if not self.options.filter:
+    def sample_weights(self, x: torch.Tensor, scores: torch.Tensor) -> torch.Tensor | None:
+        """0.0 for a sample held out for calibration or (with ``filter``) scoring above filter_threshold,
+        else 1.0 (device-side); None when neither applies."""
+        weights = (scores <= self.filter_threshold).to(torch.float32) if self.options.filter else None
+        held = self.held_out(x)
+        if held is not None:
+            kept = (~held).to(torch.float32)
+            weights = kept if weights is None else weights * kept
+        return weights
+
+    def held_out(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Which samples of ``x`` (raw inputs) belong to the calibration hold-out; None without one.
+
+        A fixed hash of the values (the fractional part of a scaled random projection), so a sample is
+        held out, or not, every time it is seen: in every epoch, and never stored by a memory.
+        """
+        if not self.options.holdout:
             return None
-        return (scores <= self.filter_threshold).to(torch.float32)
+        flat = x.reshape(x.shape[0], -1).to(self.holdout_key.dtype)
+        return torch.frac((flat @ self.holdout_key).abs() * HOLDOUT_SCALE + 0.5) < self.options.holdout
 
     def lifecycle_hooks(self) -> DetectorHooks:
         return DetectorHooks(self)
 
     # -- recording and calibration ----------------------------------------------------------
     @torch.no_grad()
-    def record(self, x: torch.Tensor) -> None:
-        """Write the samples ``x`` into the ring buffer: device-side only, no host synchronisation."""
-        ring = self.recent_inputs
-        n, size = x.shape[0], ring.shape[0]
-        if n > size:  # only the last `size` would survive; skip the rest but count them
-            self.recent_total.add_(n - size)
-            x, n = x[-size:], size
+    def record(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Write the samples ``x`` (those where ``mask`` is True, when given) into the ring buffer, in order.
+
+        Device-side only, no host synchronisation: every sample gets a slot, those not recorded the
+        spare row past the ring, and the count grows by a device-side sum.
+        """
+        ring, size = self.recent_inputs, self.options.recent
+        n = x.shape[0]
         if n == 0:
             return
-        slots = (self.recent_total + torch.arange(n, device=ring.device)) % size  # distinct: n <= size
+        if mask is None:
+            mask = torch.ones(n, dtype=torch.bool, device=ring.device)
+        taken = mask.to(torch.int64)
+        order = torch.cumsum(taken, 0) - taken  # each recorded sample's rank among this batch's recorded ones
+        rank_from_end = taken.sum() - 1 - order
+        # a batch recording more than the ring holds keeps its newest `size` (older ones would be overwritten)
+        record = mask & (rank_from_end < size)
+        slots = torch.where(record, (self.recent_total + order) % size, torch.full_like(order, size))
         ring.index_copy_(0, slots, x.detach().reshape(n, *self.shape).to(ring.dtype))
-        self.recent_total.add_(n)
+        self.recent_total.add_(taken.sum())
 
     def recorded(self, count: int | None = None) -> torch.Tensor:
         """The newest ``count`` recorded samples (default: all the ring holds), oldest first (synchronises)."""
-        total, size = int(self.recent_total), self.recent_inputs.shape[0]
+        total, size = int(self.recent_total), self.options.recent
         held = min(total, size)
         count = held if count is None else min(count, held)
         slots = (torch.arange(total - count, total, device=self.recent_inputs.device)) % size
@@ -363,7 +407,7 @@ class DetectorHooks:
             return
         model = self.model
         x = batch.x.reshape(batch.x.shape[0], *model.shape)
-        model.record(x)
+        model.record(x, model.held_out(batch.x))  # with a hold-out, only its samples calibrate
         model.scaler.update(x)
 
     @hookimpl

@@ -36,7 +36,7 @@ class TinyDetector(torch.nn.Module):
     def anomaly_score(self, x, outputs):
         return (outputs - x).square().mean(dim=1)
 
-    def sample_weights(self, scores):
+    def sample_weights(self, x, scores):
         return (scores <= self.threshold).float()
 
 

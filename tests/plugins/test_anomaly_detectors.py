@@ -55,7 +55,7 @@ def train(model, batches, boundary_every: int = 0, lr: float = 1e-3, hooks=None)
     for step, x in enumerate(batches, 1):
         outputs = model(x)
         losses = model.sample_loss(x, outputs)
-        weights = model.sample_weights(model.anomaly_score(x, outputs))
+        weights = model.sample_weights(x, model.anomaly_score(x, outputs))
         weights = torch.ones_like(losses) if weights is None else weights
         loss = (weights * losses).sum() / weights.sum().clamp_min(1)
         optimizer.zero_grad()
@@ -125,7 +125,12 @@ def test_protocol_shapes(kind):
     score = model.anomaly_score(x, outputs)
     assert score.shape == (6,) and not score.requires_grad
     assert torch.equal(score, loss.detach())
-    assert model.sample_weights(score) is None  # no filter
+    assert model.sample_weights(x, score) is None  # no filter, no hold-out (the defaults)
+    model.options.holdout = 0.3
+    held = model.held_out(x)
+    assert held.shape == (6,) and held.dtype == torch.bool
+    assert torch.equal(model.sample_weights(x, score), (~held).float())
+    model.options.holdout = 0.0
     assert model.threshold.shape == () and model.threshold.dtype == torch.float32 and model.threshold.item() == NOT_CALIBRATED
     # extra epochs (first_pass False) record nothing and leave the statistics alone
     hooks = model.lifecycle_hooks()
@@ -230,22 +235,22 @@ def test_threshold_lands_near_the_target_false_alarm_rate(options, target):
 def test_filter_keeps_far_out_samples_out_once_calibrated():
     model = dense(filter=0.05)
     x = normal(32)
-    assert torch.equal(model.sample_weights(scores(model, x)), torch.ones(32))  # not calibrated: everything kept
+    assert torch.equal(model.sample_weights(x, scores(model, x)), torch.ones(32))  # not calibrated: everything kept
     train(model, (normal(32) for _ in range(300)), boundary_every=300)
     assert model.threshold.item() < NOT_CALIBRATED
     batch = normal(200)
     batch[:20] += 25.0  # injected anomalies
     model.train()
     outputs = model(batch)
-    weights = model.sample_weights(model.anomaly_score(batch, outputs))
+    weights = model.sample_weights(batch, model.anomaly_score(batch, outputs))
     assert weights.dtype == torch.float32 and weights.shape == (200,)
     assert weights[:20].sum().item() == 0  # every injected anomaly is out of the update and the memories
     assert weights[20:].mean().item() > 0.9  # normal samples are kept (about 1 - filter)
     # the filter level is the 95 % quantile; the alarm threshold is calibrated on the scores below it
     assert model.threshold.item() <= model.filter_threshold.item() < NOT_CALIBRATED
-    assert model.sample_weights(torch.tensor([math.nan, 0.0])).tolist() == [0.0, 1.0]
+    assert model.sample_weights(torch.zeros(2, FEATURES) + 1.0, torch.tensor([math.nan, 0.0])).tolist() == [0.0, 1.0]
     model.options.filter = 0.0
-    assert model.sample_weights(model.anomaly_score(batch, outputs)) is None
+    assert model.sample_weights(batch, model.anomaly_score(batch, outputs)) is None
 
 
 def test_sequence_detector_flags_a_spiked_window():
@@ -310,3 +315,42 @@ def test_spot_stream_updates_and_refit_recalibrates():
     # refit: the second boundary's fresh fit on its span's 1,600 scores
     assert refit_spot.n == 1600 and refit_spot.count == 160
     assert refitted.threshold.item() == pytest.approx(refit_spot.z, rel=1e-6)
+
+
+def test_the_calibration_hold_out_is_a_fixed_share_of_samples_never_trained_on():
+    model = dense(holdout=0.1, recent=5000)
+    x = normal(20000, torch.Generator().manual_seed(3))
+    held = model.held_out(x)
+    assert 0.09 < held.float().mean().item() < 0.11
+    assert torch.equal(held, model.held_out(x.clone()))  # the same samples, every time
+    assert torch.equal(held, dense(holdout=0.1).held_out(x))  # and in every instance (a rebuilt generation)
+    weights = model.sample_weights(x, torch.zeros(len(x)))
+    assert torch.equal(weights, (~held).float())
+    # only the held-out samples are recorded for calibration, in order
+    hooks = model.lifecycle_hooks()
+    hooks.after_step(stream_batch(x[:1000]), None, True)
+    assert model.recent_total.item() == int(held[:1000].sum())
+    torch.testing.assert_close(model.recorded(), x[:1000][held[:1000]])
+
+
+def test_the_hold_out_keeps_the_false_alarm_rate_on_target_where_training_samples_run_low():
+    """Many epochs over few samples (30 features, 600 samples, a wide autoencoder, 60 epochs): rescored
+    training samples score low, so a threshold calibrated on them flags far more than the target on
+    unseen normal data; calibrated on the hold-out it lands on target."""
+    features = 30
+    generator = torch.Generator().manual_seed(11)
+    mixing = torch.randn(features, features, generator=generator)
+    data = torch.randn(600, features, generator=generator) @ mixing
+    unseen = torch.randn(50_000, features, generator=generator) @ mixing
+    batches = [data[i : i + 50] for i in range(0, len(data), 50)]
+    rates = {}
+    for holdout in (0.0, 0.2):
+        torch.manual_seed(0)
+        options = AutoencoderOptions(hidden=[256], latent=12, holdout=holdout, false_alarm_rate=0.05, recent=2000)
+        model = Autoencoder(options, StreamInfo(input_shape=(features,), num_classes=2))
+        train(model, (b for _ in range(60) for b in batches), boundary_every=60 * len(batches), lr=3e-3)
+        model.eval()
+        with torch.no_grad():
+            rates[holdout] = (model.anomaly_score(unseen, model(unseen)) > model.threshold).float().mean().item()
+    assert 0.025 <= rates[0.2] <= 0.075, rates  # within ±50 % of the 5 % target
+    assert rates[0.0] > 0.3, rates  # without it: most unseen normal samples are flagged

@@ -280,7 +280,7 @@ def fmt(value: Any, signed: bool = False) -> str:
 def markdown(results: dict[str, Any]) -> str:
     lines = ["# Continual anomaly detection: lifelong, river HalfSpaceTrees, pyCLAD 0.3.0", ""]
     p = results["provenance"]
-    lines += [f"`{p['command']}` at commit `{p['commit']}` (code changed during run: {p['code_changed_during_run']}), "
+    lines += [f"`{p['command']}` at commit `{p['commit_at_start']}` (code changed during run: {p['code_changed_during_run']}), "
               f"torch {p['torch']}, OMP threads {p['omp_threads']}, load at end {p['load_average_at_end']}.", ""]
     for name, rows in results["concepts"].items():
         lines += [f"## Concepts: {name}", "",

@@ -24,7 +24,7 @@ def table(summary: dict[str, Any]) -> str:
     keys = names(summary.get("metric", "accuracy"))
     matrix = summary[keys["matrix"]]
     columns = summary["experiences"]
-    lines = [f"{keys['label'].lower()} matrix R[j][i] (row j: after generation j, column i: experience i)"]
+    lines = [f"{keys['label']} matrix R[j][i] (row j: after generation j, column i: experience i)"]
     lines.append("        " + " ".join(f"exp {c:<2}" for c in columns))
     verdicts = [g.get("promotion") for g in summary.get("generations", [])]
     for j, row in enumerate(matrix):
@@ -104,7 +104,7 @@ def heatmap(summary: dict[str, Any], path: str | Path) -> Path:
         ax.set_yticks(range(rows), [str(j) for j in range(rows)])
     ax.set_xlabel("evaluated on experience")
     ax.set_ylabel("after generation")
-    average, title = summary.get(keys["avg"]), f"{keys['label'].lower()} matrix"
+    average, title = summary.get(keys["avg"]), f"{keys['label']} matrix"
     short = "ACC" if keys["avg"] == "acc" else f"average {keys['short']}"
     ax.set_title(f"{title} ({short} {average:.3f})" if average is not None else title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)

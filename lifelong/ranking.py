@@ -113,8 +113,8 @@ class ScoreHistogram:
         self.counts.index_add_(0, index, torch.ones_like(index))
 
     def auc(self) -> float | None:
-        counts = self.counts.tolist()
-        normal, anomaly = np.array(counts[:BINS], dtype=np.float64), np.array(counts[BINS : 2 * BINS], dtype=np.float64)
+        counts = self.counts.cpu().numpy().astype(np.float64)
+        normal, anomaly = counts[:BINS], counts[BINS : 2 * BINS]
         n, p = normal.sum(), anomaly.sum()
         if n == 0 or p == 0:
             return None

@@ -302,4 +302,6 @@ def test_checkpoints_by_time_and_at_generations(tmp_path):
     assert by_generation.checkpoints_written == 5
     by_time = build(["learner.epochs=1", f"checkpoint.dir='{tmp_path / 'b'}'", "checkpoint.every_seconds=0.000001"], tmp_path)
     by_time.execute()
-    assert by_time.checkpoints_written > 10  # whenever the writer is free after a batch
+    # whenever the writer is free after a batch: how often it is free depends on the machine's load
+    # (13-20 here, 10 on a loaded CI runner), so the test asks only for checkpoints beyond the generations'
+    assert by_time.checkpoints_written > by_generation.checkpoints_written

@@ -9,6 +9,10 @@
 #   deploy/local-service.sh serve [ARGS…]    # lifelong serve models:/$LIFELONG_MODEL@champion, following it
 #   deploy/local-service.sh stop             # stop the MLflow server
 #
+# With LIFELONG_STORE=postgres, `start` and `stop` hand over to deploy/service.py: PostgreSQL (Debian's,
+# run as the postgres user under root) as the MLflow backend store instead of sqlite, same port, same
+# $LIFELONG_HOME, so run/models/serve/train below work unchanged against it (docs/deploy.md).
+#
 # A scheduler (cron, a systemd timer) calls `run` with the pipeline of each retraining round; with
 # a [promotion] section in it, only generations that pass the gate move the `champion` alias, and
 # `serve` (a long-running process of its own) swaps each new champion in without a restart.
@@ -87,8 +91,13 @@ trainer_args() {
     fi
 }
 
+SERVICE_PY="$(dirname "$0")/service.py"
+
 case "${1:-}" in
 start)
+    if [ "${LIFELONG_STORE:-sqlite}" = postgres ]; then
+        exec "$PYTHON" "$SERVICE_PY" start --home "$LIFELONG_HOME" --port "$PORT"
+    fi
     if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
         echo "MLflow server already running at $URI"; exit 0
     fi
@@ -118,6 +127,9 @@ serve)
     MLFLOW_TRACKING_URI="$URI" exec lifelong serve "models:/$MODEL@champion" "$@"
     ;;
 stop)
+    if [ -f "$LIFELONG_HOME/service.json" ]; then  # started by service.py: stop PostgreSQL too
+        exec "$PYTHON" "$SERVICE_PY" stop --home "$LIFELONG_HOME"
+    fi
     if [ -f "$PIDFILE" ]; then
         kill -- "-$(cat "$PIDFILE")" 2>/dev/null || true
         rm -f "$PIDFILE"

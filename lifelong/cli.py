@@ -4,7 +4,9 @@
 Exit status: 0 when the run finished and every tracker recorded all of it; 2 for a user error
 (config, unknown names, bad files, a tracker that cannot be reached, a run that diverged), with
 one paragraph that names the problem and never a traceback; 3 when the run finished but a tracker
-reports that it did not record all of it (``complete: false``); 128 + N when signal N stopped it.
+reports that it did not record all of it (``complete: false``); 4 when a data-parallel rank lost
+another rank (it died or stopped answering: restart the job with ``--resume``); 128 + N when
+signal N stopped it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from lifelong.errors import UserError
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
+
+
+def _lost(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(4)
 
 
 def _host(ctx: click.Context):
@@ -75,6 +82,7 @@ def main(ctx: click.Context, plugins: tuple[str, ...], blocked: tuple[str, ...])
 @click.option("--summary", "summary_path", type=click.Path(dir_okay=False), help="Write the run summary as JSON here (and the heatmap beside it).")
 @click.option("--dead-letters", "dead_letter_path", default="dead_letters.jsonl", show_default=True, type=click.Path(dir_okay=False), help="Where bad records go (each line names its run).")
 @click.option("--resume", is_flag=True, help="Continue the session checkpointed in [checkpoint] dir from its newest valid checkpoint.")
+@click.option("--nproc", type=click.IntRange(1, 1024), default=None, help="Train data-parallel as this many ranks on this machine (torch.distributed; see README 'Scaling out').")
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -83,12 +91,17 @@ def run(
     summary_path: str | None,
     dead_letter_path: str,
     resume: bool,
+    nproc: int | None,
 ) -> None:
     """Run PIPELINE_FILE (TOML), or the built-in Split-Digits pipeline when none is given."""
-    from lifelong import config, pipeline, report
+    from lifelong import config, distributed, pipeline, report
     from lifelong.errors import Interrupted
     from lifelong.progress import progress_bar
 
+    if nproc is not None and not distributed.requested():
+        from lifelong.launch import spawn, strip_nproc
+
+        sys.exit(spawn(nproc, strip_nproc(sys.argv[1:])))
     try:
         raw = config.load(pipeline_file, list(overrides))
         plan = pipeline.build(_host(ctx), raw, dead_letter_path, resume=resume, summary_path=summary_path)
@@ -96,17 +109,28 @@ def run(
         _fail(str(exc))
     except (MemoryError, RecursionError) as exc:  # what no estimate caught: still the pipeline's sizes
         _fail(f"the pipeline could not be built: {type(exc).__name__} (a size or a nesting in it is too large)")
+    except distributed.RankLost as exc:
+        _lost(exc)
     source = pipeline_file or "the built-in default pipeline"
     verb = "resuming" if resume else "running"
-    click.echo(f"lifelong: {verb} {source} on {plan.device} (session {plan.session.id})", err=True)
+    ranks = f", {plan.world.size} ranks" if plan.world is not None else ""
+    if plan.lead:
+        click.echo(f"lifelong: {verb} {source} on {plan.device}{ranks} (session {plan.session.id})", err=True)
     heatmap = Path(summary_path).with_suffix(".png") if summary_path else None
     try:
-        with progress_bar(plan, initial=plan.session.step) as bar:
-            summary = pipeline.Runner(plan, progress=bar).execute(heatmap)
+        if plan.lead:
+            with progress_bar(plan, initial=plan.session.step) as bar:
+                summary = pipeline.Runner(plan, progress=bar).execute(heatmap)
+        else:  # rank 0 reports for the job
+            pipeline.Runner(plan).execute()
+            return
     except UserError as exc:
         _fail(str(exc))
+    except distributed.RankLost as exc:
+        _lost(exc)
     except Interrupted as exc:
-        click.echo(f"lifelong: {exc}", err=True)
+        if plan.lead:
+            click.echo(f"lifelong: {exc}", err=True)
         sys.exit(128 + getattr(signal, exc.signal_name, signal.SIGTERM).value)
     click.echo(report.table(summary))
     for name, result in summary.get("trackers", {}).items():
@@ -163,6 +187,8 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"    commands: {', '.join(plugin['commands'])}")
         for comp in plugin["components"]:
             click.echo(f"    {comp['kind']} {comp['name']}: {comp['help']}")
+            if "data_parallel" in comp:
+                click.echo(f"        data-parallel: {comp['data_parallel'] or 'no (refused when WORLD_SIZE is set)'}")
             for opt in comp["options"]:
                 click.echo(f"        {opt['name']} ({opt['type']}) = {opt['default']!r}  {opt['help']}")
     for section, rows in described.get("kernel_options", {}).items():

@@ -25,11 +25,12 @@ from typing import Any, Literal
 import torch
 
 from lifelong import options as opts
+from lifelong.distributed import DistributedOptions
 from lifelong.errors import ConfigError, UserError, brief, clip
 from lifelong.promotion import PromotionOptions
 
 COMPONENT_SECTIONS = ("stream", "model", "boundary", "tracking")
-KERNEL_SECTIONS = ("learner", "checkpoint")
+KERNEL_SECTIONS = ("learner", "checkpoint", "distributed")
 # [promotion] is the kernel's too, but optional: the promotion gate is on exactly when the section exists.
 KNOWN_SECTIONS = (*COMPONENT_SECTIONS, *KERNEL_SECTIONS, "promotion", "strategy")
 
@@ -73,6 +74,7 @@ class LearnerOptions:
     momentum: float = field(default=0.0, metadata={"help": "SGD momentum"})
     weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay of the optimizer (decoupled for adamw)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"})
+    precision: str = field(default="fp32", metadata={"help": "fp32, or bf16: the training forward and loss under torch.autocast in bfloat16 (CUDA with bf16, or the CPU); weights, optimizer state and evaluation stay float32"})
     seed: int = field(default=0, metadata={"help": "seeds python, numpy and torch, and every strategy's generator"})
     log_every: int = field(default=20, metadata={"help": "batches between host reads of running metrics"})
     eval_batch_size: int = field(default=1024, metadata={"help": "samples per forward pass when evaluating held-out sets"})
@@ -118,6 +120,8 @@ class LearnerOptions:
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be an integer in [0, {MAX_SEED}] (2**32 - 1), got {self.seed}")
         check_device_name(self.device)
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if len(set(self.strategies)) != len(self.strategies):
             raise ValueError(f"strategies lists a name twice: {self.strategies}")
 
@@ -293,6 +297,11 @@ def learner_options(pipeline: dict[str, Any]) -> LearnerOptions:
 
 def checkpoint_options(pipeline: dict[str, Any]) -> CheckpointOptions:
     return opts.validate(CheckpointOptions, pipeline.get("checkpoint"), "checkpoint")
+
+
+def distributed_options(pipeline: dict[str, Any]) -> DistributedOptions:
+    """``[distributed]``: how ranks talk, when the run is one of several (``WORLD_SIZE`` set)."""
+    return opts.validate(DistributedOptions, pipeline.get("distributed"), "distributed")
 
 
 def promotion_options(pipeline: dict[str, Any]) -> PromotionOptions | None:

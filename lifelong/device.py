@@ -26,3 +26,13 @@ def resolve(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("learner.device", "'mps' requested but MPS is not available here")
     return device
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """bf16 autocast needs a CUDA device that computes in bfloat16 (Ampere and later), or the CPU."""
+    if precision != "bf16":
+        return
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("learner.precision", f"bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; use fp32")
+    if device.type not in ("cuda", "cpu"):
+        raise ConfigError("learner.precision", f"bf16 autocast is supported on cuda and cpu, not {device.type}; use fp32")

@@ -118,8 +118,11 @@ def render(host: PluginHost | None = None) -> str:
         components = [c for c in host.components[kind].values() if c.plugin in builtin]
         lines += [f"### {KIND_TITLES[kind]}", ""]
         for comp in sorted(components, key=lambda c: c.name):
+            described = comp.describe()
             lines += [f"#### `{comp.name}` (plugin `{comp.plugin}`)", "", comp.help, ""]
-            lines += _options_table(comp.describe()["options"])
+            if "data_parallel" in described:
+                lines += [f"Data-parallel: {described['data_parallel'] or 'no (refused when WORLD_SIZE is set)'}.", ""]
+            lines += _options_table(described["options"])
     unavailable = [r for r in host.records.values() if r.source == "built-in" and not r.available]
     if unavailable:
         raise SystemExit(f"cannot document unavailable built-in plugins: {[r.name for r in unavailable]}")

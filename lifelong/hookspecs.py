@@ -100,6 +100,14 @@ class RegistrationSpecs:
           test set as they arrive, and everything downstream (the step, extra epochs, replay
           memories, strategies, evaluation, served generations) sees and stores prepared inputs;
           ``forward`` takes prepared inputs.
+        - ``prepare_host(x) -> x'``: the host-side part of that transform (a text model's
+          tokenizer: bytes to token ids), CPU tensor in, CPU tensor out, deterministic and
+          thread-safe. The kernel runs it on the reader thread, before a batch is pinned and copied
+          to the device, so the training thread never waits for it; held-out sets go through it
+          before ``prepare`` too. ``prepare`` then receives its output and must not redo the work,
+          yet still accept raw inputs, which it gets wherever ``prepare_host`` was not called
+          (served generations, a model wrapping this one): a tokenizer tells token ids (int64) from
+          bytes (uint8, or floats when served) by their dtype.
         - ``param_groups(lr) -> list[dict]``: the optimizer's parameter groups (discriminative
           learning rates); by default one group of every parameter that requires a gradient.
         - ``model_spec``: a ModelSpec that rebuilds the module, when that is not simply this
@@ -109,7 +117,8 @@ class RegistrationSpecs:
         - ``warmup_samples``: how many of the first stream samples the model wants to see before
           the run starts (a decision that depends on the data, such as transfer's ``auto``). The
           kernel reads them ahead, hands them to ``on_run_start`` as ``run.warmup`` (on the CPU,
-          not prepared) and then streams them like any other samples. A resumed run has no warm-up.
+          through ``prepare_host`` when the model has one, not ``prepare``) and then streams them
+          like any other samples. A resumed run has no warm-up.
         - ``continues`` and ``continued_state``: set by initializers that continue from a stored
           generation (``{"ref", "session", "generation"}`` and ``{"strategies": {name: state}}``);
           the kernel records ``continues`` as the first generation's parent and restores the

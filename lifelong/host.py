@@ -62,6 +62,8 @@ class Component:
         }
         if self.initializer:
             described["initializer"] = True
+        if self.kind == "strategy":  # how it trains across data-parallel ranks; "" when it cannot
+            described["data_parallel"] = getattr(self.factory, "data_parallel", "") or ""
         return described
 
 
@@ -136,14 +138,16 @@ def _with_cwd_on_path() -> None:
 
 
 def kernel_options() -> dict[str, list[dict[str, Any]]]:
-    """Rows (:func:`lifelong.options.describe`) of the kernel's own sections: learner, checkpoint, promotion."""
+    """Rows (:func:`lifelong.options.describe`) of the kernel's own sections: learner, checkpoint, promotion, distributed."""
     from lifelong.config import CheckpointOptions, LearnerOptions  # lazily: config is the kernel's, not the host's
+    from lifelong.distributed import DistributedOptions
     from lifelong.promotion import PromotionOptions
 
     return {
         "learner": opts.describe(LearnerOptions),
         "checkpoint": opts.describe(CheckpointOptions),
         "promotion": opts.describe(PromotionOptions),
+        "distributed": opts.describe(DistributedOptions),
     }
 
 

@@ -64,8 +64,11 @@ def skips_nonfinite(optimizer: Any) -> bool:
 class Learner:
     """Owns the optimizer step; strategies shape it through the lifecycle hooks."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: Any, hooks: Any, device: torch.device):
+    def __init__(self, model: torch.nn.Module, optimizer: Any, hooks: Any, device: torch.device, precision: str = "fp32"):
         self.model = model
+        # bf16: forward, loss and strategy terms under autocast; the backward and the update stay float32
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        self.replicas: torch.nn.Module = model  # what the training forward runs: DistributedDataParallel(model) across ranks
         self.optimizer = optimizer
         self.hooks = hooks
         self.device = device
@@ -79,34 +82,59 @@ class Learner:
         if self.skips:
             optimizer.found_inf, optimizer.grad_scale = self.found_inf, None
 
-    def step(self, batch: Batch, prequential: bool = True) -> None:
+    def data_parallel(self, device_ids: list[int] | None) -> None:
+        """Train as one replica of a data-parallel job (:mod:`lifelong.distributed`): the forward goes
+        through ``DistributedDataParallel``, which broadcasts rank 0's weights now and all-reduces the
+        gradients of every backward. Called once the strategies have frozen what they freeze."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.replicas = DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def step(self, batch: Batch, prequential: bool = True, scale: float = 1.0) -> None:
         """Train on one stream batch (already on the device) plus whatever strategies add to it.
 
         With ``prequential`` the pre-update predictions on the stream batch count towards the
-        test-then-train accuracy (first pass over the stream only).
+        test-then-train accuracy (first pass over the stream only). ``scale`` multiplies the loss:
+        a data-parallel rank's share of the step's samples (:meth:`lifelong.distributed.World.share`).
         """
         hooks = self.hooks
         extras = [b for b in hooks.augment_batch(batch=batch) if b is not None]
         train = Batch.concat([batch, *extras]) if extras else batch
         if not self.model.training:  # train() walks every submodule: only after an evaluation
             self.model.train()
-        outputs = forward(self.model, train.x, train.task)
-        loss, weights, scores = self.objective.loss(self.model, train, outputs)
-        total = loss
-        for term in hooks.extra_loss(batch=train, outputs=outputs, model=self.model):
-            if term is not None:
-                total = total + term
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        hooks.before_optimizer_step(model=self.model, optimizer=self.optimizer)
-        found = self._check_finite(total)
-        self.optimizer.step()  # a fused optimizer skips the update on the device when ``found`` is set
+        with self.autocast:
+            outputs = forward(self.replicas, train.x, train.task)
+            loss, weights, scores = self.objective.loss(self.model, train, outputs)
+            total = loss
+            for term in hooks.extra_loss(batch=train, outputs=outputs, model=self.model):
+                if term is not None:
+                    total = total + term
+        found = self._update(total * scale if scale != 1.0 else total)
         n = len(batch)
-        stream_outputs = outputs[:n].detach()
+        stream_outputs = outputs[:n].detach().float()  # float() copies only under bf16
         if weights is not None:
             batch.weight = weights[:n]
         hooks.after_step(batch=batch, outputs=stream_outputs, first_pass=prequential)
-        self.metrics.update(loss, stream_outputs, batch.y, found, counted=prequential, scores=None if scores is None else scores[:n])
+        self.metrics.update(loss.float(), stream_outputs, batch.y, found, counted=prequential, scores=None if scores is None else scores[:n].float())
+
+    def shadow(self, batch: Batch) -> None:
+        """A data-parallel rank's step without samples (``batch`` is empty): a backward of zero through
+        the replicated forward, so the gradient all-reduce has every rank, then the same update as
+        the others. In eval mode, so no running statistic sees the empty batch; no strategy hook
+        sees it, and it counts nowhere."""
+        self.model.eval()
+        outputs = forward(self.replicas, batch.x, batch.task)
+        self.model.train()
+        self._update(outputs.sum() * 0.0)
+
+    def _update(self, total: torch.Tensor) -> torch.Tensor:
+        """Backward of ``total``, the strategies' gradient hook, the non-finite check and the optimizer step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.hooks.before_optimizer_step(model=self.model, optimizer=self.optimizer)
+        found = self._check_finite(total)
+        self.optimizer.step()  # a fused optimizer skips the update on the device when ``found`` is set
+        return found
 
     def _check_finite(self, total: torch.Tensor) -> torch.Tensor:
         """Set ``found_inf`` on the device when the loss or a gradient is not finite; no host sync."""

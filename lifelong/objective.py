@@ -145,7 +145,8 @@ def kept(batch: Batch) -> Batch:
         return batch
     kept_mask = weight > 0
     draw = torch.where(kept_mask.any(), kept_mask.float(), torch.ones_like(weight))
-    donors = torch.multinomial(draw, len(batch), replacement=True)
+    # ≥ 2 draws: torch.multinomial of one sample checks its probabilities on the host (a sync)
+    donors = torch.multinomial(draw, max(len(batch), 2), replacement=True)[: len(batch)]
     rows = torch.where(kept_mask, torch.arange(len(batch), device=weight.device), donors)
     return Batch(
         x=batch.x.index_select(0, rows),

@@ -22,7 +22,7 @@ import numpy as np
 import pluggy
 import torch
 
-from lifelong import checkpoint, config, device as devices, hookspecs, resources
+from lifelong import checkpoint, config, device as devices, distributed, hookspecs, resources
 from lifelong import options as opts
 from lifelong.components import Components, construct
 from lifelong.errors import ConfigError, brief
@@ -32,6 +32,7 @@ from lifelong.promotion import PromotionOptions
 from lifelong.readers import DeadLetters, Reader, ReaderContext, can_seek
 from lifelong.run import Run, Session
 from lifelong.scaling import standardized
+from lifelong.sharding import Sharded
 from lifelong.types import ModelSpec, StreamInfo
 
 
@@ -59,6 +60,12 @@ class Plan:
     resume_from: checkpoint.Snapshot | None = None  # the checkpoint a resumed run continues from
     continued_strategies: dict[str, Any] | None = None  # strategy state the model's source carried, to restore
     promotion: PromotionOptions | None = None  # the promotion gate's rules, when [promotion] is on
+    world: distributed.World | None = None  # this rank's place in a data-parallel run (WORLD_SIZE set), else None
+
+    @property
+    def lead(self) -> bool:
+        """Whether this process evaluates, makes generations, checkpoints and tracks: rank 0, or the only process."""
+        return self.world is None or self.world.lead
 
     def run_context(self, model: torch.nn.Module, optimizer: Any, warmup: Any = None) -> Run:
         return Run(
@@ -75,6 +82,7 @@ class Plan:
             warmup=warmup,
             promotion=self.promotion,
             checkpoint_dir=self.checkpoint.dir or None,
+            world=self.world,
         )
 
 
@@ -277,11 +285,17 @@ def build(
     learner = config.learner_options(pipeline)
     ckpt = config.checkpoint_options(pipeline)
     promotion = config.promotion_options(pipeline)
+    parallel = config.distributed_options(pipeline)
+    ranks = distributed.environment() if distributed.requested() else None  # (rank, size): joined once all is valid
+    lead = ranks is None or ranks[0] == 0
     writable(dead_letter_path, "--dead-letters", "dead-letter file")
     if summary_path is not None:
         writable(summary_path, "--summary", "summary file")
         writable(Path(summary_path).with_suffix(".png"), "--summary", "heatmap (beside the summary)")
     device = devices.resolve(learner.device)
+    devices.check_precision(learner.precision, device)
+    if ranks is not None:
+        device = distributed.rank_device(device)
     if learner.threads:
         torch.set_num_threads(learner.threads)
     torch.use_deterministic_algorithms(learner.deterministic)
@@ -292,13 +306,18 @@ def build(
     resolved: dict[str, Any] = {"learner": opts.to_dict(learner), "checkpoint": opts.to_dict(ckpt)}
     if promotion is not None:
         resolved["promotion"] = opts.to_dict(promotion)
+    if "distributed" in pipeline:
+        resolved["distributed"] = opts.to_dict(parallel)
 
     reader_name, reader_raw = config.split_component(pipeline.get("stream", {}), "reader", "stream")
     component, reader_opts = _component(host, "reader", reader_name, reader_raw, "stream")
-    dead_letters = DeadLetters(dead_letter_path, run=session.id)
+    # Every rank reads the whole stream and keeps its share (lifelong.sharding): rank 0 alone writes the bad records.
+    dead_letters = DeadLetters(dead_letter_path if lead else os.devnull, run=session.id)
     context = ReaderContext(batch_size=learner.batch_size, seed=learner.seed, dead_letter=dead_letters)
     with _building("stream"):
         reader = construct(component.factory, "stream", reader_opts, context)
+        if ranks is not None and ranks[1] > 1:
+            reader = Sharded(reader, *ranks)
         info = reader.info()
     resolved["stream"] = {"reader": reader_name, **opts.to_dict(reader_opts)}
     if callable(getattr(reader, "commit", None)) and not ckpt.dir:
@@ -346,6 +365,8 @@ def build(
         detector = construct(component.factory, "boundary", detector_opts)
     resolved["boundary"] = {"detector": detector_name, **opts.to_dict(detector_opts)}
 
+    if not lead:
+        trackers = {}  # rank 0 alone talks to trackers
     pm = _lifecycle_manager(strategies, trackers)
     try:
         with _building("learner.strategies"):
@@ -399,7 +420,43 @@ def build(
         raise ConfigError("", str(exc)) from None
     if snapshot is not None:
         _check_resumable(plan, snapshot)
+    if ranks is not None:
+        _check_data_parallel(plan, ranks[1])
+        plan.world = distributed.join(parallel, device)
+        session.id = plan.world.broadcast(session.id)  # rank 0's: every rank names the same session
+        dead_letters.run = session.id
     return plan
+
+
+def _check_data_parallel(plan: Plan, size: int) -> None:
+    """Refuse, before any rank joins, what cannot run as ``size`` data-parallel ranks."""
+    for name, strategy in plan.strategies.items():
+        if not getattr(strategy, "data_parallel", ""):
+            raise ConfigError(
+                "learner.strategies",
+                f"strategy {name!r} does not declare that it can train data-parallel (WORLD_SIZE={size}): run it in one "
+                "process, or see `lifelong plugins` for the strategies that can",
+            )
+    if callable(getattr(plan.reader, "commit", None)):
+        raise ConfigError(
+            "stream.reader",
+            f"the {plan.resolved['stream']['reader']} reader acknowledges records to a broker, and sharing a consumer "
+            "group across ranks is not implemented yet: run it in one process",
+        )
+    if getattr(plan.model, "warmup_samples", 0):
+        raise ConfigError(
+            "model",
+            f"model {plan.model_spec.name!r} decides on a warm-up window of the stream (transfer's auto), and each rank "
+            "sees a different one: set the strategy it would choose instead of auto",
+        )
+    snapshot = plan.resume_from
+    if snapshot is not None:
+        saved = len(snapshot.state.get("ranks") or [None])
+        if saved != size:
+            raise ConfigError(
+                "--resume",
+                f"the checkpoint {snapshot.path} was written by a job of {saved} rank(s); resume it with {saved}, not {size}",
+            )
 
 
 def _continued_strategies(model: torch.nn.Module, learner: config.LearnerOptions) -> dict[str, Any] | None:
@@ -458,7 +515,7 @@ RESUME_MAY_DIFFER = {
     "checkpoint.dir",
 }
 # The gate's rules judge generations but change nothing that is trained.
-RESUME_MAY_DIFFER_PREFIXES = ("tracking.", "promotion.")
+RESUME_MAY_DIFFER_PREFIXES = ("tracking.", "promotion.", "distributed.")
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -489,6 +546,13 @@ def config_differences(saved: dict[str, Any], now: dict[str, Any], observes_metr
 
 
 def _check_resumable(plan: Plan, snapshot: checkpoint.Snapshot) -> None:
+    saved_ranks = len(snapshot.state.get("ranks") or [None])
+    if saved_ranks > 1 and not distributed.requested():
+        raise ConfigError(
+            "--resume",
+            f"the checkpoint {snapshot.path} was written by a job of {saved_ranks} ranks, each with its own share of the "
+            f"stream and its own memories: resume it with {saved_ranks} (lifelong run --nproc {saved_ranks} … --resume)",
+        )
     observes = callable(getattr(plan.detector, "observe", None))
     differences = config_differences(snapshot.state["config"], plan.resolved, observes)
     if differences:

@@ -52,7 +52,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
 
 from lifelong.types import Batch, StreamInfo
 
@@ -156,17 +158,29 @@ class Prefetcher:
     """Iterates a reader on its own thread so parsing and file I/O stay off the training thread.
 
     Exceptions raised by the reader are re-raised in the consumer, at the batch where they happened.
-    With ``pin`` (training on CUDA) batches are copied to page-locked memory here, so the training
-    thread's ``non_blocking`` copy to the device is truly asynchronous. Each batch comes with the
-    dead-letter mark taken right after the reader produced it (see the position contract above).
-    The consumer polls, so ``stopping()`` (a signal asked the run to stop) ends a wait for a batch.
+    ``transform`` (the model's optional ``prepare_host``, see ``register_models``), when given, maps
+    each batch's ``x`` (a CPU tensor) to the CPU tensor the training thread receives instead (a text
+    model's tokenizer): host-side work on the reader thread, not the training thread; an exception it
+    raises reaches the consumer as the reader's do. With ``pin`` (training on CUDA) batches are then
+    copied to page-locked memory here, so the training thread's ``non_blocking`` copy to the device
+    is truly asynchronous. Each batch comes with the dead-letter mark taken right after the reader
+    produced it (see the position contract above). The consumer polls, so ``stopping()`` (a signal
+    asked the run to stop) ends a wait for a batch.
     """
 
     _END = object()
 
-    def __init__(self, reader: Reader, depth: int = 8, pin: bool = False, dead_letters: DeadLetters | None = None):
+    def __init__(
+        self,
+        reader: Reader,
+        depth: int = 8,
+        pin: bool = False,
+        dead_letters: DeadLetters | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         self._pin = pin
         self._dead_letters = dead_letters
+        self._transform = transform
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self.quiet_seconds = 0.0
         self._stop = threading.Event()
@@ -177,6 +191,8 @@ class Prefetcher:
         try:
             for batch in reader:
                 mark = self._dead_letters.mark() if self._dead_letters is not None else None
+                if self._transform is not None:
+                    batch = host_prepared(batch, self._transform)
                 if self._pin:
                     batch = _pinned(batch)
                 while not self._stop.is_set():
@@ -223,6 +239,23 @@ class Prefetcher:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def host_prepared(batch: Batch, transform: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+    """``batch`` with ``x`` through ``transform`` (a model's ``prepare_host``), run without gradients."""
+    with torch.no_grad():
+        x = transform(batch.x)
+    return Batch(
+        x=x,
+        y=batch.y,
+        experience=batch.experience,
+        task=batch.task,
+        source=batch.source,
+        start=batch.start,
+        stop=batch.stop,
+        position=batch.position,
+        weight=batch.weight,
+    )
 
 
 def _pinned(batch: Batch) -> Batch:

@@ -12,6 +12,7 @@ from lifelong.types import Batch, ModelSpec, StreamInfo
 if TYPE_CHECKING:
     from lifelong.components import Components
     from lifelong.config import LearnerOptions
+    from lifelong.distributed import World
     from lifelong.promotion import PromotionOptions
 
 
@@ -45,7 +46,9 @@ class Run:
     ``optimizer`` is None during ``validate`` (it does not exist yet). ``promotion`` holds the
     promotion gate's rules when ``[promotion]`` is on (each generation then carries its verdict
     in ``generation.promotion``), else None. ``checkpoint_dir`` is ``[checkpoint] dir`` when the
-    session checkpoints (the MLflow tracker keeps its outbox there), else None.
+    session checkpoints (the MLflow tracker keeps its outbox there), else None. ``world`` is this
+    rank's :class:`~lifelong.distributed.World` in a data-parallel run (a strategy that must combine
+    what the ranks computed, as EWC its Fisher, uses ``world.average``), else None.
     """
 
     model: torch.nn.Module
@@ -61,6 +64,7 @@ class Run:
     warmup: Batch | None = None  # the first stream samples, when the model asked for them (warmup_samples)
     promotion: PromotionOptions | None = None
     checkpoint_dir: str | None = None  # [checkpoint] dir when checkpointing is on: a tracker may keep state beside it
+    world: World | None = None  # a data-parallel run's ranks (lifelong.distributed), else None
 
     @property
     def seed(self) -> int:

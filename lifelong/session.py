@@ -40,7 +40,7 @@ from typing import Any, Iterator
 
 import torch
 
-from lifelong import checkpoint, metrics, report
+from lifelong import checkpoint, distributed, metrics, report
 from lifelong.background import BackgroundWriter
 from lifelong.errors import Diverged, Interrupted
 from lifelong.learner import Learner, build_optimizer, parameter_groups, prepare
@@ -75,6 +75,8 @@ class Runner:
         self.device = plan.device
         self.model = plan.model.to(self.device)
         snapshot = plan.resume_from
+        if snapshot is not None and plan.world is not None:  # this rank's own position, memories, RNGs …
+            snapshot.state = {**snapshot.state, **snapshot.state["ranks"][plan.world.rank]}
         if snapshot is not None:
             self.model.load_state_dict(snapshot.model_state)  # before the optimizer: frozen flags decide its groups
         lo = plan.learner
@@ -82,7 +84,7 @@ class Runner:
         if snapshot is not None:
             load_optimizer_state(self.optimizer, snapshot.state["optimizer"])
         self.hooks = plan.hooks
-        self.learner = Learner(self.model, self.optimizer, self.hooks, self.device)
+        self.learner = Learner(self.model, self.optimizer, self.hooks, self.device, lo.precision)
         self.learner.metrics.recent_samples = lo.prequential_window
         if not self.learner.skips:
             say(
@@ -127,12 +129,15 @@ class Runner:
         self._wants_checkpoint = getattr(plan.reader, "checkpoint_wanted", None)
         self.commit_errors: list[str] = []
         self.checkpoint_path: Path | None = None
-        self.writer = BackgroundWriter("lifelong-checkpoint") if plan.checkpoint.dir else None
-        self.gate = Gate(plan.promotion) if plan.promotion is not None else None
+        self.world = plan.world  # None in a single process; rank 0 alone evaluates, checkpoints and tracks
+        self.lead = plan.lead
+        self.writer = BackgroundWriter("lifelong-checkpoint") if plan.checkpoint.dir and self.lead else None
+        self.gate = Gate(plan.promotion) if plan.promotion is not None and self.lead else None
         self._window: list[list[Any]] = []  # [step, source, start, stop] of each stream batch since the last read
         self.skipped: list[list[Any]] = []  # the first MAX_LISTED skipped stream batches, as above
         self.skipped_count = 0
         self._skipped_run = 0  # skipped stream batches in a row, as of the last read
+        self._idle_batch: Batch | None = None  # an empty batch of this rank's stream: its part in steps without a batch
 
     # -- evaluation and boundaries ----------------------------------------------------------------------
     def _sync(self) -> None:
@@ -145,13 +150,19 @@ class Runner:
         generator = torch.Generator().manual_seed(self.plan.learner.seed + len(self.generations))
         for _ in range(self.plan.learner.epochs - 1):
             for i in torch.randperm(len(span.batches), generator=generator).tolist():
-                self.learner.step(span.batches[i].to(self.device), prequential=False)
-                self.trained_samples += len(span.batches[i])
+                batch = span.batches[i].to(self.device)
+                self.trained_samples += self._train(batch, prequential=False)
         experience = span.experience(len(self.generations))
+        if self.world is not None:  # the generation covers every rank's samples
+            experience.samples = self.world.agree([span.samples])[0]
         self.hooks.on_boundary(experience=experience, model=self.model)
         self.hooks.on_experience_end(experience=experience, model=self.model)
         self._sync()
         self.train_seconds += time.perf_counter() - started
+        if not self.lead:  # rank 0 evaluates and makes the generation; the others go on training
+            self.generations.append({"index": len(self.generations)})
+            self.span = Span(keep=span.keep)
+            return time.perf_counter()
 
         for exp in span.experience_ids:
             if exp not in self.covered:
@@ -303,6 +314,22 @@ class Runner:
             "promotion": self.gate.state_dict() if self.gate is not None else None,
         }
 
+    def _rank_state(self) -> dict[str, Any]:
+        """What is each rank's own in a data-parallel run, under the keys of :meth:`_state` (a resumed rank
+        merges its entry over the shared state)."""
+        plan = self.plan
+        detector_state = getattr(plan.detector, "state_dict", None)
+        return {
+            "strategies": {
+                name: checkpoint.to_cpu(s.state_dict()) for name, s in plan.strategies.items() if hasattr(s, "state_dict")
+            },
+            "detector": checkpoint.to_cpu(detector_state()) if detector_state is not None else None,
+            "reader": self._position,
+            "rng": rng_state(),
+            "span": self.span.state(),
+            "metrics": self.learner.metrics.state_dict(),
+        }
+
     def _restore(self, snapshot: checkpoint.Snapshot) -> None:
         """The session state of ``snapshot``, after ``on_run_start`` (model and optimizer are loaded already)."""
         state, plan = snapshot.state, self.plan
@@ -341,17 +368,21 @@ class Runner:
 
     def _maybe_checkpoint(self) -> None:
         """At the end of a batch: write a checkpoint when one is due and the writer is free."""
+        if self._checkpoint_ready():
+            self._write_checkpoint()
+
+    def _checkpoint_ready(self) -> bool:
+        """Whether a checkpoint is due and the writer is free (always False on a rank other than 0)."""
         options = self.plan.checkpoint
         if self.writer is None:
-            return
+            return False
         if options.every_batches and self.step % options.every_batches == 0:
             self._checkpoint_due = True
         if options.every_seconds and time.monotonic() - self._last_checkpoint >= options.every_seconds:
             self._checkpoint_due = True
         if self._wants_checkpoint is not None and self._wants_checkpoint():
             self._checkpoint_due = True
-        if self._checkpoint_due and not self.writer.busy():
-            self._write_checkpoint()
+        return self._checkpoint_due and not self.writer.busy()
 
     def _idle(self) -> None:
         """While the training thread waits for a batch: serve a reader that asked for a checkpoint.
@@ -366,10 +397,22 @@ class Runner:
         elif self._position is not None:
             self.writer.submit(self._commit_position, self._position)
 
-    def _write_checkpoint(self, wait: bool = False) -> Path:
+    def _write_checkpoint(self, wait: bool = False) -> Path | None:
+        """Submit a checkpoint of the state after the last batch to the writer thread; with ``wait``, until it is durable.
+
+        Across ranks every rank calls it at the same step: each hands rank 0 what is its own (reader
+        position, strategies' memories, RNGs, running metrics, span), and rank 0 writes them all in
+        one checkpoint, as ``ranks``. The others return None.
+        """
         options, session = self.plan.checkpoint, self.plan.session
+        ranks = self.world.gather(self._rank_state()) if self.world is not None else None
+        if not self.lead:
+            self._checkpointed_step = self.step
+            return None
         directory = Path(options.dir).expanduser()
         state, test_sets = self._state(), self.test_sets.unsaved()
+        if ranks is not None:
+            state["ranks"] = ranks
         path = directory / checkpoint.step_name(self.step)
         self.writer.submit(self._write_then_commit, directory, self.step, session.id, state, test_sets, options.keep)
         self._checkpointed_step = self.step
@@ -417,8 +460,9 @@ class Runner:
 
     def _stop_on_signal(self) -> None:
         path = None
-        if self.writer is not None:
-            self.writer.drain()
+        if self.plan.checkpoint.dir:
+            if self.writer is not None:
+                self.writer.drain()
             path = self._write_checkpoint(wait=True)
         raise Interrupted(self._signal or "a signal", str(path) if path else None)
 
@@ -481,6 +525,8 @@ class Runner:
                 plan.strategies[name].load_state_dict(state)
             if plan.continued_strategies:
                 say(f"continued the state of {sorted(plan.continued_strategies)} from {plan.session.continues['ref']}")
+            if not self.lead:
+                return warmup
             rows = self.test_sets.evaluate(self.columns, None)
             self.initial = rows[self.metric]
             for name in self.other_initial:
@@ -503,7 +549,9 @@ class Runner:
             if snapshot.state["reader"] is not None:  # None: checkpointed before the first batch
                 plan.reader.seek(snapshot.state["reader"])
             plan.dead_letters.restore(snapshot.state["dead_letters"])
-        stream = Prefetcher(plan.reader, pin=self.device.type == "cuda", dead_letters=plan.dead_letters)
+        stream = Prefetcher(
+            plan.reader, pin=self.device.type == "cuda", dead_letters=plan.dead_letters, transform=getattr(self.model, "prepare_host", None)
+        )
         previous_handlers = self._install_signal_handlers()
         max_seconds = plan.learner.max_seconds
         self._deadline = time.monotonic() + max_seconds if max_seconds else None
@@ -511,11 +559,19 @@ class Runner:
         fetched = stream.fetched(stopping=self._stopping, idle=self._idle)
         try:
             warmup = self._open(fetched)
+            if self.world is not None:
+                self.learner.data_parallel([self.device.index] if self.device.type == "cuda" else None)
             if snapshot is not None:
                 set_rng_state(snapshot.state["rng"])  # last: nothing between here and the next batch draws
-            self._stream(itertools.chain(warmup, fetched))
-            summary = self._summary(time.perf_counter() - wall_start)
-            summary = self._close(summary, heatmap_path)
+            if self.world is None:
+                self._stream(itertools.chain(warmup, fetched))
+            else:
+                self._stream_ranks(fetched)
+            if self.lead:
+                summary = self._summary(time.perf_counter() - wall_start)
+                summary = self._close(summary, heatmap_path)
+            else:
+                summary = self._rank_summary()
         except BaseException as error:
             self.hooks.on_run_failed(error=error)
             if self.writer is not None:
@@ -525,6 +581,8 @@ class Runner:
             stream.close()
             self._close_reader()
             plan.dead_letters.close()
+            if self.world is not None:
+                self.world.close()
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
         return summary
@@ -587,18 +645,107 @@ class Runner:
             self._maybe_checkpoint()
             if self._signal is not None:
                 self._stop_on_signal()
+        self._finish_stream()
+
+    def _finish_stream(self) -> None:
+        """After the last batch: a signal that came while waiting, the last span's boundary, the last checkpoint."""
         self._skip_quiet()
-        if self._signal is not None:  # the signal came while waiting for a batch
+        signalled, spans = int(self._signal is not None), self.span.count
+        if self.world is not None:
+            signalled, spans = self.world.agree([signalled, spans])
+        if signalled:  # the signal came while waiting for a batch
+            self._signal = self._signal or "a signal on another rank"
             self._stop_on_signal()
         self._streaming = None
-        if self.span.count:
+        if spans:
             self._clock = self._boundary(self._clock)
         self._log(None)
         self.train_seconds = self.train_seconds_now()
         self._clock = None
-        if self.writer is not None:
-            self.writer.drain()
+        if self.plan.checkpoint.dir:
+            if self.writer is not None:
+                self.writer.drain()
             self._write_checkpoint(wait=True)
+
+    def _train(self, batch: Batch, prequential: bool = True, total: int | None = None) -> int:
+        """One optimizer step on ``batch`` (on the device); returns the samples it trained, over every rank.
+
+        Across ranks, ``total`` is the step's samples over all of them (agreed on here when not given);
+        a rank whose batch is empty still takes part in the step (:meth:`Learner.shadow`).
+        """
+        world = self.world
+        if world is None:
+            self.learner.step(batch, prequential)
+            return len(batch)
+        if total is None:
+            total = world.agree([len(batch)])[0]
+        try:
+            if len(batch):
+                self.learner.step(batch, prequential, scale=world.share(len(batch), total))
+            else:
+                self.learner.shadow(batch)
+        except RuntimeError as exc:  # DDP's gradient all-reduce lost a rank
+            if distributed.communication_failed(exc):
+                raise distributed.lost(world, exc) from exc
+            raise
+        return total
+
+    def _stream_ranks(self, fetched: Iterator[Fetched]) -> None:
+        """The stream loop of a data-parallel rank: every step starts with one agreement of all ranks
+        (:mod:`lifelong.distributed`) on whether to stop, checkpoint or end a span, and on how many
+        samples the step trains, so that every rank takes every collective decision at the same step."""
+        plan, world = self.plan, self.world
+        has_prepare = getattr(self.model, "prepare", None) is not None
+        log_every, max_batches, max_records = plan.learner.log_every, plan.learner.max_batches, plan.learner.max_records
+        detector = plan.detector
+        drifted = False  # the running metrics asked for a boundary at the last log
+        self._clock = time.perf_counter()
+        while True:
+            done = bool((max_batches and self.step >= max_batches) or (max_records and self.samples_seen >= max_records))
+            item = None if done else next(fetched, None)
+            self._skip_quiet()
+            batch = item.batch if item is not None else None
+            wants = False
+            if batch is not None:
+                self._streaming = batch.experience
+                if batch.experience not in self.columns:
+                    self.columns.append(batch.experience)
+                wants = bool(detector.before_batch(batch))
+            late = self._deadline is not None and time.monotonic() >= self._deadline
+            has, samples, boundary, spans, signalled, stop, due = world.agree([
+                int(batch is not None), len(batch) if batch is not None else 0, int(wants or drifted), self.span.count,
+                int(self._signal is not None), int(late), int(self._checkpoint_ready()),
+            ])
+            if signalled:
+                self._signal = self._signal or "a signal on another rank"
+                self._stop_on_signal()
+            if stop or not has:  # max_seconds, or every rank's share ran dry
+                break
+            if due:
+                self._write_checkpoint()
+            if boundary and spans:
+                self._clock = self._boundary(self._clock)
+                drifted = False
+            if batch is None:  # this rank's share ended before the others': it only takes part in the step
+                if self._idle_batch is None:
+                    raise RuntimeError(f"rank {world.rank} had no batch at all while other ranks had some")
+                batch = self._idle_batch
+            on_device = batch.to(self.device)
+            if has_prepare:
+                on_device.x = prepare(self.model, on_device.x)
+            self.span.add(on_device if has_prepare else batch)
+            self._idle_batch = Batch(x=batch.x[:0], y=batch.y[:0], experience=batch.experience, task=None if batch.task is None else batch.task[:0], position=batch.position)
+            self.trained_samples += self._train(on_device, total=samples)
+            self.step += 1
+            self.samples_seen += samples
+            if item is not None:
+                self._position, self._dead_letter_mark = batch.position, item.dead_letters
+            self._window.append([self.step, batch.source, batch.start, batch.stop])
+            if self.progress is not None:
+                self.progress.advance(1)
+            if self.step % log_every == 0 and self._log(detector):
+                drifted = True
+        self._finish_stream()
 
     # -- the end ----------------------------------------------------------------------------------------
     def _summary(self, wall: float) -> dict[str, Any]:
@@ -634,6 +781,7 @@ class Runner:
             "quiet_seconds": self.quiet_seconds,
             "wall_seconds": wall,
             "device": str(self.device),
+            "ranks": self.world.size if self.world is not None else 1,
             "session": self.plan.session.id,
             "resumed_from": str(self.plan.resume_from.path) if self.plan.resume_from is not None else None,
             "continues": self.plan.session.continues,
@@ -652,6 +800,10 @@ class Runner:
         if self.commit_errors:
             summary["commit_errors"] = self.commit_errors
         return summary
+
+    def _rank_summary(self) -> dict[str, Any]:
+        """What a rank other than 0 returns: rank 0's summary has the run's results."""
+        return {"rank": self.world.rank, "ranks": self.world.size, "steps": self.step, "session": self.plan.session.id}
 
     def _at_threshold(self) -> dict[str, Any]:
         """A detector's threshold and its precision, recall, F1 and false-alarm rate on every held-out set together."""

@@ -84,7 +84,15 @@ class TestSets(Mapping):
             self.dropped.add(oldest)
 
     def _prepared(self, data: Batch) -> Batch:
-        """A test set through the model's ``prepare`` once, kept on the device for every evaluation."""
+        """A test set through the model's ``prepare_host`` (on the CPU) and ``prepare`` (on the device)
+        once, kept on the device for every evaluation: the same two steps as the training stream's
+        batches (``prepare_host`` runs on the reader thread there; see ``register_models``)."""
+        host = getattr(self.model, "prepare_host", None)
+        if host is not None and len(data) > 0:
+            bs = self.eval_batch_size
+            with torch.no_grad():
+                x = torch.cat([host(data.x[i : i + bs]) for i in range(0, len(data), bs)])
+            data = Batch(x=x, y=data.y, task=data.task)
         if getattr(self.model, "prepare", None) is None or len(data) == 0:
             return data
         bs = self.eval_batch_size

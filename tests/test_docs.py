@@ -38,7 +38,7 @@ def test_every_kernel_option_is_documented():
     assert "## Kernel options" in text, "docs/plugins.md has no Kernel options section"
     section = text.split("## Kernel options", 1)[1].split("## Built-in components", 1)[0]
     kernel = PluginHost().describe()["kernel_options"]
-    assert set(kernel) == {"learner", "checkpoint", "promotion"}
+    assert set(kernel) == {"learner", "checkpoint", "promotion", "distributed"}
     for name, rows in kernel.items():
         table = section.split(f"### `[{name}]`", 1)[1].split("### ", 1)[0]
         for row in rows:

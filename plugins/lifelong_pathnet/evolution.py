@@ -109,9 +109,10 @@ class Tournament:
             self.state.batches = 0
             return True
         a, b = self.state.pair
-        a_wins = bool(compare(self.fitness[0], self.fitness[1]))
+        fa, fb = torch.stack([torch.as_tensor(self.fitness[0]), torch.as_tensor(self.fitness[1])]).tolist()  # one host read
+        a_wins = bool(compare(fa, fb))
         winner, loser = (a, b) if a_wins else (b, a)
-        self.last_fitness[a], self.last_fitness[b] = float(self.fitness[0]), float(self.fitness[1])
+        self.last_fitness[a], self.last_fitness[b] = fa, fb
         self.population[loser] = mutate(self.population[winner], self.modules, self.rate, self.rng)
         self.state.winner = winner
         self.state.completed += 1

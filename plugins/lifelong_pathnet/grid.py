@@ -166,6 +166,11 @@ class PathNetModel(nn.Module):
         """The backbone's frozen features as the kernel's cached input step (None without a backbone)."""
         return None if self.backbone is None else self.backbone.prepare
 
+    @property
+    def prepare_host(self):
+        """The backbone's host step (a tokenizer), which the kernel runs on the reader thread."""
+        return None if self.backbone is None else getattr(self.backbone, "prepare_host", None)
+
     def train(self, mode: bool = True) -> PathNetModel:
         super().train(mode)
         if self.backbone is not None:

@@ -350,6 +350,8 @@ class Reservoir:
 class EWC:
     """EWC penalty in ``extra_loss``, Fisher samples in ``after_step``, consolidation at boundaries."""
 
+    data_parallel = "each rank samples its own share; the Fisher is averaged over ranks at consolidation"
+
     def __init__(self, options: EWCOptions | None = None):
         self.options = options or EWCOptions()
         self.penalty = QuadraticAnchor()
@@ -357,6 +359,7 @@ class EWC:
         self.model: torch.nn.Module | None = None
         self.generator: torch.Generator | None = None
         self.reservoir = Reservoir(self.options.fisher_samples)
+        self.world = None  # a data-parallel run's ranks (lifelong.distributed)
 
     @hookimpl
     def validate(self, run) -> None:
@@ -376,6 +379,7 @@ class EWC:
     @hookimpl
     def on_run_start(self, run) -> None:
         self.model = run.model
+        self.world = run.world
         self.generator = torch.Generator(device=run.device).manual_seed(run.seed + 7919)
         self.reservoir = Reservoir(self.options.fisher_samples, self.generator)
         self.penalty.bind(run.model)
@@ -392,11 +396,27 @@ class EWC:
     @hookimpl
     def on_boundary(self, model: torch.nn.Module) -> None:
         data = self.reservoir.samples()
+        if self.world is not None:  # every rank comes here, with or without samples: the average is collective
+            self._consolidate_ranks(model, data)
+            return
         if data is None:
             return
         x, y, task = data
         labels = y if self.options.fisher == "empirical" else None
         self.consolidate(model, fisher_diagonal(model, x, labels, task, self.generator))
+        self.reservoir.clear()
+
+    def _consolidate_ranks(self, model: torch.nn.Module, data: Any) -> None:
+        """The Fisher of every rank's samples together: each rank's mean weighted by its sample count."""
+        if data is None:
+            fisher, count = {n: torch.zeros_like(p) for n, p in trainable(model).items()}, 0
+        else:
+            x, y, task = data
+            labels = y if self.options.fisher == "empirical" else None
+            fisher, count = fisher_diagonal(model, x, labels, task, self.generator), len(x)
+        combined = self.world.average(fisher, count)
+        if combined is not fisher or count:  # unchanged and empty: no rank had a sample
+            self.consolidate(model, combined)
         self.reservoir.clear()
 
     def consolidate(self, model: torch.nn.Module, fisher: Named) -> None:

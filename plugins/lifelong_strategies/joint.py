@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 class Joint:
     """Replays every sample of the completed spans once per epoch over the current one."""
 
+    data_parallel = "each rank stores and replays its own share of the stream"
+
     def __init__(self, options=None):
         self.buffer: Buffer | None = None
         self.stored = 0  # samples in the buffer, the current span's included

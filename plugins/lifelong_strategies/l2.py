@@ -38,6 +38,8 @@ class L2Options:
 class L2:
     """Anchors at every boundary; pays ``(λ/2)·‖θ − θ*‖²`` on every batch after the first boundary."""
 
+    data_parallel = "the anchors are the replicated weights: nothing to combine"
+
     def __init__(self, options: L2Options | None = None):
         self.options = options or L2Options()
         self.penalty = QuadraticAnchor()

@@ -65,6 +65,8 @@ class LwFOptions:
 class LwF:
     """Distils from the model of the last boundary; tracks the classes and tasks it was trained on."""
 
+    data_parallel = "each rank distils its own batches from the replicated previous model"
+
     def __init__(self, options: LwFOptions | None = None):
         self.options = options or LwFOptions()
         self.model: torch.nn.Module | None = None

@@ -10,6 +10,8 @@ class Naive:
     {}
     """
 
+    data_parallel = "the kernel's step: gradients all-reduced over ranks"
+
     def __init__(self, options=None):
         pass
 

@@ -187,6 +187,8 @@ class ReplayOptions:
 class Replay:
     """Experience replay with a fixed-size memory; see the module docstring for the policies and fills."""
 
+    data_parallel = "each rank keeps its own memory of its own share of the stream"
+
     def __init__(self, options: ReplayOptions):
         self.options = options
         self.size = options.memory
@@ -245,6 +247,8 @@ class Replay:
         self.num_keys = info.num_classes * max(info.num_tasks, 1)
         # class-balanced: each stored sample's random priority (see the module docstring)
         self.priority = self._new_priority()
+        self._counts: torch.Tensor | None = None  # class-balanced: candidates per class key (see _count)
+        self._ones: torch.Tensor | None = None
         if self._at_end:
             self.stage = Buffer(self.size, run.device, tasks=tasks)
             self.stage_priority = self._new_priority()
@@ -360,6 +364,21 @@ class Replay:
         return torch.where(last.index_select(0, slot) == order, slot, size)
 
     # -- class-balanced ---------------------------------------------------------------------------
+    def _count(self, keys: torch.Tensor) -> torch.Tensor:
+        """Candidates per class key in ``[0, num_keys]`` (the last: empty slots), as ``bincount``
+        with ``minlength = num_keys + 1`` would count them, without its host read.
+
+        ``torch.bincount`` sizes its result from the largest key, which on CUDA it reads back to the
+        host: a synchronisation per batch. The keys' range is known here, so they are added into a
+        count tensor of that fixed size (allocated once per run, zeroed per call) with
+        ``scatter_add_``. Integer additions: the counts are exact whatever the order.
+        """
+        counts, ones = self._counts, self._ones
+        if counts is None or ones.shape[0] < keys.shape[0]:  # first call, or a larger batch than any before
+            counts = self._counts = torch.zeros(self.num_keys + 1, dtype=torch.long, device=keys.device)
+            ones = self._ones = torch.ones(keys.shape[0], dtype=torch.long, device=keys.device)
+        return counts.zero_().scatter_add_(0, keys, ones[: keys.shape[0]])
+
     def _keys(self, y: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
         return y if task is None else task * self.num_classes + y
 
@@ -376,10 +395,13 @@ class Replay:
         priority = torch.cat([mem_priority[:size], self._priorities(n) if batch_priority is None else batch_priority])
         # rank of every candidate within its class, smallest priority first (one sort on both keys)
         order = torch.argsort(keys * PRIORITY + priority)
-        counts = torch.bincount(keys, minlength=self.num_keys + 1)
+        counts = self._count(keys)
         first = torch.cumsum(counts, 0) - counts
-        rank = torch.empty_like(keys)
-        rank[order] = torch.arange(len(keys), device=device) - first.index_select(0, keys.index_select(0, order))
+        # index_copy_ with a permutation, not rank[order] = …: the same scatter, but never routed
+        # through advanced indexing
+        rank = torch.empty_like(keys).index_copy_(
+            0, order, torch.arange(len(keys), device=device) - first.index_select(0, keys.index_select(0, order))
+        )
         level, leftover = water_level(counts[: self.num_keys], size)
         real = keys < self.num_keys
         keep = real & (rank < level)
@@ -387,8 +409,7 @@ class Replay:
         # the priority of each one's next candidate)
         next_in_line = real & (rank == level)
         contest = torch.argsort(torch.where(next_in_line, priority, PRIORITY))
-        place = torch.empty_like(contest)
-        place[contest] = torch.arange(len(keys), device=device)
+        place = torch.empty_like(contest).index_copy_(0, contest, torch.arange(len(keys), device=device))
         keep |= next_in_line & (place < leftover)
         # Pair the batch samples kept with the memory slots freed (evicted ones first, then empty
         # ones in order, so that the filled slots stay the prefix [0, filled)).

@@ -19,7 +19,9 @@ auto                the backbone's cheap adaptation only      as the strategy it
 ==================  =======================================  ======================================
 
 Image backbones adapt inside ``forward`` under fine-tuning (a resized 224×224 copy of every test
-image kept on the device would cost 600 kB per image); text backbones tokenize in ``prepare``.
+image kept on the device would cost 600 kB per image); text backbones tokenize in ``prepare_host``,
+on the kernel's reader thread (``prepare`` passes the token ids through, and still tokenizes raw
+bytes where ``prepare_host`` was not called: a served generation).
 Frozen blocks have ``requires_grad`` off and stay in eval mode (BatchNorm statistics and dropout
 frozen) whatever ``train()`` is called with; with ``train_bn = false`` (default) every backbone
 BatchNorm stays in eval mode. ``param_groups`` gives the head ``lr`` and the backbone
@@ -54,6 +56,9 @@ class Backbone(nn.Module):
     default_frozen: int  # fine-tune-top's frozen blocks when frozen_blocks = -1
     cacheable_prefix: bool = False  # whether prefix()/features(start=k) exist (frozen lower blocks cached by prepare)
     adapt_in_prepare: bool = False  # True: adapt runs in prepare under every strategy (tokenizers)
+    # True: adapt is host work (a tokenizer) that the kernel runs on the reader thread through the
+    # model's prepare_host; adapt must then pass an already adapted input through unchanged.
+    adapt_on_host: bool = False
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
         """Stream input → the backbone's input (parameter-free, deterministic)."""
@@ -148,6 +153,13 @@ class TransferModel(nn.Module):
         return count
 
     # -- the kernel's optional members -----------------------------------------------------
+    @property
+    def prepare_host(self):
+        """The host part of ``prepare``, a text backbone's tokenizer (``adapt``), on CPU tensors; None
+        for other backbones, which then run exactly as without the member. The kernel runs it on
+        the reader thread (see ``register_models``); ``prepare`` passes its output through."""
+        return self.backbone.adapt if self.backbone.adapt_on_host else None
+
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         backbone = self.backbone
         if self.cached == FEATURES:

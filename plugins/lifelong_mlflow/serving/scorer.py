@@ -71,7 +71,11 @@ class Scorer:
     def probabilities(self, rows: Rows) -> np.ndarray:
         """Class probabilities (N, num_classes) float32: the softmax of the model's logits on ``rows``."""
         with torch.inference_mode():
-            x = prepare(self.model, torch.from_numpy(rows.x).to(self.device))
+            x = torch.from_numpy(rows.x)
+            host = getattr(self.model, "prepare_host", None)
+            if host is not None:
+                x = host(x)  # a text model tokenizes here, before the copy to the device
+            x = prepare(self.model, x.to(self.device))
             if rows.task is None:
                 logits = self.model(x)
             else:

@@ -69,9 +69,19 @@ class World:
 
     def agree(self, values: list[int]) -> list[int]:
         """The sum over ranks of each of ``values`` (host integers), one gloo all-reduce."""
+        if self.size == 1:
+            return list(values)
         tensor = torch.tensor(values, dtype=torch.int64)
         self._collective(dist.all_reduce, tensor, group=self.control)
         return tensor.tolist()
+
+    def most(self, value: int) -> int:
+        """The largest of the ranks' ``value`` (a host integer)."""
+        if self.size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64)
+        self._collective(dist.all_reduce, tensor, op=dist.ReduceOp.MAX, group=self.control)
+        return int(tensor.item())
 
     def share(self, samples: int, total: int) -> float:
         """The loss scale of a rank with ``samples`` of the step's ``total``: DDP averages over ranks,

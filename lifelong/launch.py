@@ -6,7 +6,8 @@ directory (``file://``), not a TCP store, so nothing listens beyond what gloo or
 gloo is kept on the loopback interface unless ``GLOO_SOCKET_IFNAME`` says otherwise.
 
 Supervision: SIGTERM and SIGINT are passed on to every rank once (each finishes its step, rank 0
-writes a checkpoint, all stop together). When a rank exits with an error, the others stop by
+writes a checkpoint, all stop together); a supervisor that dies (even by SIGKILL) sends its ranks
+SIGTERM on Linux. When a rank exits with an error, the others stop by
 themselves at their next collective (:class:`lifelong.distributed.RankLost`); any still running
 after ``grace`` seconds are terminated, then killed. The exit status is that of the first rank
 that failed, else 0.
@@ -62,9 +63,20 @@ def spawn(nproc: int, argv: list[str], grace: float = 30.0) -> int:
         ranks = []
         for rank in range(nproc):
             env = dict(base, RANK=str(rank), LOCAL_RANK=str(rank))
-            # a session of its own: a terminal's Ctrl-C reaches the ranks once, through this supervisor
-            ranks.append(subprocess.Popen([sys.executable, "-m", "lifelong", *argv], env=env, start_new_session=True))
+            # a session of its own: a terminal's Ctrl-C reaches the ranks once, through this supervisor;
+            # and SIGTERM when the supervisor dies, so no rank outlives it
+            ranks.append(
+                subprocess.Popen([sys.executable, "-m", "lifelong", *argv], env=env, start_new_session=True, preexec_fn=_end_with_parent)
+            )
         return _supervise(ranks, grace)
+
+
+def _end_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def _supervise(ranks: list[subprocess.Popen], grace: float) -> int:

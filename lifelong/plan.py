@@ -311,13 +311,16 @@ def build(
 
     reader_name, reader_raw = config.split_component(pipeline.get("stream", {}), "reader", "stream")
     component, reader_opts = _component(host, "reader", reader_name, reader_raw, "stream")
-    # Every rank reads the whole stream and keeps its share (lifelong.sharding): rank 0 alone writes the bad records.
-    dead_letters = DeadLetters(dead_letter_path if lead else os.devnull, run=session.id)
-    context = ReaderContext(batch_size=learner.batch_size, seed=learner.seed, dead_letter=dead_letters)
+    dead_letters = DeadLetters(dead_letter_path if lead else rank_path(dead_letter_path, ranks[0]), run=session.id)
+    rank, size = ranks or (0, 1)
+    context = ReaderContext(batch_size=learner.batch_size, seed=learner.seed, dead_letter=dead_letters, rank=rank, ranks=size)
     with _building("stream"):
         reader = construct(component.factory, "stream", reader_opts, context)
-        if ranks is not None and ranks[1] > 1:
-            reader = Sharded(reader, *ranks)
+        if size > 1 and not getattr(reader, "partitioned", False):
+            # every rank reads the whole stream and keeps its share: rank 0 alone writes the bad records
+            reader = Sharded(reader, rank, size)
+            if not lead:
+                dead_letters.move(os.devnull)
         info = reader.info()
     resolved["stream"] = {"reader": reader_name, **opts.to_dict(reader_opts)}
     if callable(getattr(reader, "commit", None)) and not ckpt.dir:
@@ -428,6 +431,12 @@ def build(
     return plan
 
 
+def rank_path(path: str | Path, rank: int) -> Path:
+    """Rank ``rank``'s own file beside ``path`` (``dead_letters.jsonl`` → ``dead_letters.rank1.jsonl``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
 def _check_data_parallel(plan: Plan, size: int) -> None:
     """Refuse, before any rank joins, what cannot run as ``size`` data-parallel ranks."""
     for name, strategy in plan.strategies.items():
@@ -437,11 +446,11 @@ def _check_data_parallel(plan: Plan, size: int) -> None:
                 f"strategy {name!r} does not declare that it can train data-parallel (WORLD_SIZE={size}): run it in one "
                 "process, or see `lifelong plugins` for the strategies that can",
             )
-    if callable(getattr(plan.reader, "commit", None)):
+    if callable(getattr(plan.reader, "commit", None)) and not getattr(plan.reader, "partitioned", False):
         raise ConfigError(
             "stream.reader",
-            f"the {plan.resolved['stream']['reader']} reader acknowledges records to a broker, and sharing a consumer "
-            "group across ranks is not implemented yet: run it in one process",
+            f"the {plan.resolved['stream']['reader']} reader acknowledges records to a broker and cannot share its "
+            "source among data-parallel ranks yet: run it in one process",
         )
     if getattr(plan.model, "warmup_samples", 0):
         raise ConfigError(

@@ -82,11 +82,15 @@ class DeadLetters:
     """
 
     def __init__(self, path: str | Path, run: str = ""):
-        self.path = Path(path)
         self.run = run
         self.count = 0
         self._lock = threading.Lock()
         self._file = None
+        self.move(path)
+
+    def move(self, path: str | Path) -> None:
+        """Write to ``path`` instead; only before the first bad record."""
+        self.path = Path(path)
         self._size = self.path.stat().st_size if self.path.is_file() else 0  # kept, so mark() needs no syscall
 
     def __call__(self, reason: str, source: str, offset: int | str, record: Any = None) -> None:
@@ -139,11 +143,19 @@ class DeadLetters:
 
 @dataclass
 class ReaderContext:
-    """Handed to every reader factory."""
+    """Handed to every reader factory.
+
+    ``rank`` and ``ranks`` place the reader in a data-parallel run (0 and 1 otherwise). A reader
+    whose source hands each of several consumers its own records (a broker's consumer group) reads
+    only this rank's share and says so with ``partitioned = True``; every other reader reads the
+    whole stream and the kernel keeps this rank's share (:mod:`lifelong.sharding`).
+    """
 
     batch_size: int
     seed: int
     dead_letter: DeadLetters = field(default_factory=lambda: DeadLetters("dead_letters.jsonl"))
+    rank: int = 0
+    ranks: int = 1
 
 
 @dataclass
@@ -207,8 +219,11 @@ class Prefetcher:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             self._queue.put(exc)
 
-    def fetched(self, stopping: Any = None, idle: Any = None) -> Iterator[Fetched]:
+    def fetched(self, stopping: Any = None, idle: Any = None, patience: float | None = None) -> Iterator[Fetched | None]:
         """The batches in order; every 0.2 s without one, ``stopping()`` may end the wait and ``idle()`` runs.
+
+        With ``patience``, a wait of that many seconds yields None ("nothing now") and goes on: a
+        data-parallel rank then takes part in its step without a batch.
 
         ``quiet_seconds`` sums the waits that lasted 0.2 s or more: the source had nothing to give
         (a broker stream between records, the ``idle_timeout`` before it ends), not time the
@@ -217,15 +232,17 @@ class Prefetcher:
         waiting_since: float | None = None
         while True:
             try:
-                item = self._queue.get(timeout=0.2)
+                item = self._queue.get(timeout=0.2 if patience is None else min(0.2, patience))
             except queue.Empty:
                 if waiting_since is None:
-                    waiting_since = time.perf_counter() - 0.2
+                    waiting_since = time.perf_counter() - (0.2 if patience is None else min(0.2, patience))
                 if stopping is not None and stopping():
                     self.quiet_seconds += time.perf_counter() - waiting_since
                     return
                 if idle is not None:
                     idle()
+                if patience is not None:
+                    yield None
                 continue
             if waiting_since is not None:
                 self.quiet_seconds += time.perf_counter() - waiting_since

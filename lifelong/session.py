@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from lifelong import checkpoint, distributed, metrics, report
@@ -65,6 +66,17 @@ def load_optimizer_state(optimizer: Any, saved: dict[str, Any]) -> None:
 
 
 MAX_LISTED = 100  # skipped batches listed in the summary (all are counted)
+POLL = 0.2  # seconds a data-parallel rank waits for a partitioned reader's batch before it steps without one
+_END = object()  # a rank's stream has ended
+
+
+def empty_batch(plan: Plan) -> Batch:
+    """A batch of no samples shaped like the stream's (a rank's part in a step it has no batch for)."""
+    info = plan.info
+    dtype = getattr(plan.reader, "x_dtype", None)
+    x_dtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype if dtype is not None else torch.float32
+    task = torch.zeros(0, dtype=torch.long) if info.num_tasks > 1 else None
+    return Batch(x=torch.zeros((0, *info.input_shape), dtype=x_dtype), y=torch.zeros(0, dtype=torch.long), task=task)
 
 
 class Runner:
@@ -137,7 +149,12 @@ class Runner:
         self.skipped: list[list[Any]] = []  # the first MAX_LISTED skipped stream batches, as above
         self.skipped_count = 0
         self._skipped_run = 0  # skipped stream batches in a row, as of the last read
-        self._idle_batch: Batch | None = None  # an empty batch of this rank's stream: its part in steps without a batch
+        # Data-parallel ranks: an empty batch is a rank's part in a step it has no batch for; a rank other than 0
+        # commits its reader's positions (on a thread of its own) once rank 0 made their checkpoint durable.
+        self._idle_batch = empty_batch(plan)
+        self._durable_step = -1  # rank 0: the step of its newest durable checkpoint
+        self._uncommitted: list[tuple[int, Any]] = []  # (step, position) checkpointed, not yet committed
+        self.committer = BackgroundWriter("lifelong-commit") if not self.lead and self._commit is not None else None
 
     # -- evaluation and boundaries ----------------------------------------------------------------------
     def _sync(self) -> None:
@@ -148,9 +165,13 @@ class Runner:
         """Finish the span: extra epochs, consolidation, evaluation, a new generation. Returns a new clock start."""
         span = self.span
         generator = torch.Generator().manual_seed(self.plan.learner.seed + len(self.generations))
+        # Across ranks every rank takes as many steps as the rank with the most batches (a partitioned reader's
+        # ranks may have different counts): the others take part in the extra steps with an empty batch.
+        steps = self.world.most(len(span.batches)) if self.world is not None else len(span.batches)
         for _ in range(self.plan.learner.epochs - 1):
-            for i in torch.randperm(len(span.batches), generator=generator).tolist():
-                batch = span.batches[i].to(self.device)
+            order = torch.randperm(len(span.batches), generator=generator).tolist()
+            for i in range(steps):
+                batch = (span.batches[order[i]] if i < len(order) else self._idle_batch).to(self.device)
                 self.trained_samples += self._train(batch, prequential=False)
         experience = span.experience(len(self.generations))
         if self.world is not None:  # the generation covers every rank's samples
@@ -325,6 +346,7 @@ class Runner:
             },
             "detector": checkpoint.to_cpu(detector_state()) if detector_state is not None else None,
             "reader": self._position,
+            "dead_letters": self._dead_letter_mark or plan.dead_letters.mark(),
             "rng": rng_state(),
             "span": self.span.state(),
             "metrics": self.learner.metrics.state_dict(),
@@ -408,6 +430,8 @@ class Runner:
         ranks = self.world.gather(self._rank_state()) if self.world is not None else None
         if not self.lead:
             self._checkpointed_step = self.step
+            if self._commit is not None and self._position is not None:
+                self._uncommitted.append((self.step, self._position))
             return None
         directory = Path(options.dir).expanduser()
         state, test_sets = self._state(), self.test_sets.unsaved()
@@ -427,6 +451,7 @@ class Runner:
     def _write_then_commit(self, directory: Path, step: int, session: str, state: dict[str, Any], test_sets: Any, keep: int) -> None:
         """On the writer thread: the checkpoint, durable, then the reader's commit of its position."""
         checkpoint.write(directory, step, session, state, test_sets, keep)
+        self._durable_step = step  # read by the training thread, which tells the other ranks at the next step
         if state["reader"] is not None:
             self._commit_position(state["reader"])
 
@@ -464,7 +489,17 @@ class Runner:
             if self.writer is not None:
                 self.writer.drain()
             path = self._write_checkpoint(wait=True)
+            self._commit_ranks()
         raise Interrupted(self._signal or "a signal", str(path) if path else None)
+
+    def _commit_ranks(self) -> None:
+        """After the last checkpoint, made durable by rank 0: every other rank commits its position, and waits."""
+        if self.world is None:
+            return
+        durable = self.world.agree([self._durable_step + 1 if self.lead else 0])[0]
+        self._commit_durable(durable - 1)
+        if self.committer is not None:
+            self.committer.close()
 
     # -- the loop ---------------------------------------------------------------------------------------
     def _log(self, detector: Any) -> bool:
@@ -556,7 +591,10 @@ class Runner:
         max_seconds = plan.learner.max_seconds
         self._deadline = time.monotonic() + max_seconds if max_seconds else None
         self._prefetcher = stream
-        fetched = stream.fetched(stopping=self._stopping, idle=self._idle)
+        if self.world is None:
+            fetched = stream.fetched(stopping=self._stopping, idle=self._idle)
+        else:  # a rank with nothing from a partitioned reader must not hold the others' step
+            fetched = stream.fetched(stopping=self._stopping, patience=POLL if getattr(plan.reader, "partitioned", False) else None)
         try:
             warmup = self._open(fetched)
             if self.world is not None:
@@ -666,6 +704,7 @@ class Runner:
             if self.writer is not None:
                 self.writer.drain()
             self._write_checkpoint(wait=True)
+            self._commit_ranks()
 
     def _train(self, batch: Batch, prequential: bool = True, total: int | None = None) -> int:
         """One optimizer step on ``batch`` (on the device); returns the samples it trained, over every rank.
@@ -690,21 +729,29 @@ class Runner:
             raise
         return total
 
-    def _stream_ranks(self, fetched: Iterator[Fetched]) -> None:
+    def _stream_ranks(self, fetched: Iterator[Fetched | None]) -> None:
         """The stream loop of a data-parallel rank: every step starts with one agreement of all ranks
         (:mod:`lifelong.distributed`) on whether to stop, checkpoint or end a span, and on how many
-        samples the step trains, so that every rank takes every collective decision at the same step."""
+        samples the step trains, so that every rank takes every collective decision at the same step.
+
+        A partitioned reader (a broker group) may have nothing for a rank while others have records:
+        ``fetched`` then yields None, and the rank takes part in the step with an empty batch. When
+        no rank has a batch the step is skipped; the stream ends when every rank's has ended.
+        """
         plan, world = self.plan, self.world
         has_prepare = getattr(self.model, "prepare", None) is not None
         log_every, max_batches, max_records = plan.learner.log_every, plan.learner.max_batches, plan.learner.max_records
         detector = plan.detector
         drifted = False  # the running metrics asked for a boundary at the last log
+        ended = False  # this rank's share of the stream has ended
         self._clock = time.perf_counter()
         while True:
-            done = bool((max_batches and self.step >= max_batches) or (max_records and self.samples_seen >= max_records))
-            item = None if done else next(fetched, None)
+            if max_batches and self.step >= max_batches or max_records and self.samples_seen >= max_records:
+                ended = True
+            item = None if ended else next(fetched, _END)
+            ended = ended or item is _END
+            batch = item.batch if isinstance(item, Fetched) else None
             self._skip_quiet()
-            batch = item.batch if item is not None else None
             wants = False
             if batch is not None:
                 self._streaming = batch.experience
@@ -712,40 +759,52 @@ class Runner:
                     self.columns.append(batch.experience)
                 wants = bool(detector.before_batch(batch))
             late = self._deadline is not None and time.monotonic() >= self._deadline
-            has, samples, boundary, spans, signalled, stop, due = world.agree([
-                int(batch is not None), len(batch) if batch is not None else 0, int(wants or drifted), self.span.count,
-                int(self._signal is not None), int(late), int(self._checkpoint_ready()),
+            wanted = self._wants_checkpoint is not None and self._wants_checkpoint()  # a broker's rebalance
+            has, done, samples, boundary, spans, signalled, stop, due, asked, durable = world.agree([
+                int(batch is not None), int(ended), len(batch) if batch is not None else 0, int(wants or drifted),
+                self.span.count, int(self._signal is not None), int(late), int(self._checkpoint_ready()), int(wanted),
+                self._durable_step + 1 if self.lead else 0,
             ])
+            self._commit_durable(durable - 1)
             if signalled:
                 self._signal = self._signal or "a signal on another rank"
                 self._stop_on_signal()
-            if stop or not has:  # max_seconds, or every rank's share ran dry
+            if stop or done == world.size:  # max_seconds, or every rank's share has ended
                 break
+            self._checkpoint_due = self._checkpoint_due or bool(asked)
             if due:
                 self._write_checkpoint()
+            if not has:  # no rank has a batch now (a quiet broker): nothing to train
+                continue
             if boundary and spans:
                 self._clock = self._boundary(self._clock)
                 drifted = False
-            if batch is None:  # this rank's share ended before the others': it only takes part in the step
-                if self._idle_batch is None:
-                    raise RuntimeError(f"rank {world.rank} had no batch at all while other ranks had some")
-                batch = self._idle_batch
-            on_device = batch.to(self.device)
+            on_device = (batch if batch is not None else self._idle_batch).to(self.device)
             if has_prepare:
                 on_device.x = prepare(self.model, on_device.x)
-            self.span.add(on_device if has_prepare else batch)
-            self._idle_batch = Batch(x=batch.x[:0], y=batch.y[:0], experience=batch.experience, task=None if batch.task is None else batch.task[:0], position=batch.position)
+            if batch is not None:
+                self.span.add(on_device if has_prepare else batch)
             self.trained_samples += self._train(on_device, total=samples)
             self.step += 1
             self.samples_seen += samples
-            if item is not None:
+            if batch is not None:
                 self._position, self._dead_letter_mark = batch.position, item.dead_letters
-            self._window.append([self.step, batch.source, batch.start, batch.stop])
+                self._window.append([self.step, batch.source, batch.start, batch.stop])
             if self.progress is not None:
                 self.progress.advance(1)
             if self.step % log_every == 0 and self._log(detector):
                 drifted = True
         self._finish_stream()
+
+    def _commit_durable(self, step: int) -> None:
+        """On a rank other than 0: commit (on the commit thread) the newest position whose checkpoint rank 0
+        made durable, ``step`` being the step of rank 0's newest durable checkpoint (-1: none yet)."""
+        if self.lead or self._commit is None:
+            return
+        ready = [position for written, position in self._uncommitted if written <= step]
+        if ready:
+            self._uncommitted = [(written, position) for written, position in self._uncommitted if written > step]
+            self.committer.submit(self._commit_position, ready[-1])
 
     # -- the end ----------------------------------------------------------------------------------------
     def _summary(self, wall: float) -> dict[str, Any]:

@@ -74,10 +74,15 @@ seconds without entries end the stream; ``close()`` closes the connections (afte
 thread left its read). Entries accounted for after the last batch (dead letters, unlabeled or
 held-out records at the very end) are in no position, so they stay pending and are read again by
 the next run of this consumer.
+
+**Data-parallel ranks** (``lifelong run --nproc N``, torchrun) are consumers of the one group, each
+named ``<consumer>-rank<r>``: the group hands each rank its own entries, each rank's position and
+acknowledgements are its own, and a rank's consumer name is stable across restarts of the job.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -150,6 +155,8 @@ def redis_reader(options: RedisOptions, context: ReaderContext) -> RedisStream:
         import redis  # noqa: F401
     except ImportError:
         raise UserError(f"the redis reader needs the redis package (redis-py), which is not installed: {INSTALL}") from None
+    if context.ranks > 1:  # each data-parallel rank is a consumer of its own in the group
+        options = dataclasses.replace(options, consumer=f"{options.consumer}-rank{context.rank}")
     return RedisStream(options, context)
 
 
@@ -176,6 +183,8 @@ def shown_url(url: str) -> str:
 
 class RedisStream(AssembledStream):
     """The reader; see the module docstring."""
+
+    partitioned = True  # the group hands each consumer (each data-parallel rank) its own entries
 
     def __init__(self, options: RedisOptions, context: ReaderContext):
         self.options = options

@@ -40,6 +40,11 @@ group) follow **checkpoint, then commit**, through optional members:
   it produced, or None before the first batch): unlabeled records, held-out records …; the summary
   shows it as ``reader``.
 
+A **partitioned** reader (``partitioned = True``: its source hands each data-parallel rank its own
+records, see :class:`ReaderContext`) whose records may move between ranks across a restart (Kafka
+partitions reassigned by the group) offers ``seek_ranks(position, positions)``: called instead of
+``seek`` on resume, with this rank's position (None before its first batch) and every rank's.
+
 A reader's ``__iter__`` may end on its own (a broker reader after ``idle_timeout`` seconds without
 records): the run then ends normally, with its last generation, checkpoint and commit.
 """

@@ -581,7 +581,10 @@ class Runner:
         wall_start = time.perf_counter()
         snapshot = plan.resume_from
         if snapshot is not None:
-            if snapshot.state["reader"] is not None:  # None: checkpointed before the first batch
+            positions = [entry.get("reader") for entry in snapshot.state.get("ranks") or []]
+            if positions and callable(getattr(plan.reader, "seek_ranks", None)):  # records may move between ranks
+                plan.reader.seek_ranks(snapshot.state["reader"], positions)
+            elif snapshot.state["reader"] is not None:  # None: checkpointed before the first batch
                 plan.reader.seek(snapshot.state["reader"])
             plan.dead_letters.restore(snapshot.state["dead_letters"])
         stream = Prefetcher(

@@ -44,6 +44,12 @@ timed out) cannot be committed: its records may be trained again by the next own
 that the bootstrap servers answer and that every topic exists (UserError naming it otherwise); it
 opens nothing that stays open: the consumer is created when the stream starts.
 
+**Data-parallel ranks** (``lifelong run --nproc N``, torchrun) are members of the one group, each
+assigned its own partitions. A revocation's checkpoint is the whole job's (the ranks agree on it
+at their next step), and each rank commits its own offsets once rank 0 made it durable. On resume
+every rank starts each partition at the furthest offset any rank's checkpointed position holds
+for it (``seek_ranks``), since the group may assign it partitions another rank trained.
+
 Notes: librdkafka's ``max.poll.interval.ms`` (default 5 minutes) bounds how long the kernel's
 queue of batches may stay full (the reader does not consume while it waits): raise it in
 ``consumer`` for very slow models. Explicit experience ids assume the partitions move through the
@@ -124,6 +130,8 @@ def _split(name: str) -> tuple[str, int]:
 class KafkaStream(AssembledStream):
     """The reader; see the module docstring."""
 
+    partitioned = True  # the group assigns each member (each data-parallel rank) its own partitions
+
     def __init__(self, options: KafkaOptions, context: ReaderContext):
         self.options = options
         self.context = context
@@ -155,6 +163,16 @@ class KafkaStream(AssembledStream):
         cursor = self.asm.restore(position)
         self._start = {name: int(offset) for name, offset in cursor.items()}
 
+    def seek_ranks(self, position: dict[str, Any] | None, positions: list[dict[str, Any] | None]) -> None:
+        """Resume one data-parallel rank: its own ``position`` (None: it had no batch yet), and each partition
+        at the furthest offset any rank's position holds for it, since the group may now assign this rank
+        partitions another rank trained before the checkpoint."""
+        if position is not None:
+            self.seek(position)
+        for other in positions:
+            for name, offset in ((other or {}).get("cursor") or {}).items():
+                self._start[name] = max(self._start.get(name, -1), int(offset))
+
     def checkpoint_wanted(self) -> bool:
         return self._wanted
 
@@ -172,6 +190,8 @@ class KafkaStream(AssembledStream):
             "enable.auto.offset.store": False,
             "session.timeout.ms": o.session_timeout_ms,
         }
+        if self.context.ranks > 1:  # each data-parallel rank is a member of the one group
+            conf.setdefault("client.id", f"lifelong-rank{self.context.rank}")
         with self._poll_lock:
             if self._closing:
                 return

@@ -103,16 +103,17 @@ def test_a_pipeline_registers_its_generations_in_a_postgres_backed_mlflow_and_se
             assert uid == pwd.getpwnam("postgres").pw_uid
 
         phase("launcher start")
-        # a real pipeline, as a user runs it, against the tracking URI the launcher printed
+        # a real pipeline, as a user runs it, against the tracking URI the launcher printed: as 2 data-parallel
+        # ranks, of which rank 0 alone registers (2 generations, not 4)
         run = subprocess.run(
-            [sys.executable, "-m", "lifelong.cli", "run", "--summary", str(tmp_path / "summary.json"),
+            [sys.executable, "-m", "lifelong.cli", "run", "--nproc", "2", "--summary", str(tmp_path / "summary.json"),
              "--set", "learner.progress=false", "--set", "learner.strategies=['naive']",
              "--set", "stream.experiences=2", "--set", "learner.epochs=1"],
             cwd=tmp_path, env={**ENV, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=240,
         )
         assert run.returncode == 0, run.stderr[-3000:]
-        generations = json.loads((tmp_path / "summary.json").read_text())["generations"]
-        assert len(generations) == 2
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert summary["ranks"] == 2 and len(summary["generations"]) == 2
 
         phase("lifelong run")
         # the registry, through the server ...

@@ -228,3 +228,20 @@ def test_a_rebalance_while_training_trains_every_record_once(kafka_broker, tmp_p
     assert 0 < b_trained <= 4 * 32  # B did take partitions and train
     a_header, a_batches, _ = read_log(tmp_path / "log-a" / f"{a.pid}.log")
     assert sum(len(x) for x in a_batches) == len(stream.valid) - b_trained
+
+
+def test_seek_ranks_starts_a_partition_at_the_furthest_offset_any_rank_checkpointed(kafka_broker, tmp_path):
+    # Data-parallel ranks: rank 1 trained partition 0 up to batch k and checkpointed it, but died before
+    # committing it. Resumed, the group assigns partition 0 to rank 0, which has no position of its own.
+    create_topic(kafka_broker, "r")
+    produce(kafka_broker, "r", [{"key": i, "x": [i, -i], "label": i % 3} for i in range(120)], partition=0)
+    opts = {"topics": ["r"], "features_field": "x", "num_features": 2, "num_classes": 3}
+    whole = drain(make(kafka_broker, tmp_path / "a", group="whole", **opts))
+    k = 4
+    rank0 = make(kafka_broker, tmp_path / "b", group="ranks", **opts)
+    rank0.seek_ranks(None, [None, json.loads(json.dumps(whole[k].position))])
+    rest = drain(rank0)
+    trained = {int(v) for b in whole[: k + 1] for v in b.x[:, 0].tolist()}
+    resumed = [int(v) for b in rest for v in b.x[:, 0].tolist()]
+    assert resumed == [int(v) for b in whole[k + 1 :] for v in b.x[:, 0].tolist()]
+    assert not trained & set(resumed)

@@ -51,6 +51,7 @@ records): the run then ends normally, with its last generation, checkpoint and c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import queue
 import threading
@@ -266,18 +267,7 @@ class Prefetcher:
 def host_prepared(batch: Batch, transform: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
     """``batch`` with ``x`` through ``transform`` (a model's ``prepare_host``), run without gradients."""
     with torch.no_grad():
-        x = transform(batch.x)
-    return Batch(
-        x=x,
-        y=batch.y,
-        experience=batch.experience,
-        task=batch.task,
-        source=batch.source,
-        start=batch.start,
-        stop=batch.stop,
-        position=batch.position,
-        weight=batch.weight,
-    )
+        return dataclasses.replace(batch, x=transform(batch.x))
 
 
 def _pinned(batch: Batch) -> Batch:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import yaml
 
 from tests.fixtures.kafka_broker import unavailable
 from tests.fixtures.mlflow_server import free_port
+from tests.fixtures.process_group import ProcessGroup
 from tests.fixtures.postgres import LAUNCHER, launcher, missing, pg_data_dir, postgres  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,12 +158,9 @@ def test_a_pipeline_registers_its_generations_in_a_postgres_backed_mlflow_and_se
             assert scored["version"] == "2" and len(scored["predictions"]) == 8
             assert set(scored["predictions"]) <= {str(c) for c in range(10)}
         finally:
-            os.killpg(served.pid, signal.SIGTERM)
-            try:
-                served.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(served.pid, signal.SIGKILL)
-                served.wait(timeout=10)
+            group = ProcessGroup()
+            group.process = served
+            group.stop(stop_timeout=20)
 
         stopped = service("stop", "--home", str(home))
         phase("launcher stop")

@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 
 from lifelong import checkpoint, config, pipeline
 from lifelong.host import PluginHost
+from tests.kernel.test_resume import lifelong
 
 pytestmark = pytest.mark.slow
 
@@ -89,17 +90,8 @@ def test_two_ranks_with_memories_and_fisher_end_near_one_process(tmp_path, strat
     assert ranks["bwt"] == pytest.approx(single["bwt"], abs=0.03)
 
 
-def cli(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "lifelong", *args],
-        cwd=cwd,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        **kwargs,
-    )
+def cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    return lifelong(*args, cwd=cwd)
 
 
 def children(pid: int) -> dict[int, int]:

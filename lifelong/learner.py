@@ -18,6 +18,7 @@ plain one and says that non-finite batches are only counted, not skipped.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -67,7 +68,8 @@ class Learner:
     def __init__(self, model: torch.nn.Module, optimizer: Any, hooks: Any, device: torch.device, precision: str = "fp32"):
         self.model = model
         # bf16: forward, loss and strategy terms under autocast; the backward and the update stay float32
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        # (fp32 enters no autocast context at all: entering a disabled one still costs Python work every step)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
         self.replicas: torch.nn.Module = model  # what the training forward runs: DistributedDataParallel(model) across ranks
         self.optimizer = optimizer
         self.hooks = hooks
@@ -88,7 +90,8 @@ class Learner:
         gradients of every backward. Called once the strategies have frozen what they freeze."""
         from torch.nn.parallel import DistributedDataParallel
 
-        self.replicas = DistributedDataParallel(self.model, device_ids=device_ids)
+        # gradients as views into DDP's buckets: no copy of every gradient in and out of them per step
+        self.replicas = DistributedDataParallel(self.model, device_ids=device_ids, gradient_as_bucket_view=True)
 
     def step(self, batch: Batch, prequential: bool = True, scale: float = 1.0) -> None:
         """Train on one stream batch (already on the device) plus whatever strategies add to it.

@@ -792,6 +792,7 @@ class Runner:
             self.samples_seen += samples
             if batch is not None:
                 self._position, self._dead_letter_mark = batch.position, item.dead_letters
+            if batch is not None and len(batch):  # the running metrics count the steps that trained samples
                 self._window.append([self.step, batch.source, batch.start, batch.stop])
             if self.progress is not None:
                 self.progress.advance(1)

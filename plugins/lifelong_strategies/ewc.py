@@ -379,7 +379,7 @@ class EWC:
     @hookimpl
     def on_run_start(self, run) -> None:
         self.model = run.model
-        self.world = run.world
+        self.world = getattr(run, "world", None)  # a data-parallel run's ranks (absent from older run contexts)
         self.generator = torch.Generator(device=run.device).manual_seed(run.seed + 7919)
         self.reservoir = Reservoir(self.options.fisher_samples, self.generator)
         self.penalty.bind(run.model)

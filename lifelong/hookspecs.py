@@ -143,6 +143,14 @@ class RegistrationSpecs:
         Factory: ``factory(options) -> object``; the object implements any lifecycle hooks below
         with ``@lifelong.hookimpl`` and may offer ``state_dict()`` / ``load_state_dict(state)`` so
         checkpoints and generations carry its state.
+
+        Data-parallel runs (``WORLD_SIZE`` set: ``lifelong run --nproc``, torchrun) accept only
+        strategies whose factory declares ``data_parallel``, a short text saying how it trains
+        across ranks (shown by ``lifelong plugins``); any other is refused with exit status 2 before
+        a rank joins. Under data parallelism every rank runs every hook on its own share of the
+        stream, and ``state_dict()`` is taken from every rank into the checkpoint. A strategy that
+        must combine what ranks computed does it at a boundary, where every rank calls
+        ``on_boundary`` at the same step, with ``run.world.average(tensors, weight)`` (EWC's Fisher).
         """
 
     @hookspec

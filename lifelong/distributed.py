@@ -126,9 +126,17 @@ class World:
         except RuntimeError as exc:
             raise lost(self, exc) if communication_failed(exc) else exc
 
-    def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, finished: bool = True) -> None:
+        """Leave the process group. After a run that ``finished``, first wait for every rank to get here
+        (bounded by the timeout), so no rank tears its connections down while another still uses them."""
+        if not dist.is_initialized():
+            return
+        if finished and self.size > 1:
+            try:
+                dist.barrier(group=self.control)
+            except RuntimeError:  # a rank that failed since: leave anyway
+                pass
+        dist.destroy_process_group()
 
 
 # What gloo and NCCL say when a peer is gone: DDP's all-reduce in the backward raises a plain RuntimeError.

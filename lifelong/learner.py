@@ -19,6 +19,7 @@ plain one and says that non-finite batches are only counted, not skipped.
 from __future__ import annotations
 
 import contextlib
+import gc
 from typing import Any
 
 import torch
@@ -92,6 +93,13 @@ class Learner:
 
         # gradients as views into DDP's buckets: no copy of every gradient in and out of them per step
         self.replicas = DistributedDataParallel(self.model, device_ids=device_ids, gradient_as_bucket_view=True)
+
+    def single(self) -> None:
+        """Drop the data-parallel wrapper (before the process group goes): DDP's reducer holds work objects
+        of the group's threads, and freeing them at interpreter exit instead aborts the process."""
+        if self.replicas is not self.model:
+            self.replicas = self.model
+            gc.collect()
 
     def step(self, batch: Batch, prequential: bool = True, scale: float = 1.0) -> None:
         """Train on one stream batch (already on the device) plus whatever strategies add to it.

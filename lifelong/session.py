@@ -598,6 +598,7 @@ class Runner:
             fetched = stream.fetched(stopping=self._stopping, idle=self._idle)
         else:  # a rank with nothing from a partitioned reader must not hold the others' step
             fetched = stream.fetched(stopping=self._stopping, patience=POLL if getattr(plan.reader, "partitioned", False) else None)
+        summary = None
         try:
             warmup = self._open(fetched)
             if self.world is not None:
@@ -623,7 +624,8 @@ class Runner:
             self._close_reader()
             plan.dead_letters.close()
             if self.world is not None:
-                self.world.close()
+                self.learner.single()
+                self.world.close(finished=summary is not None)
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
         return summary

@@ -84,7 +84,7 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 
@@ -414,19 +414,13 @@ class CsvStream(RecordStream):
         labels = Labels(list(given), False, self._column) if given is not None else None
         scan = LabelScan(self.options.max_classes)
         max_experience, largest_at = -1, 0
-        for record in records(self.source, self.options.delimiter):
-            if record.fields is None:
-                continue
-            try:
-                _, label, exp = self.columns.parse(record.fields, labels)
-            except BadRecord:
-                continue  # reported when the stream reaches it
+        for label, exp, line in self._valid_rows(labels):
             if labels is None:
                 scan.add(label)  # type: ignore[arg-type]
                 if scan.full():
                     break
             if exp > max_experience:
-                max_experience, largest_at = exp, record.line
+                max_experience, largest_at = exp, line
         if max_experience < 0:
             raise UserError(f"csv file {self.source!r} has no valid rows, so its classes cannot be known")
         if given is not None:
@@ -437,17 +431,21 @@ class CsvStream(RecordStream):
         scan.report(f"csv {self.source!r}")
         return names, integers, max_experience
 
-    def _largest_experience(self) -> int:
-        """The largest experience id of an unlabeled file's valid rows (the task scenario's heads)."""
-        largest = -1
+    def _valid_rows(self, labels: Labels | None) -> Iterator[tuple[Any, int, int]]:
+        """(label, experience, line) of every valid row of the training file; bad rows are reported when
+        the stream reaches them."""
         for record in records(self.source, self.options.delimiter):
             if record.fields is None:
                 continue
             try:
-                _, _, exp = self.columns.parse(record.fields, None)
+                _, label, exp = self.columns.parse(record.fields, labels)
             except BadRecord:
-                continue  # reported when the stream reaches it
-            largest = max(largest, exp)
+                continue
+            yield label, exp, record.line
+
+    def _largest_experience(self) -> int:
+        """The largest experience id of an unlabeled file's valid rows (the task scenario's heads)."""
+        largest = max((exp for _, exp, _ in self._valid_rows(None)), default=-1)
         if largest < 0:
             raise UserError(f"csv file {self.source!r} has no valid rows, so its experiences cannot be known")
         return largest

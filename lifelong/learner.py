@@ -28,7 +28,7 @@ from lifelong.metrics import RunningMetrics
 from lifelong.objective import forward, objective_of
 from lifelong.types import Batch
 
-__all__ = ["Learner", "build_optimizer", "forward", "parameter_groups", "prepare", "skips_nonfinite"]
+__all__ = ["Learner", "build_optimizer", "flag_nonfinite", "forward", "parameter_groups", "prepare", "skips_nonfinite"]
 
 
 def prepare(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -56,6 +56,24 @@ def build_optimizer(name: str, params: list[Any], lr: float, momentum: float, we
         return cls(params, lr=lr, weight_decay=weight_decay, fused=True, **extra)
     except (RuntimeError, ValueError, TypeError):  # no fused kernels for this device or dtype
         return cls(params, lr=lr, weight_decay=weight_decay, **extra)
+
+
+def flag_nonfinite(optimizer: Any, total: torch.Tensor, found: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
+    """Set ``found`` (a 0-d float tensor, the fused optimizer's ``found_inf``) to 1 when ``total`` or a
+    gradient of ``optimizer``'s parameters is not finite, else 0; on the device, no host read.
+
+    For a strategy that trains outside :meth:`Learner.step` with the learner's optimizer (PathNet
+    settling a path at a boundary): the optimizer's ``found_inf`` is the learner's, so it must be set
+    for every update, or the last stream batch's flag would decide.
+    """
+    found.zero_()
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if grads:
+        unit = torch.ones((), device=found.device) if unit is None else unit
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, unit)
+    # fused kernels test found_inf == 1 exactly, so the loss's own flag is merged with a max, not a sum
+    torch.maximum(found, (~torch.isfinite(total.detach())).to(found.dtype), out=found)
+    return found
 
 
 def skips_nonfinite(optimizer: Any) -> bool:
@@ -149,11 +167,4 @@ class Learner:
 
     def _check_finite(self, total: torch.Tensor) -> torch.Tensor:
         """Set ``found_inf`` on the device when the loss or a gradient is not finite; no host sync."""
-        found = self.found_inf
-        found.zero_()
-        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if grads:
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self._unit_scale)
-        # fused kernels test found_inf == 1 exactly, so the loss's own flag is merged with a max, not a sum
-        torch.maximum(found, (~torch.isfinite(total.detach())).to(found.dtype), out=found)
-        return found
+        return flag_nonfinite(self.optimizer, total, self.found_inf, self._unit_scale)

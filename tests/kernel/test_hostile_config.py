@@ -215,7 +215,7 @@ def test_a_cnn_whose_activations_cannot_fit_is_refused_by_the_kernel_estimate():
 
 def test_a_pathnet_grid_too_large_is_refused_before_it_is_built():
     message = refused("learner.strategies=['pathnet']", "strategy.pathnet.width=1000000")
-    assert message.startswith("strategy.pathnet: a pathnet grid of 3 x 10 modules of width 1000000")
+    assert message.startswith("strategy.pathnet: a pathnet grid of 3 x 18 modules of width 1000000")  # 18: room for 5 tasks
 
 
 def test_ewc_fisher_samples_too_many_are_refused():

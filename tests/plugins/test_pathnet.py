@@ -250,12 +250,11 @@ def test_generations_reach_mlflow_and_serve_with_frozen_paths(tmp_path, monkeypa
     np.testing.assert_array_equal(predicted, logits_of(runner.model, test_set).argmax(dim=1).numpy())
 
 
-@pytest.mark.parametrize("inference", ["sample", "batch"])
-def test_task_free_class_incremental_run_infers_the_task(run, inference):
+@pytest.mark.parametrize("oracle,inference,least", [
+    ("classifier", "sample", 0.6), ("classifier", "batch", 0.6), ("entropy", "sample", 0.4), ("entropy", "batch", 0.4)])
+def test_task_free_class_incremental_run_infers_the_task(run, oracle, inference, least):
     summary, runner = run(
-        ["learner.strategies=['pathnet']", "learner.optimizer=sgd", "learner.lr=0.05", "learner.epochs=20",
-         "strategy.pathnet.population=8", "strategy.pathnet.tournament_batches=10",
-         f"strategy.pathnet.inference={inference}"]
+        ["learner.strategies=['pathnet']", f"strategy.pathnet.oracle={oracle}", f"strategy.pathnet.inference={inference}"]
     )
     model = runner.model
     model.eval()
@@ -269,10 +268,10 @@ def test_task_free_class_incremental_run_infers_the_task(run, inference):
         assert bool(model.head_classes[chosen].gather(1, predicted[:, None]).all())
     # the pipeline's class-incremental accuracy is the accuracy of these task-inferred predictions
     assert summary["accuracy_matrix"][-1] == pytest.approx(correct, abs=1e-6)
-    print(inference, "picked right:", hits)
-    # Five tasks: chance is 0.2. Lowest entropy is a weak oracle (bench/pathnet.py reports it on
-    # more streams), but it must beat chance clearly.
-    assert np.mean(hits) > 0.4, hits
+    print(oracle, inference, "picked right:", hits)
+    # Five tasks: chance is 0.2. The task classifier must reach the 0.6 (bench/pathnet.py:
+    # 0.88-0.91 on Split-Digits); lowest entropy is weaker, but must beat chance clearly.
+    assert np.mean(hits) > least, hits
 
 
 def test_conv_modules_learn_images_and_never_forget(run):

@@ -1,25 +1,31 @@
 """PathNet, measured the way the paper measures it and against lifelong's other strategies.
 
-Four measurements (Fernando et al. 2017 for the first two; CPU, one torch thread):
+Every PathNet run uses PathNet's defaults and the learner's (Adam at lr 1e-3, batch 32, the
+built-in pipeline's 5 epochs): only ``strategies = ["pathnet"]`` is set. Parts (CPU, one torch
+thread):
 
-1. ``forgetting``: task-incremental Split-Digits and Split-FMNIST through the real pipeline.
-   After every later task, each finished task's accuracy must be exactly unchanged and its
-   outputs bit-identical (the generation that froze it, rebuilt, against the final model).
-2. ``transfer``: the paper's speed-up. Binary task pairs A → B; minibatches (of 16) PathNet needs
+1. ``forgetting``: task-incremental Split-Digits and Split-FMNIST (1,000 / 500 images per class)
+   through the real pipeline, 3 seeds: each task's accuracy after training it (R[i][i]), ACC, BWT,
+   and whether a finished task's outputs stay bit-identical (the generation that froze it, rebuilt,
+   against the final model).
+2. ``ablation``: why the defaults are what they are: the same runs with the paper's 10 modules
+   and no settling, and each change alone.
+3. ``transfer``: the paper's speed-up. Binary task pairs A → B; minibatches (of 16) PathNet needs
    to reach a target training accuracy on B after learning A (and freezing its path), against an
-   independent control: the same architecture, options and seed learning B from scratch. The
-   ratio control / PathNet over 5 seeds and 3 pairs per data set. Training accuracy is the mean
-   pre-update accuracy of the last 20 minibatches (320 samples); a run that never reaches the
-   target within the budget counts the budget (censored; reported).
-3. ``compare``: the same task-IL benchmarks with pathnet, replay (memory 200), ewc and naive:
-   ACC, BWT and the pipeline's samples/s, 3 seeds. PathNet trains its grid with SGD at lr 0.05
-   (the paper used SGD); the others use the MLP [256, 256] with Adam at lr 1e-3 (the project's
-   defaults). Also class-incremental (no task ids at test time): how often the lowest-entropy rule
-   picks the right path, per sample and per batch, and the resulting ACC.
-4. ``cost``: the tournament's overhead per minibatch: pathnet (P = 64, T = 10) against the same
-   grid training one fixed path (P = 1), alternated, in process CPU time.
+   independent control (the same grid, options and seed learning B from scratch), 5 seeds × 3
+   pairs per data set; beside it the paper's fine-tuning control (one fixed path trained on A,
+   then on B with the same weights and head). Training accuracy is the mean pre-update accuracy
+   of the last 20 minibatches; a run that never reaches the target counts the budget (censored).
+4. ``candidates``: the transfer experiment again for each candidate cause of the missing transfer
+   (T = 10, loss as fitness, SGD at 0.05, a layer's modules averaged instead of summed, half the
+   population started from the frozen paths).
+5. ``compare``: pathnet against naive, replay (memory 200) and ewc (MLP [256, 256]) in the task-
+   and class-incremental scenarios, 3 seeds; in the class-incremental one, how often the task
+   classifier and the lowest-entropy rule pick the right path, per sample and per batch.
+6. ``cost``: the tournament's overhead per minibatch: P = 64 against one fixed path (P = 1),
+   alternated, in process CPU time.
 
-    OMP_NUM_THREADS=1 python bench/pathnet.py [--seeds 5] [--parts forgetting transfer compare cost]
+    OMP_NUM_THREADS=1 python bench/pathnet.py [--seeds 5] [--parts forgetting ablation transfer candidates compare cost]
 
 Writes bench/results/pathnet.{json,md} and docs/img/pathnet_transfer.png.
 """
@@ -27,6 +33,7 @@ Writes bench/results/pathnet.{json,md} and docs/img/pathnet_transfer.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -40,45 +47,49 @@ import numpy as np
 import torch
 
 from lifelong import config, hookimpl, pipeline
-from lifelong.host import PluginHost
-from lifelong.learner import Learner
 from lifelong import plan as plan_module
 from lifelong.components import Components
 from lifelong.config import LearnerOptions
+from lifelong.host import PluginHost
+from lifelong.learner import Learner, build_optimizer, parameter_groups
 from lifelong.run import Run, Session
 from lifelong.types import Batch, ModelSpec, StreamInfo
 from lifelong_pathnet import PathNet, PathNetOptions
-from lifelong_pathnet.grid import GridOptions, build_grid
-from common import load_average, save_figure
+from lifelong_pathnet import strategy as pathnet_strategy
+from lifelong_pathnet.evolution import mutate, path_modules
+from lifelong_pathnet.grid import GridOptions, PathNetModel, build_grid
+from common import git_commit, load_average, provenance, save_figure, source_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.fixtures.generation_log
 RESULTS = ROOT / "bench" / "results"
 IMAGES = ROOT / "docs" / "img"
 
-PATHNET = [
-    "learner.strategies=['pathnet']",
-    "learner.optimizer='sgd'",
-    "learner.lr=0.05",
-    "strategy.pathnet.population=64",
-    "strategy.pathnet.tournament_batches=10",
-]
+PATHNET = ["learner.strategies=['pathnet']"]  # nothing else: PathNet's and the learner's defaults
 BASELINES = {
     "naive": ["learner.strategies=['naive']"],
     "replay 200": ["learner.strategies=['replay']", "strategy.replay.memory=200"],
     "ewc": ["learner.strategies=['ewc']"],
 }
-# The generation log keeps every generation for the bit-identity check (the kernel keeps none).
-COMMON = ["learner.progress=false", "tracking.trackers=['generation-log']", "learner.batch_size=32"]
+# The built-in pipeline (Adam 1e-3, batch 32, 5 epochs, MLP [256, 256] for the baselines). The
+# generation log keeps every generation for the bit-identity check (the kernel keeps none).
+COMMON = ["learner.progress=false", "tracking.trackers=['generation-log']"]
 BENCHMARKS = {
-    "split-digits": ["stream.reader='split-digits'", "stream.experiences=5", "learner.epochs=20"],
-    "split-fmnist": [
-        "stream.reader='split-fashion-mnist'", "stream.experiences=5",
-        "stream.train_per_class=1000", "stream.test_per_class=500", "learner.epochs=3",
-    ],
+    "split-digits": ["stream.reader='split-digits'"],
+    "split-fmnist": ["stream.reader='split-fashion-mnist'", "stream.train_per_class=1000", "stream.test_per_class=500"],
+}
+# Why the defaults: the paper's grid (10 modules) and freezing the last winner as it is, then each change.
+ABLATION = {
+    "paper: 10 modules, no settling": ["strategy.pathnet.modules=10", "strategy.pathnet.settle=0"],
+    "modules for every task, no settling": ["strategy.pathnet.settle=0"],
+    "10 modules, settling": ["strategy.pathnet.modules=10"],
+    "defaults (both)": [],
+    "defaults, width 64": ["strategy.pathnet.width=64"],
 }
 FMNIST_PAIRS = [((0, 1), (2, 3)), ((5, 7), (9, 8)), ((2, 4), (0, 6))]
 DIGIT_PAIRS = [((0, 1), (2, 3)), ((2, 3), (4, 5)), ((6, 7), (8, 9))]
+BUDGET_A = 500
+BUDGET_B = 3000
 
 
 def execute(overrides: list[str]) -> tuple[dict[str, Any], pipeline.Runner]:
@@ -95,7 +106,13 @@ def logits(model: torch.nn.Module, data: Batch) -> torch.Tensor:
         return model(data.x, data.task)
 
 
-# -- 1. zero forgetting -----------------------------------------------------------------------------
+def diagonal(summary: dict[str, Any]) -> list[float]:
+    """R[i][i]: each task's held-out accuracy right after training it."""
+    matrix = summary["accuracy_matrix"]
+    return [matrix[i][i] for i in range(len(matrix))]
+
+
+# -- 1. each task learned, none forgotten -------------------------------------------------------------
 def forgetting(seeds: int) -> list[dict[str, Any]]:
     rows = []
     for name, overrides in BENCHMARKS.items():
@@ -110,16 +127,28 @@ def forgetting(seeds: int) -> list[dict[str, Any]]:
                 exp = gen.experience.experience_ids[0]
                 identical.append(torch.equal(logits(rebuilt, runner.test_sets[exp]), logits(runner.model, runner.test_sets[exp])))
             rows.append({
-                "benchmark": name, "seed": seed, "acc": summary["acc"], "bwt": summary["bwt"],
-                "max_accuracy_change": max_change, "outputs_bit_identical": all(identical),
-                "tasks": len(identical),
+                "benchmark": name, "seed": seed, "acc": summary["acc"], "bwt": summary["bwt"], "diagonal": diagonal(summary),
+                "max_accuracy_change": max_change, "outputs_bit_identical": all(identical), "tasks": len(identical),
+                "seconds": summary.get("train_seconds"),
             })
-            print(f"forgetting {name} seed {seed}: ACC {summary['acc']:.3f} BWT {summary['bwt']:+.4f} "
-                  f"max change {max_change} bit-identical {all(identical)}", flush=True)
+            print(f"forgetting {name} seed {seed}: R[i][i] {[round(d, 3) for d in diagonal(summary)]} ACC {summary['acc']:.3f} "
+                  f"BWT {summary['bwt']:+.4f} max change {max_change} bit-identical {all(identical)}", flush=True)
     return rows
 
 
-# -- 2. transfer speed-up ---------------------------------------------------------------------------
+# -- 2. why the defaults --------------------------------------------------------------------------------
+def ablation(seeds: int) -> list[dict[str, Any]]:
+    rows = []
+    for name, overrides in BENCHMARKS.items():
+        for label, extra in ABLATION.items():
+            for seed in range(seeds):
+                summary, _ = execute([*overrides, *PATHNET, *extra, "stream.scenario='task'", f"learner.seed={seed}"])
+                rows.append({"benchmark": name, "variant": label, "seed": seed, "acc": summary["acc"], "diagonal": diagonal(summary)})
+                print(f"ablation {name} {label} seed {seed}: ACC {summary['acc']:.3f} min R[i][i] {min(diagonal(summary)):.3f}", flush=True)
+    return rows
+
+
+# -- 3. transfer speed-up ---------------------------------------------------------------------------
 class AccuracyLog:
     """Pre-update accuracy of every minibatch, kept on the device (read in blocks)."""
 
@@ -137,14 +166,15 @@ def binary_task(x: np.ndarray, y: np.ndarray, classes: tuple[int, int]) -> tuple
 
 
 class Trainee:
-    """One PathNet (strategy + grid + SGD) driven minibatch by minibatch, outside the pipeline."""
+    """One PathNet (strategy, grid, the learner's optimizer) driven minibatch by minibatch, outside the pipeline."""
 
-    def __init__(self, seed: int, input_shape: tuple[int, ...], options: PathNetOptions, lr: float):
+    def __init__(self, seed: int, input_shape: tuple[int, ...], options: PathNetOptions, optimizer: tuple[str, float]):
         torch.manual_seed(seed)
         info = StreamInfo(input_shape=input_shape, num_classes=2, experiences=[0, 1])
         self.strategy = PathNet(options)
         model, spec = self.strategy.wrap_model(model=None, spec=ModelSpec("none", {}, info))
-        optimizer = torch.optim.SGD(model.param_groups(lr), lr=lr)
+        name, lr = optimizer
+        optimizer = build_optimizer(name, parameter_groups(model, lr), lr, 0.0, 0.0)
         pm = plan_module._lifecycle_manager({"pathnet": self.strategy}, {})
         self.log = AccuracyLog()
         pm.register(self.log)
@@ -173,7 +203,60 @@ class Trainee:
         self.hooks.on_boundary(experience=None, model=self.model)
 
 
-def transfer(seeds: int, options: PathNetOptions) -> list[dict[str, Any]]:
+DEFAULT_OPTIMIZER = (LearnerOptions().optimizer, LearnerOptions().lr)
+
+
+@contextlib.contextmanager
+def averaged_modules():
+    """Candidate: a layer's output is the mean of its active modules, not their sum (frozen ones cannot dominate)."""
+    original = PathNetModel.features
+
+    def features(self, x, path):
+        h = x.flatten(1)
+        for layer, modules in zip(self.grid, path):
+            h = sum(layer[m](h) for m in modules) / len(modules)
+        return h
+
+    PathNetModel.features = features
+    try:
+        yield
+    finally:
+        PathNetModel.features = original
+
+
+@contextlib.contextmanager
+def seeded_from_frozen(share: float = 0.5):
+    """Candidate: ``share`` of each new task's population starts as mutated copies of the frozen paths."""
+    original = pathnet_strategy.PathNet._new_tournament
+
+    def new_tournament(self):
+        original(self)
+        frozen = self.model._frozen_paths
+        if frozen:
+            tournament = self.tournament
+            for i in range(int(len(tournament.population) * share)):
+                source = self.model.paths[int(self.rng.integers(len(frozen)))].cpu().numpy()
+                tournament.population[i] = mutate(source, self.modules, self.options.rate, self.rng)
+            tournament._new_pair()
+            self.model.active_path = path_modules(tournament.genotype())
+
+    pathnet_strategy.PathNet._new_tournament = new_tournament
+    try:
+        yield
+    finally:
+        pathnet_strategy.PathNet._new_tournament = original
+
+
+CANDIDATES = {
+    "T = 10": ({"tournament_batches": 10}, DEFAULT_OPTIMIZER, contextlib.nullcontext),
+    "fitness = loss": ({"fitness": "loss"}, DEFAULT_OPTIMIZER, contextlib.nullcontext),
+    "SGD at 0.05 (the paper's)": ({}, ("sgd", 0.05), contextlib.nullcontext),
+    "modules averaged, not summed": ({}, DEFAULT_OPTIMIZER, averaged_modules),
+    "half the population from frozen paths": ({}, DEFAULT_OPTIMIZER, seeded_from_frozen),
+}
+
+
+def transfer_data() -> dict[str, tuple]:
     from lifelong_streams.digits import load_digits
     from lifelong_streams.fashion_mnist import load_fashion_mnist
 
@@ -184,36 +267,52 @@ def transfer(seeds: int, options: PathNetOptions) -> list[dict[str, Any]]:
         data["fashion-mnist"] = (x[first], y[first], FMNIST_PAIRS, 0.90)
     except FileNotFoundError:
         print("fashion-mnist not installed: transfer on digits only", file=sys.stderr)
+    return data
+
+
+def transfer(seeds: int, options: PathNetOptions, optimizer: tuple[str, float] = DEFAULT_OPTIMIZER,
+             variant: str = "defaults", finetune: bool = True) -> list[dict[str, Any]]:
     rows = []
-    for name, (x, y, pairs, target) in data.items():
+    for name, (x, y, pairs, target) in transfer_data().items():
+        shape = tuple(x.shape[1:])
         for a, b in pairs:
             xa, ya = binary_task(x, y, a)
             xb, yb = binary_task(x, y, b)
             for seed in range(seeds):
-                learned = Trainee(seed, tuple(x.shape[1:]), options, lr=0.05)
+                learned = Trainee(seed, shape, options, optimizer)
                 learned.train_until(xa, ya, target=2.0, budget=BUDGET_A)  # a fixed budget on A
                 learned.end_task()
                 after_a = learned.train_until(xb, yb, target, BUDGET_B)
-                control = Trainee(seed, tuple(x.shape[1:]), options, lr=0.05).train_until(xb, yb, target, BUDGET_B)
-                rows.append({
-                    "data": name, "a": list(a), "b": list(b), "seed": seed, "target": target,
+                control = Trainee(seed, shape, options, optimizer).train_until(xb, yb, target, BUDGET_B)
+                row = {
+                    "variant": variant, "data": name, "a": list(a), "b": list(b), "seed": seed, "target": target,
                     "pathnet_after_a": after_a, "control": control, "speedup": control / after_a,
                     "censored": after_a == BUDGET_B or control == BUDGET_B,
-                })
-                print(f"transfer {name} {a}->{b} seed {seed}: after A {after_a}, control {control}, "
-                      f"speed-up {control / after_a:.2f}", flush=True)
+                }
+                if finetune:  # the paper's fine-tuning control: one fixed path, A's weights and head go on to B
+                    tuned = Trainee(seed, shape, PathNetOptions(**{**vars(options), "population": 1}), optimizer)
+                    tuned.train_until(xa, ya, target=2.0, budget=BUDGET_A)
+                    row["finetune"] = tuned.train_until(xb, yb, target, BUDGET_B)
+                    row["finetune_speedup"] = control / row["finetune"]
+                rows.append(row)
+                print(f"transfer [{variant}] {name} {a}->{b} seed {seed}: after A {after_a}, control {control}, "
+                      f"speed-up {control / after_a:.2f}" + (f", fine-tuning {row['finetune_speedup']:.2f}" if finetune else ""), flush=True)
     return rows
 
 
-BUDGET_A = 500
-BUDGET_B = 3000
+def candidates(seeds: int) -> list[dict[str, Any]]:
+    rows = []
+    for label, (options, optimizer, patch) in CANDIDATES.items():
+        with patch():
+            rows += transfer(seeds, PathNetOptions(**options), optimizer, variant=label, finetune=False)
+    return rows
 
 
-# -- 3. against replay and EWC ------------------------------------------------------------------------
-def inferred(runner: pipeline.Runner, mode: str) -> tuple[float, float]:
-    """(share of test samples whose path is picked right, class-IL ACC) with the given inference mode."""
+# -- 5. against replay and EWC ------------------------------------------------------------------------
+def inferred(runner: pipeline.Runner, oracle: str, mode: str) -> tuple[float, float]:
+    """(share of test samples whose path is picked right, class-IL ACC) with the given oracle and inference mode."""
     model = runner.model
-    model.options.inference = mode
+    model.options.oracle, model.options.inference = oracle, mode
     model.eval()
     picks, accs = [], []
     for exp, data in runner.test_sets.items():
@@ -236,18 +335,19 @@ def compare(seeds: int) -> list[dict[str, Any]]:
                         "acc": summary["acc"], "bwt": summary["bwt"], "samples_per_second": summary["samples_per_second"],
                     }
                     if label == "pathnet" and scenario == "class":
-                        for mode in ("sample", "batch"):
-                            row[f"picked_{mode}"], row[f"acc_{mode}"] = inferred(runner, mode)
+                        for oracle in ("classifier", "entropy"):
+                            for mode in ("sample", "batch"):
+                                row[f"picked_{oracle}_{mode}"], row[f"acc_{oracle}_{mode}"] = inferred(runner, oracle, mode)
                     rows.append(row)
                     print(f"compare {name} {scenario}-IL {label} seed {seed}: ACC {summary['acc']:.3f} "
                           f"BWT {summary['bwt']:+.3f} {summary['samples_per_second']:.0f} samples/s", flush=True)
     return rows
 
 
-# -- 4. tournament cost -------------------------------------------------------------------------------
+# -- 6. tournament cost -------------------------------------------------------------------------------
 def cost(repeats: int) -> list[dict[str, Any]]:
     base = [*BENCHMARKS["split-digits"], *PATHNET, "stream.scenario='task'", "learner.epochs=10"]
-    variants = {"tournament (P 64, T 10)": [], "fixed path (P 1)": ["strategy.pathnet.population=1"]}
+    variants = {"tournament (P 64, T 50)": [], "fixed path (P 1)": ["strategy.pathnet.population=1"]}
     rows = []
     for r in range(repeats):
         for label, extra in variants.items():
@@ -273,27 +373,47 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
+def geometric(values: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(values))))
+
+
+def diagonal_columns(rows: list[dict[str, Any]]) -> str:
+    """Mean R[i][i] per task and the smallest over seeds and tasks."""
+    per_task = np.mean([r["diagonal"] for r in rows], axis=0)
+    return f"{' / '.join(f'{v:.3f}' for v in per_task)} | {min(min(r['diagonal']) for r in rows):.3f}"
+
+
 def render(result: dict[str, Any]) -> str:
-    lines = ["# PathNet", "", f"`{result['command']}` — {result['machine']}, torch {result['torch']}, "
+    p = result["provenance"]
+    lines = ["# PathNet", "", f"`{p['command']}` at commit {p['commit']} — {result['machine']}, torch {p['torch']}, "
              f"load average at start {result['load_average']}, {result['minutes']:.1f} min.", ""]
     if result.get("forgetting"):
-        lines += ["## Zero forgetting (task-IL)", "",
-                  "| benchmark | seeds | ACC | BWT | largest change of a finished task's accuracy | outputs bit-identical |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["## Each task learned, none forgotten (task-IL, defaults)", "",
+                  "| benchmark | seeds | R[i][i] per task (mean) | smallest R[i][i] | ACC | BWT | largest change of a finished task's accuracy | outputs bit-identical |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name in BENCHMARKS:
             rows = [r for r in result["forgetting"] if r["benchmark"] == name]
             if rows:
-                lines.append(f"| {name} | {len(rows)} | {mean_std([r['acc'] for r in rows])} | {mean_std([r['bwt'] for r in rows])} | "
-                             f"{max(r['max_accuracy_change'] for r in rows)} | {all(r['outputs_bit_identical'] for r in rows)} "
-                             f"({sum(r['tasks'] for r in rows)} tasks) |")
+                lines.append(f"| {name} | {len(rows)} | {diagonal_columns(rows)} | {mean_std([r['acc'] for r in rows])} | "
+                             f"{mean_std([r['bwt'] for r in rows])} | {max(r['max_accuracy_change'] for r in rows)} | "
+                             f"{all(r['outputs_bit_identical'] for r in rows)} ({sum(r['tasks'] for r in rows)} tasks) |")
+        lines.append("")
+    if result.get("ablation"):
+        lines += ["## Why the defaults (task-IL)", "", "| benchmark | variant | R[i][i] per task (mean) | smallest R[i][i] | ACC |",
+                  "| --- | --- | --- | --- | --- |"]
+        for name in BENCHMARKS:
+            for label in ABLATION:
+                rows = [r for r in result["ablation"] if r["benchmark"] == name and r["variant"] == label]
+                if rows:
+                    lines.append(f"| {name} | {label} | {diagonal_columns(rows)} | {mean_std([r['acc'] for r in rows])} |")
         lines.append("")
     if result.get("transfer"):
-        lines += ["## Transfer speed-up (the paper's measure)", "",
-                  f"T = {result['tournament_batches']}. "
+        lines += ["## Transfer speed-up (the paper's measure, defaults)", "",
                   f"Minibatches of 16 to reach the target training accuracy on B; A trained for {BUDGET_A} minibatches "
-                  f"first; budget {BUDGET_B} (censored runs count the budget). Speed-up = control / PathNet after A.", "",
-                  "| data | A → B | target | PathNet after A | control | speed-up (mean ± sd, min–max) | censored |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  f"first; budget {BUDGET_B} (censored runs count the budget). Speed-up = control / PathNet after A; "
+                  "fine-tuning = control / one fixed path trained on A, then on B.", "",
+                  "| data | A → B | target | PathNet after A | control | speed-up (mean ± sd, min–max) | fine-tuning speed-up | censored |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         groups: dict[tuple, list] = {}
         for r in result["transfer"]:
             groups.setdefault((r["data"], tuple(r["a"]), tuple(r["b"])), []).append(r)
@@ -301,12 +421,26 @@ def render(result: dict[str, Any]) -> str:
             s = [r["speedup"] for r in rows]
             lines.append(f"| {data} | {a} → {b} | {rows[0]['target']} | {mean_std([r['pathnet_after_a'] for r in rows])} | "
                          f"{mean_std([r['control'] for r in rows])} | {mean_std(s)} ({min(s):.2f}–{max(s):.2f}) | "
-                         f"{sum(r['censored'] for r in rows)}/{len(rows)} |")
+                         f"{mean_std([r['finetune_speedup'] for r in rows])} | {sum(r['censored'] for r in rows)}/{len(rows)} |")
         for data in sorted({r["data"] for r in result["transfer"]}):
-            s = [r["speedup"] for r in result["transfer"] if r["data"] == data]
-            g = float(np.exp(np.mean(np.log(s))))
-            lines.append(f"| {data} | all pairs | | | | {mean_std(s)}, geometric mean {g:.2f} | |")
+            rows = [r for r in result["transfer"] if r["data"] == data]
+            s, f = [r["speedup"] for r in rows], [r["finetune_speedup"] for r in rows]
+            lines.append(f"| {data} | all pairs | | | | geometric mean {geometric(s):.2f} ({mean_std(s)}) | "
+                         f"geometric mean {geometric(f):.2f} | |")
         lines += ["", "![speed-up per pair](../../docs/img/pathnet_transfer.png)", ""]
+    if result.get("candidates"):
+        lines += ["## Candidate causes of the missing transfer", "",
+                  "| variant | digits: geometric mean (min–max) | fashion-mnist: geometric mean (min–max) |", "| --- | --- | --- |"]
+        variants = {"defaults": result.get("transfer", [])}
+        for r in result["candidates"]:
+            variants.setdefault(r["variant"], []).append(r)
+        for label, rows in variants.items():
+            cells = []
+            for data in ("digits", "fashion-mnist"):
+                s = [r["speedup"] for r in rows if r["data"] == data]
+                cells.append(f"{geometric(s):.2f} ({min(s):.2f}–{max(s):.2f})" if s else "n/a")
+            lines.append(f"| {label} | {' | '.join(cells)} |")
+        lines.append("")
     if result.get("compare"):
         lines += ["## Against replay and EWC", "",
                   "| benchmark | scenario | strategy | ACC | BWT | samples/s |", "| --- | --- | --- | --- | --- | --- |"]
@@ -319,14 +453,16 @@ def render(result: dict[str, Any]) -> str:
             rows = [r for r in result["compare"] if (r["benchmark"], r["scenario"], r["strategy"]) == k]
             lines.append(f"| {k[0]} | {k[1]}-IL | {k[2]} | {mean_std([r['acc'] for r in rows])} | "
                          f"{mean_std([r['bwt'] for r in rows])} | {statistics.mean(r['samples_per_second'] for r in rows):.0f} |")
-        lines += ["", "Task-id inference without task labels (class-IL; PathNet's frozen paths, lowest predictive entropy):", "",
-                  "| benchmark | right path, per sample | ACC, per sample | right path, per batch | ACC, per batch |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += ["", "Task-free inference (class-IL): the share of test samples whose path is picked right, and the ACC it gives:", "",
+                  "| benchmark | oracle | right path, per sample | ACC, per sample | right path, per batch | ACC, per batch |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for name in BENCHMARKS:
-            rows = [r for r in result["compare"] if r["benchmark"] == name and "picked_sample" in r]
-            if rows:
-                lines.append(f"| {name} | {mean_std([r['picked_sample'] for r in rows])} | {mean_std([r['acc_sample'] for r in rows])} | "
-                             f"{mean_std([r['picked_batch'] for r in rows])} | {mean_std([r['acc_batch'] for r in rows])} |")
+            rows = [r for r in result["compare"] if r["benchmark"] == name and "picked_classifier_sample" in r]
+            for oracle in ("classifier", "entropy"):
+                if rows:
+                    lines.append(f"| {name} | {oracle} | {mean_std([r[f'picked_{oracle}_sample'] for r in rows])} | "
+                                 f"{mean_std([r[f'acc_{oracle}_sample'] for r in rows])} | {mean_std([r[f'picked_{oracle}_batch'] for r in rows])} | "
+                                 f"{mean_std([r[f'acc_{oracle}_batch'] for r in rows])} |")
         lines.append("")
     if result.get("cost"):
         lines += ["## Tournament cost", "", "| variant | samples per CPU second (mean ± sd) |", "| --- | --- |"]
@@ -346,54 +482,56 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[str, list[float]] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault(f"{r['data']}\n{tuple(r['a'])}→{tuple(r['b'])}", []).append(r["speedup"])
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    for i, (label, values) in enumerate(groups.items()):
-        ax.scatter([i] * len(values), values, color="tab:blue", alpha=0.7)
-        ax.hlines(statistics.mean(values), i - 0.25, i + 0.25, color="tab:red")
+        groups.setdefault(f"{r['data']}\n{tuple(r['a'])}→{tuple(r['b'])}", []).append(r)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for i, (label, members) in enumerate(groups.items()):
+        for offset, key, color, name in ((-0.15, "speedup", "tab:blue", "PathNet after A"),
+                                         (0.15, "finetune_speedup", "tab:orange", "fine-tuning control")):
+            values = [r[key] for r in members]
+            ax.scatter([i + offset] * len(values), values, color=color, alpha=0.7, label=name if i == 0 else None)
+            ax.hlines(geometric(values), i + offset - 0.12, i + offset + 0.12, color=color)
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.axhline(1.18, color="tab:red", linestyle=":", linewidth=1, label="the paper's 1.18")
     ax.set_xticks(range(len(groups)), list(groups), fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylabel("speed-up (control / PathNet after A)")
-    ax.set_title("PathNet transfer: minibatches to the target accuracy on B (dots: seeds, red: mean)")
+    ax.set_ylabel("speed-up (control / after A)")
+    ax.set_title("Transfer: minibatches to the target accuracy on B (dots: seeds, bars: geometric means)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
 
 
+PARTS = ["forgetting", "ablation", "transfer", "candidates", "compare", "cost"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=5, help="seeds for transfer (forgetting and compare use min(seeds, 3))")
-    parser.add_argument("--parts", nargs="+", default=["forgetting", "transfer", "compare", "cost"])
+    parser.add_argument("--seeds", type=int, default=5, help="seeds for transfer (the pipeline parts use min(seeds, 3))")
+    parser.add_argument("--parts", nargs="+", default=PARTS, choices=PARTS)
     parser.add_argument("--repeats", type=int, default=5, help="alternated repeats of the cost measurement")
-    parser.add_argument("--tournament-batches", type=int, default=10, help="T of the transfer experiment (the paper: 50)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    commit, source = git_commit(), source_fingerprint()
     started = time.perf_counter()
-    result: dict[str, Any] = {
-        "command": "OMP_NUM_THREADS=1 python bench/pathnet.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()} {platform.system()}, 2 shared cores",
-        "torch": torch.__version__,
-        "load_average": load_average(),
-        "tournament_batches": args.tournament_batches,
-    }
-    options = PathNetOptions(population=64, tournament_batches=args.tournament_batches)
-    if "forgetting" in args.parts:
-        result["forgetting"] = forgetting(min(args.seeds, 3))
-    if "transfer" in args.parts:
-        result["transfer"] = transfer(args.seeds, options)
-        if args.tournament_batches == 10:
+    command = "OMP_NUM_THREADS=1 python bench/pathnet.py " + " ".join(sys.argv[1:])
+    result: dict[str, Any] = {"machine": f"{platform.machine()} {platform.system()}, 2 shared cores", "load_average": load_average()}
+    pipeline_seeds = min(args.seeds, 3)
+    for part in args.parts:
+        if part == "transfer":
+            result["transfer"] = transfer(args.seeds, PathNetOptions())
             plot(result["transfer"], IMAGES / "pathnet_transfer.png")
-    if "compare" in args.parts:
-        result["compare"] = compare(min(args.seeds, 3))
-    if "cost" in args.parts:
-        result["cost"] = cost(args.repeats)
+        elif part == "candidates":
+            result["candidates"] = candidates(args.seeds)
+        elif part == "cost":
+            result["cost"] = cost(args.repeats)
+        else:
+            result[part] = {"forgetting": forgetting, "ablation": ablation, "compare": compare}[part](pipeline_seeds)
     result["minutes"] = (time.perf_counter() - started) / 60
+    result["provenance"] = provenance(command, commit, source)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "pathnet" if set(args.parts) == {"forgetting", "transfer", "compare", "cost"} else "pathnet_" + "_".join(args.parts)
-    if args.tournament_batches != 10:
-        name += f"_t{args.tournament_batches}"
+    name = "pathnet" if set(args.parts) == set(PARTS) else "pathnet_" + "_".join(args.parts)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
     (RESULTS / f"{name}.md").write_text(render(result))
     print(render(result))

@@ -521,7 +521,6 @@ def main() -> int:
     for part in args.parts:
         if part == "transfer":
             result["transfer"] = transfer(args.seeds, PathNetOptions())
-            plot(result["transfer"], IMAGES / "pathnet_transfer.png")
         elif part == "candidates":
             result["candidates"] = candidates(args.seeds)
         elif part == "cost":
@@ -529,7 +528,9 @@ def main() -> int:
         else:
             result[part] = {"forgetting": forgetting, "ablation": ablation, "compare": compare}[part](pipeline_seeds)
     result["minutes"] = (time.perf_counter() - started) / 60
-    result["provenance"] = provenance(command, commit, source)
+    result["provenance"] = provenance(command, commit, source)  # before the run writes its own files
+    if "transfer" in result:
+        plot(result["transfer"], IMAGES / "pathnet_transfer.png")
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "pathnet" if set(args.parts) == set(PARTS) else "pathnet_" + "_".join(args.parts)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))

@@ -107,8 +107,8 @@ def module_count(options: GridShape, info: StreamInfo) -> int:
 
     A task freezes up to N modules per layer; with the paper's 10 (sized for two tasks) the fourth
     of five tasks finds one or two unfrozen modules per layer and learns through frozen ones only
-    (measured: held-out accuracy of Split-Digits' last task 0.64–0.88 with one path trained 20
-    epochs; docs/pathnet.md). The tasks counted are the stream's experiences when it knows them,
+    (measured: a smallest held-out accuracy of 0.81 on Split-Digits with one path trained 20 epochs,
+    0.966 with 20 modules; docs/pathnet.md). The tasks counted are the stream's experiences when it knows them,
     else the preallocated heads. A path runs N modules whatever M is, so M costs memory, not time.
     """
     if options.modules:

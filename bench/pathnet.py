@@ -541,18 +541,19 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(f"{r['data']}\n{tuple(r['a'])}→{tuple(r['b'])}", []).append(r)
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(10, 4.2))
     for i, (label, members) in enumerate(groups.items()):
-        for offset, key, color, name in ((-0.15, "speedup", "tab:blue", "PathNet after A"),
-                                         (0.15, "finetune_speedup", "tab:orange", "fine-tuning control")):
+        for offset, key, color, name in ((-0.22, "speedup", "tab:blue", "PathNet after A / control"),
+                                         (0.0, "finetune_speedup", "tab:orange", "fine-tuning / control"),
+                                         (0.22, "finetune_vs_single", "tab:green", "fine-tuning / one path from scratch")):
             values = [r[key] for r in members]
-            ax.scatter([i + offset] * len(values), values, color=color, alpha=0.7, label=name if i == 0 else None)
-            ax.hlines(geometric(values), i + offset - 0.12, i + offset + 0.12, color=color)
+            ax.scatter([i + offset] * len(values), values, color=color, alpha=0.7, s=18, label=name if i == 0 else None)
+            ax.hlines(geometric(values), i + offset - 0.1, i + offset + 0.1, color=color)
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
     ax.axhline(1.18, color="tab:red", linestyle=":", linewidth=1, label="the paper's 1.18")
     ax.set_xticks(range(len(groups)), list(groups), fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylabel("speed-up (control / after A)")
+    ax.set_ylabel("speed-up (minibatches from scratch / after A)")
     ax.set_title("Transfer: minibatches to the target accuracy on B (dots: seeds, bars: geometric means)")
     ax.legend(fontsize=8)
     fig.tight_layout()

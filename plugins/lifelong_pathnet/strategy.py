@@ -22,7 +22,8 @@ pipeline reports: an experience change, a window, a drift detector):
    past tasks; no path ever trains on it).
 
 The optimizer is the learner's, at ``lr`` when given, else ``learner.lr``: the learner's defaults
-(Adam, 1e-3) are what docs/pathnet.md measures, SGD at 0.05 (the paper's) does as well. PathNet
+(Adam, 1e-3) are what docs/pathnet.md measures (the paper's SGD at 0.05 only as a transfer
+candidate there). PathNet
 protects by construction, so it does not compose with other strategies (replay would train old
 samples through the new path and head).
 """
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from lifelong import hookimpl, resources
 from lifelong import options as opts
 from lifelong.errors import ConfigError
-from lifelong.learner import flag_nonfinite
+from lifelong.learner import build_optimizer, flag_nonfinite, skips_nonfinite
 from lifelong.types import Batch, ModelSpec
 from lifelong_pathnet.evolution import Tournament, path_modules, random_population
 from lifelong_pathnet.grid import GridOptions, GridShape, PathNetModel, module_count, task_capacity
@@ -167,7 +168,7 @@ class PathNet:
         best = self.tournament.genotype(self.tournament.best())
         # one generator per boundary, seeded from the saved numpy one: a resumed run draws the same
         generator = torch.Generator(device=self.device).manual_seed(int(self.rng.integers(2**62)))
-        self._settle(best, generator)
+        settled = self._settle(best, generator)
         task_ids = self.seen_tasks.nonzero().squeeze(1).tolist()
         classes = self.seen_classes.nonzero().squeeze(1).tolist()
         frozen = self.model.freeze(best, task_ids, classes)
@@ -181,21 +182,21 @@ class PathNet:
         self.seen_classes.zero_()
         log.info(
             "pathnet: task %d frozen after %d tournaments and %d settling minibatches: path %s (%d of %d modules now frozen)",
-            task, self.tournament.state.completed, self.options.settle if self.memory.filled else 0,
+            task, self.tournament.state.completed, settled,
             [list(m) for m in path_modules(best)], int(self.model.frozen.sum()), self.model.frozen.numel(),
         )
         self._new_tournament()
 
-    def _settle(self, genotype: np.ndarray, generator: torch.Generator) -> None:
+    def _settle(self, genotype: np.ndarray, generator: torch.Generator) -> int:
         """Train ``genotype``'s path and the task's head alone on the task's memory, before freezing them.
 
         The learner's optimizer updates them (the same state the stream's minibatches built), and
         a minibatch whose loss or gradients are not finite is skipped on the device, as the learner
-        skips one (:func:`lifelong.learner.flag_nonfinite`).
+        skips one (:func:`lifelong.learner.flag_nonfinite`). Returns the minibatches trained.
         """
         n = self.memory.filled
         if not n or not self.options.settle:
-            return
+            return 0
         model, optimizer = self.model, self.optimizer
         model.active_path = path_modules(genotype)
         model.train()
@@ -209,21 +210,28 @@ class PathNet:
                 flag_nonfinite(optimizer, loss, found)
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return self.options.settle
 
     def _train_oracle(self, generator: torch.Generator) -> None:
-        """Retrain the task classifier on the stored samples of every finished task (its own Adam, its own parameters)."""
+        """Retrain the task classifier on the stored samples of every finished task: its own Adam on
+        its own parameters, with the learner's non-finite guard (a stored sample that overflows
+        skips the update instead of turning the classifier into NaN)."""
         oracle, x, task = self.model.oracle, self.exemplars.x, self.exemplars.task
         if x is None:
             return
         params = list(oracle.parameters())
         for p in params:
             p.requires_grad_(True)
-        adam = torch.optim.Adam(params, lr=1e-3)
+        adam = build_optimizer("adam", params, 1e-3, 0.0, 0.0)
+        found = torch.zeros((), device=self.device)
+        if skips_nonfinite(adam):
+            adam.found_inf, adam.grad_scale = found, None
         for _ in range(self.options.oracle_steps):
             pick = torch.randint(len(task), (min(64, len(task)),), generator=generator, device=self.device)
             loss = F.nll_loss(self.model.task_scores(x.index_select(0, pick)), task.index_select(0, pick))
             adam.zero_grad(set_to_none=True)
             loss.backward()
+            flag_nonfinite(adam, loss, found)
             adam.step()
         for p in params:
             p.requires_grad_(False)

@@ -101,6 +101,10 @@ def test_the_task_classifier_picks_each_finished_tasks_path():
     assert min(picked) > 0.9, picked
     model.options.oracle = "entropy"  # the other rule stays available on the same model
     assert not model.uses_oracle
+    # a stored sample that overflows skips the classifier's updates; it never turns NaN
+    strategy.exemplars.x[0] = float("inf")
+    strategy._train_oracle(torch.Generator().manual_seed(1))
+    assert all(torch.isfinite(p).all() for p in model.oracle.parameters())
 
 
 def test_a_grid_stored_before_the_task_classifier_loads_and_infers_by_entropy():

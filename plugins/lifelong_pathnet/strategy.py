@@ -185,7 +185,20 @@ class PathNet:
             task, self.tournament.state.completed, settled,
             [list(m) for m in path_modules(best)], int(self.model.frozen.sum()), self.model.frozen.numel(),
         )
+        self._warn_if_modules_run_out()
         self._new_tournament()
+
+    def _warn_if_modules_run_out(self) -> None:
+        """Say so when a layer has fewer unfrozen modules than a path uses: the next task must learn
+        through frozen ones (``modules`` counts the stream's experiences, and a window or drift
+        detector may report more boundaries than that)."""
+        free = int((~self.model.frozen).sum(dim=1).min())  # one host read per boundary
+        if free < self.options.active:
+            log.warning(
+                "pathnet: after task %d a layer has %d unfrozen module(s) of %d and a path uses %d: later tasks learn "
+                "mostly through frozen modules; set strategy.pathnet.modules higher (now %d)",
+                self.model.current - 1, free, self.modules, self.options.active, self.modules,
+            )
 
     def _settle(self, genotype: np.ndarray, generator: torch.Generator) -> int:
         """Train ``genotype``'s path and the task's head alone on the task's memory, before freezing them.

@@ -107,6 +107,17 @@ def test_the_task_classifier_picks_each_finished_tasks_path():
     assert all(torch.isfinite(p).all() for p in model.oracle.parameters())
 
 
+def test_running_out_of_unfrozen_modules_is_said(caplog):
+    strategy = started(PathNetOptions(modules=4, active=2, layers=1, settle=0, population=2, tournament_batches=1), INFO)
+    with caplog.at_level("WARNING", logger="lifelong_pathnet.strategy"):
+        strategy.tournament.population[:] = [[0, 1]]
+        strategy.on_boundary(experience=None, model=strategy.model)
+        assert "unfrozen" not in caplog.text  # 2 of 4 left: a path still has room
+        strategy.tournament.population[:] = [[2, 3]]
+        strategy.on_boundary(experience=None, model=strategy.model)
+    assert "a layer has 0 unfrozen module(s) of 4" in caplog.text and "strategy.pathnet.modules higher" in caplog.text
+
+
 def test_a_grid_stored_before_the_task_classifier_loads_and_infers_by_entropy():
     model = PathNetModel(GridOptions(layers=2, modules=4, active=2, width=5), INFO)
     model.freeze(np.array([[0, 1], [2, 2]]), task_ids=[0])

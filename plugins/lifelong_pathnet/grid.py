@@ -107,9 +107,10 @@ def module_count(options: GridShape, info: StreamInfo) -> int:
 
     A task freezes up to N modules per layer; with the paper's 10 (sized for two tasks) the fourth
     of five tasks finds one or two unfrozen modules per layer and learns through frozen ones only
-    (measured: a smallest held-out accuracy of 0.81 on Split-Digits with one path trained 20 epochs,
-    0.966 with 20 modules; docs/pathnet.md). The tasks counted are the stream's experiences when it knows them,
-    else the preallocated heads. A path runs N modules whatever M is, so M costs memory, not time.
+    (measured: a smallest held-out accuracy of 0.81 on Split-Digits with one path trained 20
+    epochs, 0.966 with 20 modules; docs/pathnet.md). The tasks counted are the stream's
+    experiences when it knows them, else the preallocated heads. A path runs N modules whatever
+    M is, so M costs memory, not time.
     """
     if options.modules:
         return options.modules

@@ -45,8 +45,12 @@ def grid_parameters(first: int, width: int, layers: int, modules: int, conv: boo
     """Parameters of a grid whose layer 0 takes ``first`` features (linear) or channels (conv), and its heads.
 
     >>> from lifelong.types import StreamInfo
-    >>> model = PathNetModel(GridOptions(max_tasks=4), StreamInfo((1, 8, 8), 10))
+    >>> model = PathNetModel(GridOptions(max_tasks=4, modules=10, oracle="entropy"), StreamInfo((1, 8, 8), 10))
     >>> grid_parameters(64, 20, 3, 10, False, 4, 10) == sum(p.numel() for p in model.parameters())
+    True
+    >>> with_classifier = PathNetModel(GridOptions(max_tasks=4, modules=10), StreamInfo((1, 8, 8), 10))
+    >>> total = grid_parameters(64, 20, 3, 10, False, 4, 10) + oracle_parameters(64, 64, 4)
+    >>> total == sum(p.numel() for p in with_classifier.parameters())
     True
     """
     kernel = 9 if conv else 1
@@ -400,6 +404,7 @@ class PathNetModel(nn.Module):
 
 
 def oracle_parameters(features: int, hidden: int, tasks: int) -> int:
+    """Parameters of the task classifier: ``features`` inputs, ``hidden`` units, a logit per task."""
     return features * hidden + hidden + hidden * tasks + tasks
 
 

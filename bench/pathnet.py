@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import platform
 import statistics
@@ -336,7 +337,7 @@ def transfer(seeds: int, options: PathNetOptions, optimizer: tuple[str, float] =
                     "at_first_window": after_a == WINDOW and control == WINDOW,  # a tie that measures nothing
                 }
                 if finetune:  # the paper's fine-tuning control: one fixed path, A's weights and head go on to B
-                    single = PathNetOptions(**{**vars(options), "population": 1})
+                    single = dataclasses.replace(options, population=1)
                     tuned = Trainee(seed, shape, single, optimizer)
                     tuned.train_until(xa, ya, target=2.0, budget=BUDGET_A)
                     row["finetune"] = tuned.train_until(xb, yb, target, BUDGET_B)

@@ -28,7 +28,7 @@ from lifelong.metrics import RunningMetrics
 from lifelong.objective import forward, objective_of
 from lifelong.types import Batch
 
-__all__ = ["Learner", "build_optimizer", "flag_nonfinite", "forward", "parameter_groups", "prepare", "skips_nonfinite"]
+__all__ = ["Learner", "attach_nonfinite_flag", "build_optimizer", "flag_nonfinite", "forward", "parameter_groups", "prepare", "skips_nonfinite"]
 
 
 def prepare(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -81,6 +81,15 @@ def skips_nonfinite(optimizer: Any) -> bool:
     return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
 
 
+def attach_nonfinite_flag(optimizer: Any, found: torch.Tensor) -> bool:
+    """Hand ``optimizer`` the device flag ``found`` (set by :func:`flag_nonfinite`) to read at every
+    ``step()``, when it honours one; True when it does, so a flagged update is skipped on the device."""
+    if not skips_nonfinite(optimizer):
+        return False
+    optimizer.found_inf, optimizer.grad_scale = found, None
+    return True
+
+
 class Learner:
     """Owns the optimizer step; strategies shape it through the lifecycle hooks."""
 
@@ -99,9 +108,7 @@ class Learner:
         # 1.0 when the batch in hand had a non-finite loss or gradient; the fused optimizer reads it.
         self.found_inf = torch.zeros((), device=device)
         self._unit_scale = torch.ones((), device=device)
-        self.skips = skips_nonfinite(optimizer)
-        if self.skips:
-            optimizer.found_inf, optimizer.grad_scale = self.found_inf, None
+        self.skips = attach_nonfinite_flag(optimizer, self.found_inf)
 
     def data_parallel(self, device_ids: list[int] | None) -> None:
         """Train as one replica of a data-parallel job (:mod:`lifelong.distributed`): the forward goes

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from lifelong import hookimpl, resources
 from lifelong import options as opts
 from lifelong.errors import ConfigError
-from lifelong.learner import build_optimizer, flag_nonfinite, skips_nonfinite
+from lifelong.learner import attach_nonfinite_flag, build_optimizer, flag_nonfinite
 from lifelong.types import Batch, ModelSpec
 from lifelong_pathnet.evolution import Tournament, path_modules, random_population
 from lifelong_pathnet.grid import GridOptions, GridShape, PathNetModel, module_count, task_capacity
@@ -118,12 +118,18 @@ class PathNet:
         o = self.options
         per_sample = resources.elements(run.info.input_shape) * resources.FLOAT_BYTES + 8
         exemplars = o.oracle_memory * task_capacity(o.max_tasks, run.info) if o.oracle == "classifier" else 0
+        current = o.memory if self._keeps_memory else 0
         resources.require(
-            (o.memory + exemplars) * per_sample,
-            f"pathnet's memory of {o.memory:,} samples of the current task and {exemplars:,} stored for the task classifier",
+            (current + exemplars) * per_sample,
+            f"pathnet's memory of {current:,} samples of the current task and {exemplars:,} stored for the task classifier",
             "strategy.pathnet.memory",
             run.device,
         )
+
+    @property
+    def _keeps_memory(self) -> bool:
+        """Whether the task's samples are needed at its boundary: to settle on, or to pick the classifier's from."""
+        return self.options.settle > 0 or self.options.oracle == "classifier"
 
     @hookimpl
     def on_run_start(self, run) -> None:
@@ -157,7 +163,8 @@ class PathNet:
             self.seen_classes.index_fill_(0, batch.y, True)
             if batch.task is not None:
                 self.seen_tasks.index_fill_(0, batch.task, True)
-            self.memory.offer(batch.x, batch.y)
+            if self._keeps_memory:
+                self.memory.offer(batch.x, batch.y)
         if self.tournament.record(fitness, compare=lambda a, b: bool(a >= b)):
             self.model.active_path = path_modules(self.tournament.genotype())
 
@@ -210,19 +217,15 @@ class PathNet:
         n = self.memory.filled
         if not n or not self.options.settle:
             return 0
-        model, optimizer = self.model, self.optimizer
+        model = self.model
         model.active_path = path_modules(genotype)
         model.train()
-        found = getattr(optimizer, "found_inf", None)
-        for _ in range(self.options.settle):
+
+        def loss() -> torch.Tensor:
             x, y = self.memory.gather(torch.randint(n, (min(self.batch_size, n),), generator=generator, device=self.device))
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if found is not None:
-                flag_nonfinite(optimizer, loss, found)
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            return F.cross_entropy(model(x), y)
+
+        self._guarded_steps(self.optimizer, self.options.settle, loss)
         return self.options.settle
 
     def _train_oracle(self, generator: torch.Generator) -> None:
@@ -236,20 +239,31 @@ class PathNet:
         for p in params:
             p.requires_grad_(True)
         adam = build_optimizer("adam", params, 1e-3, 0.0, 0.0)
-        found = torch.zeros((), device=self.device)
-        if skips_nonfinite(adam):
-            adam.found_inf, adam.grad_scale = found, None
-        for _ in range(self.options.oracle_steps):
+        attach_nonfinite_flag(adam, torch.zeros((), device=self.device))
+
+        def loss() -> torch.Tensor:
             pick = torch.randint(len(task), (min(64, len(task)),), generator=generator, device=self.device)
-            loss = F.nll_loss(self.model.task_scores(x.index_select(0, pick)), task.index_select(0, pick))
-            adam.zero_grad(set_to_none=True)
-            loss.backward()
-            flag_nonfinite(adam, loss, found)
-            adam.step()
+            return F.nll_loss(self.model.task_scores(x.index_select(0, pick)), task.index_select(0, pick))
+
+        self._guarded_steps(adam, self.options.oracle_steps, loss)
         for p in params:
             p.requires_grad_(False)
-            p.grad = None
         self.model.oracle_trained(self.model.current)
+
+    def _guarded_steps(self, optimizer: Any, steps: int, loss_of) -> None:
+        """``steps`` updates of ``optimizer``, each on the loss ``loss_of()`` returns for a fresh minibatch.
+        When the optimizer reads a ``found_inf`` flag (:func:`lifelong.learner.attach_nonfinite_flag`),
+        an update whose loss or gradients are not finite is skipped on the device, with no host read."""
+        found = getattr(optimizer, "found_inf", None)
+        unit = torch.ones((), device=self.device)
+        for _ in range(steps):
+            loss = loss_of()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if found is not None:
+                flag_nonfinite(optimizer, loss, found, unit)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # no gradient outlives the boundary
 
     def _forget_in_optimizer(self, params: list[torch.nn.Parameter], drop: bool) -> None:
         """Clear the optimizer state (momentum, Adam moments) of ``params``; with ``drop`` also remove them."""

@@ -82,6 +82,17 @@ def test_settling_trains_the_winning_path_and_skips_what_is_not_finite():
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
+def test_the_task_memory_is_kept_only_when_a_boundary_needs_it():
+    from lifelong.types import Batch
+
+    x, y = separable(8, 0, 0)
+    batch = Batch(x=x, y=y, task=torch.zeros(8, dtype=torch.long))
+    for options, kept in ((PathNetOptions(settle=0, oracle="entropy"), 0), (PathNetOptions(settle=0), 8), (PathNetOptions(oracle="entropy"), 8)):
+        strategy = started(options, INFO)
+        strategy.after_step(batch=batch, outputs=torch.zeros(8, 2), first_pass=True)
+        assert strategy.memory.seen == kept, options
+
+
 def test_the_task_classifier_picks_each_finished_tasks_path():
     strategy = started(PathNetOptions(settle=20, population=4, tournament_batches=2, oracle_memory=30), INFO)
     model = strategy.model

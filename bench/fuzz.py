@@ -372,7 +372,8 @@ def run_case(reader: str, seed: int, args: argparse.Namespace, tmp: Path) -> dic
     result["poisoned"] = result["poisoned_generations"] + (result["final_model_finite"] is False)
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     letters = [json.loads(line) for line in dead.read_text().splitlines()] if dead.exists() else []
-    result["dead_letters"] = len(letters)
+    result["dead_letters"] = sum(1 for d in letters if "step" not in d)  # the records the reader refused
+    result["not_applied"] = sum(1 for d in letters if "step" in d)  # stream batches the learner's guard skipped
     result["reasons"] = dict(Counter(_reason_class(d["reason"]) for d in letters).most_common())
     if summary is not None:
         result["samples_seen"] = summary["samples_seen"]

@@ -50,6 +50,7 @@ def table(summary: dict[str, Any]) -> str:
         f"{summary['samples_per_second']:.0f} samples/s training, "
         f"{summary['wall_seconds']:.1f} s wall, {len(summary['generations'])} generations, "
         f"{summary['dead_letters']['count']} dead letters"
+        + (f" (+ {summary['dead_letters']['not_applied']} batches not applied)" if summary["dead_letters"].get("not_applied") else "")
     )
     champion = summary.get("champion")
     if champion:

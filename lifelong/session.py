@@ -18,7 +18,8 @@ generation → trackers, with checkpoints written off the training thread. Its g
 - Memory stays bounded: a generation is handed to trackers and forgotten; only its summary row
   (index, parent, span, records) stays, and, with ``[promotion]`` on, the champion's weights.
 - A batch whose loss or gradients are not finite is not applied (:mod:`lifelong.learner`); the
-  session lists it (``skipped_batches`` in the summary: step, source and offsets), stops the run
+  session lists it (``skipped_batches`` in the summary: step, source and offsets), writes a line for
+  its records to the dead letters when it reads the flags (``not_applied`` there), stops the run
   with :class:`lifelong.errors.Diverged` after ``learner.max_nonfinite_batches`` in a row, and
   never makes a generation of weights that are not finite (a BatchNorm's running statistics can
   take an overflow in the forward pass of a batch the guard then skips): the run stops instead.
@@ -145,7 +146,7 @@ class Runner:
         self.lead = plan.lead
         self.writer = BackgroundWriter("lifelong-checkpoint") if plan.checkpoint.dir and self.lead else None
         self.gate = Gate(plan.promotion) if plan.promotion is not None and self.lead else None
-        self._window: list[list[Any]] = []  # [step, source, start, stop] of each stream batch since the last read
+        self._window: list[list[Any]] = []  # [step, source, start, stop, samples] of each stream batch since the last read
         self.skipped: list[list[Any]] = []  # the first MAX_LISTED skipped stream batches, as above
         self.skipped_count = 0
         self._skipped_run = 0  # skipped stream batches in a row, as of the last read
@@ -520,12 +521,16 @@ class Runner:
         for i in skipped:
             self.skipped_count += 1
             if len(self.skipped) < MAX_LISTED:
-                self.skipped.append(window[i])
+                self.skipped.append(window[i][:4])
+            step, source, start, stop, *records = window[i]
+            self.plan.dead_letters.not_applied_batch(
+                step, source, start, stop, records[0] if records else None, f"not applied: stream batch {step} had a non-finite loss or gradients (the learner's guard)"
+            )
         for i in range(len(window)):
             self._skipped_run = self._skipped_run + 1 if i in skipped else 0
         limit = self.plan.learner.max_nonfinite_batches
         if limit and self._skipped_run >= limit:
-            step, source, start, stop = window[skipped[-1]]
+            step, source, start, stop = window[skipped[-1]][:4]
             raise Diverged(
                 f"training diverged: {self._skipped_run} stream batches in a row had a non-finite loss or gradients "
                 f"and were not applied (the last: stream batch {step}, {source} records {start}-{stop}). Lower "
@@ -586,7 +591,9 @@ class Runner:
                 plan.reader.seek_ranks(snapshot.state["reader"], positions)
             elif snapshot.state["reader"] is not None:  # None: checkpointed before the first batch
                 plan.reader.seek(snapshot.state["reader"])
-            plan.dead_letters.restore(snapshot.state["dead_letters"])
+            kernel = snapshot.state["kernel"]  # the skipped batches of steps before its window are accounted for
+            window = kernel.get("window") or [[int(kernel["step"]) + 1]]
+            plan.dead_letters.restore(snapshot.state["dead_letters"], applied_before=int(window[0][0]))
         stream = Prefetcher(
             plan.reader, pin=self.device.type == "cuda", dead_letters=plan.dead_letters, transform=getattr(self.model, "prepare_host", None)
         )
@@ -680,7 +687,7 @@ class Runner:
             self.samples_seen += len(batch)
             self.trained_samples += len(batch)
             self._position, self._dead_letter_mark = batch.position, item.dead_letters
-            self._window.append([self.step, batch.source, batch.start, batch.stop])
+            self._window.append([self.step, batch.source, batch.start, batch.stop, len(batch)])
             if self.progress is not None:
                 self.progress.advance(1)
             if self.step % log_every == 0 and self._log(detector) and self.span.count:
@@ -795,7 +802,7 @@ class Runner:
             if batch is not None:
                 self._position, self._dead_letter_mark = batch.position, item.dead_letters
             if batch is not None and len(batch):  # the running metrics count the steps that trained samples
-                self._window.append([self.step, batch.source, batch.start, batch.stop])
+                self._window.append([self.step, batch.source, batch.start, batch.stop, len(batch)])
             if self.progress is not None:
                 self.progress.advance(1)
             if self.step % log_every == 0 and self._log(detector):

@@ -19,7 +19,13 @@ class ArrayStream:
 
     Resumable: a batch's ``position`` is ``{"record": n}``, the number of training records streamed
     up to and including it, and ``seek`` restarts the stream right after it.
+
+    ``in_memory``: a batch is a slice of tensors loaded before the run, with no I/O and a few
+    microseconds of Python, so the kernel reads it on the training thread when training on the CPU
+    (:class:`lifelong.readers.Prefetcher`).
     """
+
+    in_memory = True
 
     def __init__(
         self,

@@ -3,15 +3,21 @@ a run that keeps diverging stops; a generation never holds non-finite weights.""
 
 from __future__ import annotations
 
+import json
+import shutil
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
 
+from lifelong import checkpoint, config, pipeline
+from lifelong.background import BackgroundWriter
 from lifelong.errors import Diverged
 from lifelong.host import PluginHost
 from lifelong.learner import Learner, build_optimizer, skips_nonfinite
 from lifelong.types import Batch
-from tests.conftest import run_pipeline
+from tests.conftest import QUIET, run_pipeline
 
 
 class NoHooks:
@@ -88,6 +94,40 @@ def test_one_overflowing_row_is_skipped_and_listed_and_the_model_stays_good(tmp_
     assert entry["start"] <= 302 < entry["stop"] or entry["start"] <= 301 < entry["stop"]  # line 302 in the file
     assert all(torch.isfinite(v).all() for v in runner.model.state_dict().values())
     assert summary["acc"] > 0.85
+    # its records are dead-lettered with the reason: one line for the batch, beside the reader's (none here)
+    assert summary["dead_letters"]["count"] == 0 and summary["dead_letters"]["not_applied"] == 1
+    (letter,) = [json.loads(line) for line in (tmp_path / "dead_letters.jsonl").read_text().splitlines()]
+    assert letter["step"] == entry["step"] and letter["records"] == 16 and "non-finite loss or gradients" in letter["reason"]
+    assert (letter["offset"], letter["stop"], letter["source"]) == (entry["start"], entry["stop"], entry["source"])
+
+
+def test_not_applied_batches_are_dead_lettered_once_whichever_checkpoint_a_run_resumes_from(tmp_path):
+    """The session writes a skipped batch's line when it reads the flags, after the reader's mark of that
+    batch: a resume cuts the file back to the checkpoint's mark yet keeps the lines of the steps the
+    checkpoint holds as read, and writes the others again. Crashed at the end of the run, resumed from
+    every checkpoint: each skipped stream batch has exactly one line."""
+    overrides = [*poisoned_csv(tmp_path, [100, 230, 231, 470]), "learner.epochs=1", "checkpoint.keep=1000"]
+    host = PluginHost(plugins=FIXTURES)
+    everything = tmp_path / "all"
+    raw = config.load(None, [*QUIET, "tracking.trackers=[]", *overrides, f"checkpoint.dir='{everything}'", "checkpoint.every_batches=2"])
+    plan = pipeline.build(host, raw, tmp_path / "dead_letters.jsonl")
+    with mock.patch.object(BackgroundWriter, "busy", lambda self: False):  # every due checkpoint is written
+        summary = pipeline.Runner(plan).execute()
+    letters = (tmp_path / "dead_letters.jsonl").read_bytes()
+    steps = sorted(entry["step"] for entry in summary["skipped_batches"]["listed"])
+    assert len(steps) == 3 and summary["dead_letters"]["not_applied"] == 3  # rows 230 and 231 share a batch
+    found = checkpoint.checkpoints(everything)[:-1]
+    assert len(found) >= 10
+    for path in found:
+        (tmp_path / "dead_letters.jsonl").write_bytes(letters)  # as the crashed run left it
+        alone = tmp_path / f"from-{path.name}"
+        shutil.copytree(everything / "testsets", alone / "testsets")
+        shutil.copytree(path, alone / path.name)
+        raw = config.load(None, [*QUIET, "tracking.trackers=[]", *overrides, f"checkpoint.dir='{alone}'", "checkpoint.every_batches=2"])
+        again = pipeline.Runner(pipeline.build(host, raw, tmp_path / "dead_letters.jsonl", resume=True)).execute()
+        lines = [json.loads(line) for line in (tmp_path / "dead_letters.jsonl").read_text().splitlines()]
+        assert sorted(entry["step"] for entry in lines) == steps, f"resumed from {path.name}"
+        assert again["dead_letters"]["not_applied"] == 3, f"resumed from {path.name}"
 
 
 def test_a_run_that_keeps_diverging_stops_with_a_clear_error(tmp_path):

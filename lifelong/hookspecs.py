@@ -249,7 +249,11 @@ class LifecycleSpecs:
 
     @hookspec
     def after_step(self, batch: Batch, outputs: torch.Tensor, first_pass: bool) -> None:
-        """Per batch, after ``optimizer.step()``: observe the stream batch and its pre-update logits.
+        """Per batch the learner applied, after ``optimizer.step()``: observe the stream batch and its
+        pre-update logits. A batch the non-finite guard skipped is never observed, so no memory
+        stores its samples. On CUDA the call comes up to two steps late (whether the step was applied
+        is read from the device without waiting for it, :mod:`lifelong.observation`); every batch is
+        observed before ``on_boundary`` and before a checkpoint takes the strategies' state.
 
         ``batch`` is the stream batch without augmentation; ``outputs`` are its detached logits from
         the forward pass before the update. With an anomaly detector's contamination filter on,

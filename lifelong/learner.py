@@ -13,7 +13,8 @@ reads ``found_inf`` on the device and leaves parameters, moments and step counts
 is set. The flags are read with the running metrics (:class:`lifelong.metrics.RunningMetrics`);
 the session lists the skipped batches in the summary and stops a run that keeps diverging. Where
 a fused optimizer is not available (a device without fused kernels) the kernel falls back to the
-plain one and says that non-finite batches are only counted, not skipped.
+plain one and says that non-finite batches are only counted, not skipped. Strategies' ``after_step``
+sees only the applied batches (:mod:`lifelong.observation`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 from lifelong.metrics import RunningMetrics
 from lifelong.objective import forward, objective_of
+from lifelong.observation import Observations
 from lifelong.types import Batch
 
 __all__ = ["Learner", "attach_nonfinite_flag", "build_optimizer", "flag_nonfinite", "forward", "parameter_groups", "prepare", "skips_nonfinite"]
@@ -119,9 +121,11 @@ class Learner:
         # A per-batch hook no plugin implements is not called: a pluggy call costs microseconds with
         # nobody listening (a tenth of the guard's cost on a small model), and a run's plugins are
         # all registered when its plan is built, before the learner exists.
-        self._augments, self._adds_loss, self._edits_gradients, self._observes = (
+        self._augments, self._adds_loss, self._edits_gradients, observes = (
             _implemented(hooks, name) for name in ("augment_batch", "extra_loss", "before_optimizer_step", "after_step")
         )
+        # after_step sees only the batches that were applied (lifelong.observation)
+        self.observations = Observations(hooks, device) if observes else None
 
     def data_parallel(self, device_ids: list[int] | None) -> None:
         """Train as one replica of a data-parallel job (:mod:`lifelong.distributed`): the forward goes
@@ -166,9 +170,16 @@ class Learner:
         stream_outputs = (outputs if train is batch else outputs[:n]).detach().float()  # float() copies only under bf16
         if weights is not None:
             batch.weight = weights[:n]
-        if self._observes:
-            hooks.after_step(batch=batch, outputs=stream_outputs, first_pass=prequential)
-        self.metrics.update(loss.float(), stream_outputs, batch.y, found, counted=prequential, scores=None if scores is None else scores[:n].float())
+        flag = found.clone()  # this step's own: found_inf is the next step's too
+        if self.observations is not None:
+            self.observations.add(batch, stream_outputs, prequential, flag)
+        self.metrics.update(loss.float(), stream_outputs, batch.y, flag, counted=prequential, scores=None if scores is None else scores[:n].float())
+
+    def flush(self) -> None:
+        """Hand the strategies every stream batch still waiting for its flag (CUDA; see
+        :mod:`lifelong.observation`): before their state is read."""
+        if self.observations is not None:
+            self.observations.flush()
 
     def shadow(self, batch: Batch) -> None:
         """A data-parallel rank's step without samples (``batch`` is empty): a backward of zero through

@@ -162,11 +162,11 @@ class RunningMetrics:
         counted: bool = True,
         scores: torch.Tensor | None = None,
     ) -> None:
-        """One step; ``found`` is its non-finite flag (None: finite; read later, so copied now),
+        """One step; ``found`` is its non-finite flag (None: finite; the caller's own tensor, read later),
         ``counted`` False for steps that are not a stream batch's first pass (extra epochs), which
         only count towards skipped steps. A detector passes its pre-update anomaly ``scores``,
         counted by label instead of correct predictions."""
-        flag = self._zero if found is None else found.detach().clone()
+        flag = self._zero if found is None else found.detach()
         if not counted:
             self._extra.append(flag)
         else:

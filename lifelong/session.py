@@ -177,6 +177,7 @@ class Runner:
         experience = span.experience(len(self.generations))
         if self.world is not None:  # the generation covers every rank's samples
             experience.samples = self.world.agree([span.samples])[0]
+        self.learner.flush()
         self.hooks.on_boundary(experience=experience, model=self.model)
         self.hooks.on_experience_end(experience=experience, model=self.model)
         self._sync()
@@ -428,6 +429,7 @@ class Runner:
         one checkpoint, as ``ranks``. The others return None.
         """
         options, session = self.plan.checkpoint, self.plan.session
+        self.learner.flush()  # the strategies' memories hold every batch trained so far
         ranks = self.world.gather(self._rank_state()) if self.world is not None else None
         if not self.lead:
             self._checkpointed_step = self.step

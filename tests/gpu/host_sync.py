@@ -158,5 +158,15 @@ def cuda_sync_check(runner: Any, warmup: int = WARMUP) -> Region:
 
 
 def dispatch_sync_check(runner: Any, mode: SyncProneOps, warmup: int = WARMUP) -> Region:
-    """``mode`` (entered by the caller around the run) recording over ``runner``'s per-batch path."""
-    return Region(runner, lambda: setattr(mode, "active", True), lambda: setattr(mode, "active", False), warmup)
+    """``mode`` (entered by the caller around the run) recording over ``runner``'s per-batch path.
+
+    One CPU-only read is allowed: on the CPU, :class:`lifelong.observation.Observations` reads each
+    step's applied flag, a CPU value computed by then; on CUDA that branch is not taken (the flag goes
+    to pinned memory without blocking and is read once an event has passed), and
+    :func:`cuda_sync_check` watches that path instead.
+    """
+    region = Region(runner, lambda: setattr(mode, "active", True), lambda: setattr(mode, "active", False), warmup)
+    observations = runner.learner.observations
+    if observations is not None:
+        observations.applied_on_cpu = region._allowed(observations.applied_on_cpu)
+    return region

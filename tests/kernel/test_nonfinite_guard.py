@@ -50,10 +50,21 @@ def test_a_batch_that_overflows_changes_no_weight_and_no_optimizer_state(name):
     assert np.isfinite(read["loss"])  # the skipped batch does not poison the running loss
 
 
+class Unobserved:
+    """Hooks without ``after_step``: on the CPU, a strategy that observes batches makes the learner read
+    each step's flag, a CPU value with no device to wait for (on CUDA it is copied without blocking,
+    lifelong.observation); here nothing may read it."""
+
+    def __getattr__(self, name):
+        if name == "after_step":
+            raise AttributeError(name)
+        return lambda **kwargs: []
+
+
 def test_the_step_does_not_wait_for_the_device():
     """The flag stays a device tensor: nothing in the step reads it on the host."""
     model = torch.nn.Linear(4, 2)
-    learner = Learner(model, build_optimizer("adam", list(model.parameters()), 0.01, 0, 0), NoHooks(), torch.device("cpu"))
+    learner = Learner(model, build_optimizer("adam", list(model.parameters()), 0.01, 0, 0), Unobserved(), torch.device("cpu"))
     reads = []
     original = torch.Tensor.item
     torch.Tensor.item = lambda self: reads.append(self) or original(self)
@@ -128,6 +139,36 @@ def test_not_applied_batches_are_dead_lettered_once_whichever_checkpoint_a_run_r
         lines = [json.loads(line) for line in (tmp_path / "dead_letters.jsonl").read_text().splitlines()]
         assert sorted(entry["step"] for entry in lines) == steps, f"resumed from {path.name}"
         assert again["dead_letters"]["not_applied"] == 3, f"resumed from {path.name}"
+
+
+@pytest.mark.parametrize("strategies", [["replay", "ewc"], ["joint"]])
+def test_no_memory_keeps_the_samples_of_a_skipped_batch(tmp_path, strategies):
+    """Three experiences, one overflowing row in the first. Observed by after_step, its batch went into
+    the memories: EWC's true Fisher then failed with a traceback (labels drawn from NaN
+    probabilities), and joint training skipped every later batch the sample joined."""
+    rng = np.random.default_rng(0)
+    lines = ["a,b,label,exp"]
+    for i in range(1200):
+        exp, label = i // 400, int(rng.integers(0, 2)) + 2 * (i // 400)
+        a, b = rng.normal(label - 2, 0.7, 2)
+        lines.append(f"{3e38 if i == 100 else a:.6g},{b:.5f},{label},{exp}")
+    (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")
+    overrides = [*poisoned_csv(tmp_path, []), f"stream.path='{tmp_path / 's.csv'}'", "stream.experience='exp'", f"learner.strategies={strategies}"]
+    (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")  # poisoned_csv wrote its own file there
+    summary, runner = run_pipeline(tmp_path, overrides, host=PluginHost(plugins=FIXTURES))
+    assert summary["skipped_batches"]["count"] == 1 and summary["skipped_batches"]["steps"] == 5  # its own 5 epochs only
+    stored = [t for s in runner.plan.strategies.values() for t in tensors(checkpoint.to_cpu(s.state_dict())) if t.is_floating_point()]
+    assert sum(t.numel() for t in stored) > 400  # the memories' samples are among them
+    assert all(t.abs().max() < 1e30 for t in stored if t.numel())
+
+
+def tensors(state) -> list[torch.Tensor]:
+    """Every tensor in a nested state."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        state = list(state.values())
+    return [t for item in state for t in tensors(item)] if isinstance(state, (list, tuple)) else []
 
 
 def test_a_run_that_keeps_diverging_stops_with_a_clear_error(tmp_path):

@@ -22,7 +22,7 @@ when the matrix happens to be square; ACC is always reported.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 
@@ -111,26 +111,43 @@ def names(metric: str) -> dict[str, str]:
             "label": metric.replace("_", "-").upper(), "short": metric.replace("_", "-").upper()}
 
 
+def _same_shape(a: _Step, b: _Step) -> bool:
+    return a.n == b.n and (a.outputs is None or a.outputs.shape == b.outputs.shape)
+
+
 def _nan_if_none(value: float | None) -> float:
     return float("nan") if value is None else value
 
 
 FOLD = 64  # steps a RunningMetrics keeps as separate tensors before summing them on the device
+FOLD_ELEMENTS = 1 << 20  # ... or fewer, when their outputs hold more numbers than this (4 MB of float32)
+
+
+class _Step(NamedTuple):
+    """A stream batch's step before it is summed: device tensors, and its sample count from the host."""
+
+    loss: torch.Tensor
+    outputs: torch.Tensor | None  # the pre-update logits (None for a detector: its scores go to the histogram)
+    targets: torch.Tensor | None
+    flag: torch.Tensor
+    n: int
 
 
 class RunningMetrics:
     """Loss and prequential accuracy summed on the device; read to the host only in ``read()``.
 
-    ``update`` adds nothing up per step: it keeps the step's loss, its count of correct predictions
-    and a copy of its non-finite flag (:class:`lifelong.learner.Learner`) as device tensors, about
-    four small operations where folding each step into the sums took fourteen (on a small model
-    that was a tenth of the step). Every :data:`FOLD` steps, and at ``read()``, they are stacked
-    and summed on the device, so the training loop never waits for the device and memory stays
-    bounded; ``read`` (every ``log_every`` batches) is the one place the host waits. A skipped
-    batch adds no loss and no correct prediction (its samples count as misses). Sample counts are
-    known on the host and never touch the device. The fold points depend only on the steps since
-    the last read, and a checkpoint keeps the unfolded steps as they are, so a resumed run sums in
-    the same order as an uninterrupted one.
+    ``update`` adds nothing up per step: it keeps references to the step's loss, its pre-update
+    logits and labels and its non-finite flag (:class:`lifelong.learner.Learner`), with no tensor
+    operation at all, where summing every step into the totals took fourteen small ones (on a small
+    model, a tenth of the step). Every :data:`FOLD` steps (fewer when the logits are large), and at
+    ``read()``, they are stacked and summed on the device in a few operations, so the training loop
+    never waits for the device and memory stays bounded; ``read`` (every ``log_every`` batches) is
+    the one place the host waits. The logits and labels are read later, so nothing may write them
+    in place after the step (nothing does: a batch's tensors are fresh, or views of a dataset never
+    written). A skipped batch adds no loss and no correct prediction (its samples count as misses).
+    Sample counts are known on the host and never touch the device. The fold points depend only on
+    the steps since the last read, and a checkpoint keeps the unfolded steps as they are, so a
+    resumed run sums in the same order as an uninterrupted one.
     """
 
     def __init__(self, device: torch.device, recent_samples: int = 1000, detector: bool = False):
@@ -138,9 +155,9 @@ class RunningMetrics:
         self._correct = torch.zeros((), dtype=torch.int64, device=device)  # over the window
         self._skipped = torch.zeros((), dtype=torch.int64, device=device)  # every skipped step of the run
         self._flags: list[torch.Tensor] = []  # folded: the window's stream-batch flags (1: skipped), in chunks
-        # unfolded steps: (loss, correct or None, flag, samples) of stream batches; flags of extra epochs
-        self._steps: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]] = []
-        self._extra: list[torch.Tensor] = []
+        self._steps: list[_Step] = []  # stream batches not summed yet
+        self._extra: list[torch.Tensor] = []  # flags of extra-epoch steps not summed yet
+        self._elements = 0  # numbers in the unfolded steps' logits
         self._zero = torch.zeros((), device=device)
         self._n = 0
         self._total_correct = 0
@@ -171,15 +188,15 @@ class RunningMetrics:
             self._extra.append(flag)
         else:
             n = targets.shape[0]
-            correct = None
             if self.histogram is not None:
                 if scores is not None:
                     self.histogram.add(scores, targets)
+                self._steps.append(_Step(loss.detach(), None, None, flag, n))
             else:
-                correct = (outputs.argmax(dim=1) == targets).sum()
-            self._steps.append((loss.detach(), correct, flag, n))
+                self._steps.append(_Step(loss.detach(), outputs.detach(), targets, flag, n))
+                self._elements += outputs.numel()
             self._n += n
-        if len(self._steps) + len(self._extra) >= FOLD:
+        if len(self._steps) + len(self._extra) >= FOLD or self._elements >= FOLD_ELEMENTS:
             self._fold()
 
     def _fold(self) -> None:
@@ -189,37 +206,38 @@ class RunningMetrics:
             self._extra = []
         if not self._steps:
             return
-        steps, self._steps = self._steps, []
-        flags = torch.stack([step[2] for step in steps])
+        steps, self._steps, self._elements = self._steps, [], 0
+        flags = torch.stack([step.flag for step in steps])
         self._skipped.add_(flags.sum().to(torch.int64))
         self._flags.append(flags)
         applied = 1.0 - flags.double()
-        losses = (
-            torch.nan_to_num(torch.stack([step[0] for step in steps]).double(), nan=0.0, posinf=0.0, neginf=0.0)
-            * applied
-        )
-        corrects = None if steps[0][1] is None else torch.stack([step[1] for step in steps]) * applied.to(torch.int64)
-        # Σ loss·n without copying the counts to the device: one sum per run of equal batch sizes
+        losses = torch.nan_to_num(torch.stack([step.loss for step in steps]).double(), nan=0.0, posinf=0.0, neginf=0.0) * applied
+        # one sum per run of steps with equal batch sizes (and logits of one shape): the counts stay on the host
         start = 0
         for i in range(1, len(steps) + 1):
-            if i == len(steps) or steps[i][3] != steps[start][3]:
-                self._loss.add_(losses[start:i].sum() * steps[start][3])
-                start = i
-        if corrects is not None:
-            self._correct.add_(corrects.sum())
+            if i < len(steps) and _same_shape(steps[i], steps[start]):
+                continue
+            run, n = steps[start:i], steps[start].n
+            self._loss.add_(losses[start:i].sum() * n)
+            if run[0].outputs is not None:
+                hits = torch.cat([step.outputs for step in run]).argmax(dim=1) == torch.cat([step.targets for step in run])
+                self._correct.add_((hits.view(len(run), n).sum(dim=1) * applied[start:i].to(torch.int64)).sum())
+            start = i
 
     def state_dict(self) -> dict[str, Any]:
         """The window sums, the unfolded steps and the run's totals, for checkpoints (tensors as CPU copies)."""
+        steps = self._steps
         return {
             "loss": to_cpu(self._loss),
             "correct": to_cpu(self._correct),
             "skipped": to_cpu(self._skipped),
             "flags": [to_cpu(flag) for chunk in self._flags for flag in chunk],
             "steps": {
-                "loss": [to_cpu(step[0]) for step in self._steps],
-                "correct": [to_cpu(step[1]) for step in self._steps if step[1] is not None],
-                "flag": [to_cpu(step[2]) for step in self._steps],
-                "n": [step[3] for step in self._steps],
+                "loss": [to_cpu(step.loss) for step in steps],
+                "outputs": [to_cpu(step.outputs) for step in steps if step.outputs is not None],
+                "targets": [to_cpu(step.targets) for step in steps if step.targets is not None],
+                "flag": [to_cpu(step.flag) for step in steps],
+                "n": [step.n for step in steps],
                 "extra": [to_cpu(flag) for flag in self._extra],
             },
             "n": self._n,
@@ -239,14 +257,15 @@ class RunningMetrics:
             self._skipped.copy_(state["skipped"])
             self._flags = [torch.stack(list(state["flags"])).to(device)] if state["flags"] else []
             self.skipped_steps = int(state["skipped_steps"])
-        steps = state.get("steps")  # checkpoints from before the fold have none: they folded every step
-        self._steps, self._extra = [], []
+        steps = state.get("steps")  # checkpoints from before the fold have none: they summed every step
+        self._steps, self._extra, self._elements = [], [], 0
         if steps:
-            corrects = steps["correct"] or [None] * len(steps["n"])
-            for loss, correct, flag, n in zip(steps["loss"], corrects, steps["flag"], steps["n"]):
-                self._steps.append(
-                    (loss.to(device), None if correct is None else correct.to(device), flag.to(device), int(n))
-                )
+            count = len(steps["n"])
+            outputs = [t.to(device) for t in steps["outputs"]] or [None] * count
+            targets = [t.to(device) for t in steps["targets"]] or [None] * count
+            for loss, out, target, flag, n in zip(steps["loss"], outputs, targets, steps["flag"], steps["n"]):
+                self._steps.append(_Step(loss.to(device), out, target, flag.to(device), int(n)))
+                self._elements += 0 if out is None else out.numel()
             self._extra = [flag.to(device) for flag in steps["extra"]]
         self._recent = deque((int(c), int(n)) for c, n in state.get("recent", []))
         if self.histogram is not None and "histogram" in state:

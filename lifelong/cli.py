@@ -96,6 +96,7 @@ def run(
     """Run PIPELINE_FILE (TOML), or the built-in Split-Digits pipeline when none is given."""
     from lifelong import config, distributed, pipeline, report
     from lifelong.errors import Interrupted
+    from lifelong.plan import first_line, out_of_memory
     from lifelong.progress import progress_bar
 
     if nproc is not None and not distributed.requested():
@@ -128,6 +129,14 @@ def run(
         _fail(str(exc))
     except distributed.RankLost as exc:
         _lost(exc)
+    except (MemoryError, RuntimeError) as exc:
+        if not out_of_memory(exc):
+            raise
+        # what no estimate caught (lifelong.resources): the run is marked failed, and says which sizes to lower
+        _fail(
+            f"ran out of memory while training ({first_line(exc)}): lower the model's sizes, learner.batch_size or "
+            "learner.eval_batch_size, or the strategies' memories"
+        )
     except Interrupted as exc:
         if plan.lead:
             click.echo(f"lifelong: {exc}", err=True)

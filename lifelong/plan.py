@@ -184,12 +184,24 @@ def _building(where: str):
     except OSError as exc:
         name = f" {brief(str(exc.filename))}" if exc.filename is not None else ""
         raise ConfigError(where, f"cannot use{name}: {exc.strerror or type(exc).__name__}") from None
-    except RuntimeError as exc:  # torch: "DefaultCPUAllocator: can't allocate memory", CUDA out of memory
-        text = str(exc)
-        if isinstance(exc, torch.OutOfMemoryError) or "allocate" in text or "out of memory" in text:
-            first = text.splitlines()[0] if text else type(exc).__name__
-            raise ConfigError(where, f"ran out of memory while building it ({brief(first)}): use a smaller size") from None
+    except RuntimeError as exc:
+        if out_of_memory(exc):
+            raise ConfigError(where, f"ran out of memory while building it ({first_line(exc)}): use a smaller size") from None
         raise
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the allocator's refusal: MemoryError, or torch's "DefaultCPUAllocator: can't
+    allocate memory" and CUDA out of memory (RuntimeErrors)."""
+    if isinstance(exc, MemoryError) or isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate" in text or "out of memory" in text)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return brief(text.splitlines()[0] if text else type(exc).__name__)
 
 
 def _check_training_memory(

@@ -162,8 +162,9 @@ def activation_bytes(model: torch.nn.Module, input_shape: tuple[int, ...], num_t
     """(sum, largest) of the bytes one sample's layer outputs take in a forward pass of ``model``.
 
     Measured on PyTorch's ``meta`` device, which computes shapes and allocates nothing: the
-    weights are swapped for meta tensors of their shape (``torch.func.functional_call``), a meta
-    sample goes through, and a forward hook on every leaf module adds up its output's size. None
+    weights are swapped for meta tensors of their shape (``torch.func.functional_call``), a batch
+    of two meta samples goes through, and a forward hook on every leaf module adds up the size of
+    its output's first sample. None
     when the model cannot run that way (a model with a ``prepare`` step, a forward that reads
     values on the host): the caller then has no estimate, and refuses nothing.
     """
@@ -182,8 +183,9 @@ def activation_bytes(model: torch.nn.Module, input_shape: tuple[int, ...], num_t
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         swapped = {name: torch.empty_like(t, device="meta") for name, t in (*model.named_parameters(), *model.named_buffers())}
-        x = torch.zeros((1, *input_shape), device="meta")
-        args = (x,) if num_tasks <= 1 else (x, torch.zeros(1, dtype=torch.long, device="meta"))
+        # two samples: BatchNorm in training mode refuses one value per channel (a 1x1 feature map)
+        x = torch.zeros((2, *input_shape), device="meta")
+        args = (x,) if num_tasks <= 1 else (x, torch.zeros(2, dtype=torch.long, device="meta"))
         with torch.no_grad():
             torch.func.functional_call(model, swapped, args)
     except Exception:  # noqa: BLE001 - any model that cannot run on meta tensors simply has no estimate

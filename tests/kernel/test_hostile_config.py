@@ -213,6 +213,15 @@ def test_a_cnn_whose_activations_cannot_fit_is_refused_by_the_kernel_estimate():
     assert "per sample" in message and "learner.eval_batch_size = 1024" in message
 
 
+def test_a_cnn_whose_last_maps_are_one_pixel_still_has_an_activation_estimate(monkeypatch):
+    """Three pools bring 8x8 digits to 1x1: the meta forward of one sample met BatchNorm in training
+    mode with one value per channel and raised, so the CNN had no estimate and a 1e6-channel last
+    layer reached the allocator in evaluation (5.2 GB; the config fuzz bench's one crash)."""
+    monkeypatch.setattr(resources, "available", lambda device="cpu": 4 * 2**30)  # the same on every machine
+    message = refused("model.name='cnn'", "model.channels=[4, 4, 4, 1000000]")
+    assert "its activations (" in message and "per sample" in message
+
+
 def test_a_pathnet_grid_too_large_is_refused_before_it_is_built():
     message = refused("learner.strategies=['pathnet']", "strategy.pathnet.width=1000000")
     assert message.startswith("strategy.pathnet: a pathnet grid of 3 x 18 modules of width 1000000")  # 18: room for 5 tasks

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -17,7 +18,7 @@ from lifelong.errors import Diverged
 from lifelong.host import PluginHost
 from lifelong.learner import Learner, build_optimizer, skips_nonfinite
 from lifelong.types import Batch
-from tests.conftest import QUIET, run_pipeline
+from tests.conftest import QUIET, cli, run_pipeline
 
 
 class NoHooks:
@@ -183,3 +184,16 @@ def test_a_generation_with_non_finite_weights_is_never_made(tmp_path):
     overrides = [*poisoned_csv(tmp_path, [300]), "model.name='energy'", "tracking.trackers=['generation-log']"]
     with pytest.raises(Diverged, match="generation 0 would have non-finite weights \\(energy\\)"):
         run_pipeline(tmp_path, overrides, host=host)
+
+
+def test_running_out_of_memory_mid_run_is_a_clean_exit_with_the_sizes_to_lower(tmp_path):
+    """What no estimate caught reaches the allocator during training: exit 2 and a message, no traceback."""
+    result = cli(
+        "--plugin", "tests.fixtures.energy_model", "run", "--dead-letters", str(tmp_path / "dead.jsonl"),
+        *[arg for o in [*poisoned_csv(tmp_path, []), "model.name='greedy'", "tracking.trackers=[]", "learner.progress=false"] for arg in ("--set", o)],
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "ran out of memory while training (" in result.stderr and "can't allocate memory" in result.stderr
+    assert "learner.batch_size" in result.stderr

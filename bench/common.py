@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,6 +18,24 @@ MLP_ADAM = [
     "learner.lr=0.001",
     "learner.batch_size=32",
 ]
+
+
+CLOCKS = {"process": time.process_time, "wall": time.perf_counter}
+
+
+def use_clock(name: str) -> Callable[[], float]:
+    """The clock ``name`` (``process``: this process's CPU time; ``wall``), set as the pipeline's own
+    training clock too (``lifelong.session.training_clock``), so both sides of a ratio are timed alike.
+
+    On a shared machine wall time measures the other jobs as much as the code; CPU time does not.
+    It counts every thread of the process, so a pipeline's helper threads (a reader, a checkpoint
+    writer) count against it: conservative for the pipeline.
+    """
+    from lifelong import session
+
+    clock = CLOCKS[name]
+    session.training_clock = clock
+    return clock
 
 
 def save_figure(fig, path: Path, dpi: int = 110) -> None:

@@ -5,7 +5,12 @@ Both train the same MLP with the same optimizer on the same Permuted-Digits batc
 ``--repeats``) is what is reported, since absolute figures on a shared machine are noise.
 The pipeline's figure is its own ``samples_per_second`` (training time only, evaluation excluded).
 
-    python bench/pipeline_overhead.py [--device cpu|cuda] [--repeats 5]
+Clock: on the CPU both sides are timed in this process's CPU time (``--clock process``, the
+default there, as in ``bench/strategy_throughput.py``): on a shared machine wall time measures the
+other jobs too (9 wall-clock repeats gave ratios from 0.69 to 1.10). CPU time counts the pipeline's
+helper threads against it. On a GPU the clock is wall time.
+
+    python bench/pipeline_overhead.py [--device cpu|cuda] [--repeats 5] [--clock process|wall]
 
 Writes bench/results/pipeline_overhead.{json,md}.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -26,8 +32,10 @@ import torch.nn.functional as F
 from lifelong import config, pipeline
 from lifelong.host import PluginHost
 from lifelong.learner import build_optimizer
+from common import CLOCKS, git_commit, load_average, use_clock
 
 RESULTS = Path(__file__).resolve().parent / "results"
+clock = time.perf_counter  # the hand loop's clock: the pipeline's too, once main() chose it (common.use_clock)
 TARGET = 0.9
 
 
@@ -64,7 +72,7 @@ def hand_loop(plan: pipeline.Plan, device: torch.device, epochs: int) -> float:
     samples = 0
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = clock()
     for _ in range(epochs):
         for batch in batches:
             x, y = batch.x.to(device, non_blocking=True), batch.y.to(device, non_blocking=True)
@@ -75,7 +83,7 @@ def hand_loop(plan: pipeline.Plan, device: torch.device, epochs: int) -> float:
             samples += len(y)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return samples / (time.perf_counter() - start)
+    return samples / (clock() - start)
 
 
 def main() -> int:
@@ -83,7 +91,11 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--clock", choices=list(CLOCKS), default=None, help="default: process on cpu, wall on cuda")
     args = parser.parse_args()
+    args.clock = args.clock or ("process" if args.device == "cpu" else "wall")
+    global clock
+    clock = use_clock(args.clock)
     import tempfile
 
     host = PluginHost()
@@ -110,7 +122,8 @@ def main() -> int:
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
-    command = "python bench/pipeline_overhead.py " + " ".join(sys.argv[1:])
+    threads = os.environ.get("OMP_NUM_THREADS")
+    command = (f"OMP_NUM_THREADS={threads} " if threads else "") + "python bench/pipeline_overhead.py " + " ".join(sys.argv[1:])
     meta = {
         "command": command.strip(),
         "device": str(plan.device),
@@ -120,12 +133,17 @@ def main() -> int:
         "model": "mlp [256, 256], adam, permuted-digits domain-IL (5 x 1347 samples)",
         "epochs": args.epochs,
         "repeats": args.repeats,
+        "clock": args.clock,
+        "commit": git_commit(),
+        "load_average": load_average(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.device == "cpu" else f"_{args.device.split(':')[0]}"
     (RESULTS / f"pipeline_overhead{suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
-        f"Pipeline overhead on {meta['device']} ({meta['model']}), median of {args.repeats} alternating runs.",
+        f"Pipeline overhead on {meta['device']} ({meta['model']}), median of {args.repeats} alternating runs, "
+        f"timed in {'process CPU' if args.clock == 'process' else 'wall-clock'} time; commit {meta['commit']}, "
+        f"load average {meta['load_average']} at the end.",
         f"Command: `{meta['command']}`",
         "",
         "| strategy | batch | pipeline samples/s | hand loop samples/s | ratio (min–max) | target ≥ 0.9 |",

@@ -51,7 +51,6 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -61,7 +60,7 @@ from lifelong_strategies.ewc import fisher_diagonal
 from lifelong import config, pipeline
 from lifelong.host import PluginHost
 from lifelong.learner import build_optimizer
-from common import load_average, save_figure, sync
+from common import CLOCKS, load_average, save_figure, sync, use_clock
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -120,15 +119,7 @@ def build(
     )
 
 
-CLOCK = {"process": time.process_time, "wall": time.perf_counter}
-clock = time.perf_counter
-
-
-def use_clock(name: str) -> None:
-    """Time both sides with ``name``'s clock: the hand loop here, and the pipeline's own training clock."""
-    global clock
-    clock = CLOCK[name]
-    pipeline.time = types.SimpleNamespace(perf_counter=clock)  # the kernel module's only use of time
+clock = time.perf_counter  # the hand loops' clock: the pipeline's too, once main() chose it (common.use_clock)
 
 
 def pipeline_run(plan: pipeline.Plan, epochs: int) -> float:
@@ -304,11 +295,12 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
     parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
-    parser.add_argument("--clock", choices=list(CLOCK), default=None, help="default: process on cpu, wall on cuda")
+    parser.add_argument("--clock", choices=list(CLOCKS), default=None, help="default: process on cpu, wall on cuda")
     parser.add_argument("--name", default="", help="results name; default strategy_throughput[_cuda]")
     args = parser.parse_args()
     args.clock = args.clock or ("process" if args.device == "cpu" else "wall")
-    use_clock(args.clock)
+    global clock
+    clock = use_clock(args.clock)
     host = PluginHost()
     load_before = load_average()
     started = time.perf_counter()

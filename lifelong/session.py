@@ -67,6 +67,9 @@ def load_optimizer_state(optimizer: Any, saved: dict[str, Any]) -> None:
 
 
 MAX_LISTED = 100  # skipped batches listed in the summary (all are counted)
+# The clock of training time (samples/s counts its seconds): wall time. A benchmark on a shared
+# machine sets time.process_time to count this process's CPU time instead (bench/common.use_clock).
+training_clock = time.perf_counter
 POLL = 0.2  # seconds a data-parallel rank waits for a partitioned reader's batch before it steps without one
 _END = object()  # a rank's stream has ended
 
@@ -181,11 +184,11 @@ class Runner:
         self.hooks.on_boundary(experience=experience, model=self.model)
         self.hooks.on_experience_end(experience=experience, model=self.model)
         self._sync()
-        self.train_seconds += time.perf_counter() - started
+        self.train_seconds += training_clock() - started
         if not self.lead:  # rank 0 evaluates and makes the generation; the others go on training
             self.generations.append({"index": len(self.generations)})
             self.span = Span(keep=span.keep)
-            return time.perf_counter()
+            return training_clock()
 
         for exp in span.experience_ids:
             if exp not in self.covered:
@@ -207,7 +210,7 @@ class Runner:
             key = "acc" if self.metric == "accuracy" else self.metric
             self.progress.status(generations=len(self.generations), **{f"eval_{key}": eval_metrics.get(f"eval/{key}")})
         self.span = Span(keep=span.keep)
-        return time.perf_counter()
+        return training_clock()
 
     def _eval_metrics(self, rows: dict[str, dict[int, float]]) -> dict[str, float]:
         """``eval/acc`` (a detector: ``eval/roc_auc``, ``eval/pr_auc``), the mean over the known sets, and
@@ -551,7 +554,7 @@ class Runner:
         return taken
 
     def train_seconds_now(self) -> float:
-        return self.train_seconds + (time.perf_counter() - self._clock if self._clock is not None else 0.0)
+        return self.train_seconds + (training_clock() - self._clock if self._clock is not None else 0.0)
 
     def _open(self, fetched: Iterator[Fetched]) -> list[Fetched]:
         """``on_run_start`` and what follows it: restored or continued state, the initial evaluation."""
@@ -667,7 +670,7 @@ class Runner:
         has_prepare = getattr(self.model, "prepare", None) is not None
         log_every, max_batches, max_records = plan.learner.log_every, plan.learner.max_batches, plan.learner.max_records
         detector = plan.detector
-        self._clock = time.perf_counter()
+        self._clock = training_clock()
         for item in fetched:
             if (max_batches and self.step >= max_batches) or (max_records and self.samples_seen >= max_records):
                 break
@@ -758,7 +761,7 @@ class Runner:
         detector = plan.detector
         drifted = False  # the running metrics asked for a boundary at the last log
         ended = False  # this rank's share of the stream has ended
-        self._clock = time.perf_counter()
+        self._clock = training_clock()
         while True:
             if max_batches and self.step >= max_batches or max_records and self.samples_seen >= max_records:
                 ended = True

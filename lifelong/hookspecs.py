@@ -128,7 +128,9 @@ class RegistrationSpecs:
         without labels and is judged by ROC-AUC and PR-AUC instead of accuracy. Its ``forward(x)``
         returns any outputs (a reconstruction); ``sample_loss(x, outputs)`` gives the per-sample
         training loss the kernel minimises (strategies' terms are added as for classifiers);
-        ``anomaly_score(x, outputs)`` the per-sample score, higher is more anomalous;
+        ``anomaly_score(x, outputs)`` the per-sample score, higher is more anomalous (with
+        ``scores_from_loss = True`` the detector says the score *is* ``sample_loss`` detached, and a
+        training step takes the scores from the loss it computed instead of calling it);
         ``sample_weights(x, scores)`` (optional) 1 for a sample to learn from, 0 to leave it out of
         the update and out of every memory (a contamination filter, a calibration hold-out); and a ``threshold`` buffer: a score
         above it flags an anomaly, in the summary and in served generations. It recalibrates the

@@ -87,7 +87,10 @@ class Detection:
 
     def loss(self, model: torch.nn.Module, batch: Batch, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         losses = model.sample_loss(batch.x, outputs)
-        scores = model.anomaly_score(batch.x, outputs.detach()).detach()
+        if getattr(model, "scores_from_loss", False):
+            scores = losses.detach()
+        else:
+            scores = model.anomaly_score(batch.x, outputs.detach()).detach()
         weigh = getattr(model, "sample_weights", None)
         weights = weigh(batch.x, scores) if weigh is not None else None
         if weights is None:

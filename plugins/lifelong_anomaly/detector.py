@@ -234,6 +234,10 @@ class Detector(nn.Module):
         """The reconstruction error, detached: shape (N,), higher = more anomalous."""
         return self.sample_loss(x, outputs.detach()).detach()
 
+    # The score is the loss detached: a training step takes the scores from the loss it computed
+    # (lifelong.objective), instead of standardising the batch and taking the error a second time.
+    scores_from_loss = True
+
     def sample_weights(self, x: torch.Tensor, scores: torch.Tensor) -> torch.Tensor | None:
         """0.0 for a sample held out for calibration or (with ``filter``) scoring above filter_threshold,
         else 1.0 (device-side); None when neither applies."""

@@ -20,7 +20,7 @@ import lifelong_anomaly
 from lifelong.components import Components
 from lifelong.errors import ConfigError
 from lifelong.host import PluginHost
-from lifelong.objective import NOT_CALIBRATED
+from lifelong.objective import NOT_CALIBRATED, Detection
 from lifelong.types import Batch, StreamInfo
 from lifelong_anomaly import autoencoder, detector, sequence
 from lifelong_anomaly.autoencoder import Autoencoder, AutoencoderOptions
@@ -125,6 +125,8 @@ def test_protocol_shapes(kind):
     score = model.anomaly_score(x, outputs)
     assert score.shape == (6,) and not score.requires_grad
     assert torch.equal(score, loss.detach())
+    # what lets a training step take the scores from its loss (scores_from_loss), and that it does
+    assert model.scores_from_loss and torch.equal(Detection().loss(model, stream_batch(x), outputs)[2], score)
     assert model.sample_weights(x, score) is None  # no filter, no hold-out (the defaults)
     model.options.holdout = 0.3
     held = model.held_out(x)

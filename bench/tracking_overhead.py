@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))  # tests.fixtures.mlflow_server: the same server t
 
 from lifelong import config, pipeline
 from lifelong.host import PluginHost
+from common import git_commit, provenance, source_fingerprint  # noqa: E402
 from tests.fixtures.mlflow_server import ServerProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -82,6 +83,7 @@ def main() -> int:
     parser.add_argument("--stores", default="sqlite,server", help="which stores: sqlite, server or both")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    commit, source = git_commit(), source_fingerprint()
     host = PluginHost()
     rows = []
     with tempfile.TemporaryDirectory(prefix="tracking-overhead-") as tmp_name:
@@ -135,6 +137,7 @@ def main() -> int:
         "stream": f"permuted-digits, {args.experiences} experiences, 1 epoch; mlp [256, 256], adam, batch 32, replay + ewc",
         "repeats": args.repeats,
         "load_average_at_end": os.getloadavg(),
+        "provenance": provenance(command.strip(), commit, source),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "tracking_overhead.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
@@ -143,7 +146,8 @@ def main() -> int:
             f"Tracking overhead ({meta['stream']}): tracked ÷ untracked training samples/s, median of "
             f"{args.repeats} alternating runs; {meta['cpu_count']} CPUs, OMP_NUM_THREADS={meta['omp_num_threads']}."
         ),
-        f"Command: `{meta['command']}`",
+        f"Command: `{meta['command']}`; commit {commit}, lifelong/ + plugins/ sources "
+        f"{'unchanged' if not meta['provenance']['code_changed_during_run'] else 'CHANGED'} during the run.",
         "",
         (
             "| store | generation every | generations | untracked samples/s | tracked samples/s | ratio (min–max) | "

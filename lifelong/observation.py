@@ -19,6 +19,7 @@ the device, so when the hook may run depends on the device:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,24 +42,28 @@ class _Pending:
 class Observations:
     """Hands ``after_step`` each stream batch the learner applied (see the module docstring)."""
 
-    def __init__(self, hooks: Any, device: torch.device):
+    def __init__(self, hooks: Any, device: torch.device, events: Callable[[], Any] | None = None):
+        """``events`` makes the deferred path's events (on CUDA, ``torch.cuda.Event``); given on another
+        device, that path runs there too, which is how the tests check it without a GPU."""
         self._hooks = hooks
         self._pending: deque[_Pending] = deque()
-        self._cuda = device.type == "cuda"
+        cuda = device.type == "cuda"
+        self._deferred = cuda or events is not None
+        self._events = events if events is not None else torch.cuda.Event
         # LAG + 1 pinned flags, reused: a slot is written again only after its step was released
-        self._flags = [torch.zeros((), pin_memory=True) for _ in range(LAG + 1)] if self._cuda else []
+        self._flags = [torch.zeros((), pin_memory=cuda) for _ in range(LAG + 1)] if self._deferred else []
         self._next = 0
 
     def add(self, batch: Batch, outputs: torch.Tensor, first_pass: bool, flag: torch.Tensor) -> None:
         """The step on ``batch`` is done; ``flag`` (a 0-d device tensor, 1: not applied) is its own copy."""
-        if not self._cuda:
+        if not self._deferred:
             if self.applied_on_cpu(flag):
                 self._observe(batch, outputs, first_pass)
             return
         host = self._flags[self._next]
         self._next = (self._next + 1) % len(self._flags)
         host.copy_(flag, non_blocking=True)
-        event = torch.cuda.Event()
+        event = self._events()
         event.record()
         self._pending.append(_Pending(batch, outputs, first_pass, host, event))
         self._release(LAG)

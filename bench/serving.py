@@ -39,7 +39,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,9 @@ from typing import Any
 import numpy as np
 import torch
 from common import git_commit, provenance, source_fingerprint
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.fixtures: the port helper the tests use
+from tests.fixtures.mlflow_server import free_port  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -87,12 +89,6 @@ def register(tmp: Path) -> str:
 
 
 # -- servers ----------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:

@@ -57,6 +57,9 @@ import numpy as np
 
 from common import git_commit, provenance, source_fingerprint
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.fixtures: the TOML text the tests write too
+from tests.fixtures.toml_text import toml_value  # noqa: E402
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
@@ -212,42 +215,6 @@ class Generator:
         if self.chance(0.02):
             raw[self.str_()[:10] or "x"] = {"a": 1}
         return raw
-
-
-def _scalar_toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON escapes are TOML basic-string escapes
-    return value.isoformat()
-
-
-def toml_value(value: Any) -> str:
-    """A value as TOML (arrays and inline tables), without recursion: generated values nest 5,000 deep."""
-    out: list[str] = []
-    stack: list[Any] = [("value", value)]
-    while stack:
-        kind, item = stack.pop()
-        if kind == "text":
-            out.append(item)
-        elif isinstance(item, list):
-            parts: list[Any] = [("text", "[")]
-            for i, v in enumerate(item):
-                parts += [("text", ", ")] if i else []
-                parts.append(("value", v))
-            stack.extend(reversed(parts + [("text", "]")]))
-        elif isinstance(item, dict):
-            parts = [("text", "{")]
-            for i, (k, v) in enumerate(item.items()):
-                parts += [("text", (", " if i else "") + json.dumps(k) + " = "), ("value", v)]
-            stack.extend(reversed(parts + [("text", "}")]))
-        else:
-            out.append(_scalar_toml(item))
-    return "".join(out)
 
 
 def to_toml(raw: dict[str, Any]) -> tuple[str, list[str]]:

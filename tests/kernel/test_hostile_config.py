@@ -31,6 +31,7 @@ from lifelong.cli import main
 from lifelong.errors import MAX_MESSAGE, UserError, brief, clip
 from lifelong.host import PluginHost
 from tests.conftest import cli
+from tests.fixtures.toml_text import toml_value
 
 QUIET = ["learner.progress=false", "tracking.trackers=[]", "learner.strategies=['naive']"]
 _HOST: PluginHost | None = None
@@ -553,23 +554,6 @@ def test_generated_pipelines_build_or_raise_a_user_error(data, data_files, tmp_p
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(False)
     assert time.perf_counter() - started < 10
-
-
-def toml_value(value) -> str:
-    """A TOML rendering of a generated value (nan, inf, datetimes, nested arrays and inline tables)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON escapes are TOML basic-string escapes
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-    return value.isoformat()
 
 
 @settings(max_examples=200, deadline=5_000, suppress_health_check=list(HealthCheck), derandomize=True)

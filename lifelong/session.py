@@ -149,6 +149,10 @@ class Runner:
         self.lead = plan.lead
         self.writer = BackgroundWriter("lifelong-checkpoint") if plan.checkpoint.dir and self.lead else None
         self.gate = Gate(plan.promotion) if plan.promotion is not None and self.lead else None
+        # A data-parallel step shows its batch to the detector before the ranks agree (the detector's vote is
+        # part of the agreement) and trains it after: a checkpoint in between holds the detector as it was
+        # before that batch, or a resumed run, reading the batch again, would not see its boundary.
+        self._detector_ahead: Any = None
         self._window: list[list[Any]] = []  # [step, source, start, stop, samples] of each stream batch since the last read
         self.skipped: list[list[Any]] = []  # the first MAX_LISTED skipped stream batches, as above
         self.skipped_count = 0
@@ -295,7 +299,6 @@ class Runner:
     def _state(self) -> dict[str, Any]:
         """Everything the session needs to go on, as CPU copies: taken on the training thread."""
         plan = self.plan
-        detector_state = getattr(plan.detector, "state_dict", None)
         # Experiences the stream has passed since the last boundary: a streamed reader that seeks past
         # them does not hand out their held-out sets again, so the checkpoint must carry them.
         self.test_sets.refresh(self.columns, self._streaming)
@@ -308,7 +311,7 @@ class Runner:
             "strategies": {
                 name: checkpoint.to_cpu(s.state_dict()) for name, s in plan.strategies.items() if hasattr(s, "state_dict")
             },
-            "detector": checkpoint.to_cpu(detector_state()) if detector_state is not None else None,
+            "detector": self._detector_state(),
             "kernel": {
                 "step": self.step,
                 "samples_seen": self.samples_seen,
@@ -344,18 +347,25 @@ class Runner:
         """What is each rank's own in a data-parallel run, under the keys of :meth:`_state` (a resumed rank
         merges its entry over the shared state)."""
         plan = self.plan
-        detector_state = getattr(plan.detector, "state_dict", None)
         return {
             "strategies": {
                 name: checkpoint.to_cpu(s.state_dict()) for name, s in plan.strategies.items() if hasattr(s, "state_dict")
             },
-            "detector": checkpoint.to_cpu(detector_state()) if detector_state is not None else None,
+            "detector": self._detector_state(),
             "reader": self._position,
             "dead_letters": self._dead_letter_mark or plan.dead_letters.mark(),
             "rng": rng_state(),
             "span": self.span.state(),
             "metrics": self.learner.metrics.state_dict(),
         }
+
+    def _detector_state(self) -> Any:
+        """The boundary detector's state as of the last trained batch (see ``_detector_ahead``)."""
+        return self._detector_ahead if self._detector_ahead is not None else self._detector_now()
+
+    def _detector_now(self) -> Any:
+        state_dict = getattr(self.plan.detector, "state_dict", None)
+        return checkpoint.to_cpu(state_dict()) if state_dict is not None else None
 
     def _restore(self, snapshot: checkpoint.Snapshot) -> None:
         """The session state of ``snapshot``, after ``on_run_start`` (model and optimizer are loaded already)."""
@@ -771,9 +781,7 @@ class Runner:
             self._skip_quiet()
             wants = False
             if batch is not None:
-                self._streaming = batch.experience
-                if batch.experience not in self.columns:
-                    self.columns.append(batch.experience)
+                self._detector_ahead = self._detector_now()
                 wants = bool(detector.before_batch(batch))
             late = self._deadline is not None and time.monotonic() >= self._deadline
             wanted = self._wants_checkpoint is not None and self._wants_checkpoint()  # a broker's rebalance
@@ -793,6 +801,10 @@ class Runner:
                 self._write_checkpoint()
             if not has:  # no rank has a batch now (a quiet broker): nothing to train
                 continue
+            if batch is not None:  # after the checkpoint: it holds the session as of the last trained batch
+                self._streaming = batch.experience
+                if batch.experience not in self.columns:
+                    self.columns.append(batch.experience)
             if boundary and spans:
                 self._clock = self._boundary(self._clock)
                 drifted = False
@@ -802,6 +814,7 @@ class Runner:
             if batch is not None:
                 self.span.add(on_device if has_prepare else batch)
             self.trained_samples += self._train(on_device, total=samples)
+            self._detector_ahead = None
             self.step += 1
             self.samples_seen += samples
             if batch is not None:

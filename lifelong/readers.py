@@ -108,19 +108,18 @@ class DeadLetters:
         self._size = self.path.stat().st_size if self.path.is_file() else 0  # kept, so mark() needs no syscall
 
     def __call__(self, reason: str, source: str, offset: int | str, record: Any = None) -> None:
-        self._write({"run": self.run, "reason": reason, "source": source, "offset": offset, "record": record})
-        with self._lock:
-            self.count += 1
+        self._write({"run": self.run, "reason": reason, "source": source, "offset": offset, "record": record}, "count")
 
     def not_applied_batch(self, step: int, source: str, start: int, stop: int, records: int | None, reason: str) -> None:
         """A stream batch the learner did not apply: one line for its records, ``offset`` to ``stop`` (half-open)."""
         self._write(
-            {"run": self.run, "reason": reason, "source": source, "offset": start, "stop": stop, "records": records, "step": step, "record": None}
+            {"run": self.run, "reason": reason, "source": source, "offset": start, "stop": stop, "records": records, "step": step, "record": None},
+            "not_applied",
         )
-        with self._lock:
-            self.not_applied += 1
 
-    def _write(self, entry: dict[str, Any]) -> None:
+    def _write(self, entry: dict[str, Any], counter: str) -> None:
+        """Append ``entry`` and count it in ``counter``, under one lock: a mark taken on another thread
+        sees both or neither."""
         line = json.dumps(entry, default=str)
         with self._lock:
             if self._file is None:
@@ -129,6 +128,7 @@ class DeadLetters:
             self._file.write(line + "\n")
             self._file.flush()
             self._size = self._file.tell()
+            setattr(self, counter, getattr(self, counter) + 1)
 
     def mark(self) -> dict[str, int]:
         with self._lock:

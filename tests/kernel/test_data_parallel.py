@@ -178,6 +178,17 @@ def test_a_checkpoint_of_two_ranks_resumes_only_with_two(tmp_path):
     assert "written by a job of 2 ranks" in err and "--nproc 2" in err
 
 
+def ended(process: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
+    """``process``'s output once it has ended; a job still running after ``timeout`` s (or when the wait
+    fails) is killed with its process group, ranks included, before the error goes on."""
+    try:
+        return process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
 def test_a_data_parallel_job_resumes_exactly_from_every_checkpoint(tmp_path):
     """A data-parallel step shows its batch to the boundary detector before the ranks agree, and a checkpoint
     the agreement calls for is written before the batch is trained. Written there on the step whose batch
@@ -187,7 +198,8 @@ def test_a_data_parallel_job_resumes_exactly_from_every_checkpoint(tmp_path):
     of a job that writes one at every step it can resumes to the same accuracy matrix and weights."""
     overrides = ["learner.progress=false", "tracking.trackers=[]", "learner.epochs=1", "learner.batch_size=16", "checkpoint.every_batches=1"]
     whole = cli(["run", "--nproc", "2", *sets(*overrides, f"checkpoint.dir='{tmp_path / 'all'}'", "checkpoint.keep=1000"), "--summary", "whole.json"], tmp_path)
-    assert whole.wait(timeout=300) == 0, whole.communicate()[1][-3000:]
+    _, err = ended(whole)
+    assert whole.returncode == 0, err[-3000:]
     expected = json.loads((tmp_path / "whole.json").read_text())["accuracy_matrix"]
     found = checkpoint.checkpoints(tmp_path / "all")[:-1]
     assert len(found) >= 10
@@ -196,7 +208,7 @@ def test_a_data_parallel_job_resumes_exactly_from_every_checkpoint(tmp_path):
         shutil.copytree(tmp_path / "all" / "testsets", alone / "testsets")
         shutil.copytree(path, alone / path.name)
         resumed = cli(["run", "--nproc", "2", "--resume", *sets(*overrides, f"checkpoint.dir='{alone}'"), "--summary", f"{path.name}.json"], tmp_path)
-        _, err = resumed.communicate(timeout=300)
+        _, err = ended(resumed)
         assert resumed.returncode == 0, err[-3000:]
         assert json.loads((tmp_path / f"{path.name}.json").read_text())["accuracy_matrix"] == expected, f"resumed from {path.name}"
         torch.testing.assert_close(checkpoint.latest(alone).model_state, checkpoint.latest(tmp_path / "all").model_state, rtol=0, atol=0)

@@ -8,7 +8,8 @@
 #
 # Steps, in order; a failing step is recorded and the next one runs:
 #   1. tests        pytest tests/gpu (CUDA: every strategy under torch.cuda.set_sync_debug_mode
-#                   "error"; the CPU stand-in of the same check) and the prepare_host tests
+#                   "error"; the CPU stand-in of the same check), the prepare_host tests, and the
+#                   non-finite guard's tests (their "cuda" cases: a skipped batch on the deferred path)
 #   2. throughput   bench/strategy_throughput.py: naive, replay, EWC against the bare loop, batch 32 and 256
 #   3. fisher       bench/fisher_cost.py
 #   4. overhead     bench/pipeline_overhead.py
@@ -109,20 +110,22 @@ collect() {
   (cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null && git status --porcelain 2>/dev/null | head -20)
 } > "$RESULTS_DIR/environment.log" 2>&1
 
+# the non-finite guard's skipped batches (flags read late, after_step deferred on CUDA: lifelong.observation)
+GUARD_TESTS=(tests/kernel/test_nonfinite_guard.py tests/kernel/test_observation.py)
 if [ "$DRY" = 1 ]; then
   TP_ARGS=(--device cpu --strategies naive replay ewc --batch-sizes 256 --repeats 1 --epochs 1 --name strategy_throughput_gpu_dry)
   FC_ARGS=(--device cpu --repeats 1 --samples 64)
   PO_ARGS=(--device cpu --repeats 1 --epochs 1)
   RUN_SET=(--set learner.device=cpu --set learner.epochs=1)
   DDP_SET=(--set learner.device=cpu --set learner.epochs=1 --set distributed.backend=gloo)
-  TESTS=(tests/gpu tests/plugins/test_text_prepare_host.py -k "not on_cpu or naive or class_balanced")
+  TESTS=(tests/gpu tests/plugins/test_text_prepare_host.py "${GUARD_TESTS[@]}" -k "not on_cpu or naive or class_balanced")
 else
   TP_ARGS=(--device cuda --strategies naive replay ewc --batch-sizes 32 256 --repeats 3 --name strategy_throughput_cuda)
   FC_ARGS=(--device cuda --repeats 3)
   PO_ARGS=(--device cuda --repeats 3)
   RUN_SET=(--set learner.device=cuda)
   DDP_SET=(--set learner.device=cuda --set distributed.backend=nccl)
-  TESTS=(tests/gpu tests/plugins/test_text_prepare_host.py)
+  TESTS=(tests/gpu tests/plugins/test_text_prepare_host.py "${GUARD_TESTS[@]}")
 fi
 
 step tests 150 "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}"

@@ -96,10 +96,15 @@ def poisoned_csv(tmp_path, bad_rows: list[int], rows: int = 600) -> list[str]:
 
 
 FIXTURES = ["tests.fixtures.energy_model", "tests.fixtures.generation_log"]
+# On CUDA the flags are read later and after_step is deferred (lifelong.observation): bench/gpu.sh runs the
+# "cuda" cases, which skip without a GPU.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
 
 
-def test_one_overflowing_row_is_skipped_and_listed_and_the_model_stays_good(tmp_path):
-    summary, runner = run_pipeline(tmp_path, poisoned_csv(tmp_path, [300]), host=PluginHost(plugins=FIXTURES))
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_overflowing_row_is_skipped_and_listed_and_the_model_stays_good(tmp_path, device):
+    overrides = [*poisoned_csv(tmp_path, [300]), f"learner.device={device}"]
+    summary, runner = run_pipeline(tmp_path, overrides, host=PluginHost(plugins=FIXTURES))
     skipped = summary["skipped_batches"]
     assert skipped["count"] == 1 and skipped["steps"] == 5  # the stream batch, then each of its 4 extra epochs
     (entry,) = skipped["listed"]
@@ -142,8 +147,9 @@ def test_not_applied_batches_are_dead_lettered_once_whichever_checkpoint_a_run_r
         assert again["dead_letters"]["not_applied"] == 3, f"resumed from {path.name}"
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("strategies", [["replay", "ewc"], ["joint"]])
-def test_no_memory_keeps_the_samples_of_a_skipped_batch(tmp_path, strategies):
+def test_no_memory_keeps_the_samples_of_a_skipped_batch(tmp_path, strategies, device):
     """Three experiences, one overflowing row in the first. Observed by after_step, its batch went into
     the memories: EWC's true Fisher then failed with a traceback (labels drawn from NaN
     probabilities), and joint training skipped every later batch the sample joined."""
@@ -154,7 +160,8 @@ def test_no_memory_keeps_the_samples_of_a_skipped_batch(tmp_path, strategies):
         a, b = rng.normal(label - 2, 0.7, 2)
         lines.append(f"{3e38 if i == 100 else a:.6g},{b:.5f},{label},{exp}")
     (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")
-    overrides = [*poisoned_csv(tmp_path, []), f"stream.path='{tmp_path / 's.csv'}'", "stream.experience='exp'", f"learner.strategies={strategies}"]
+    overrides = [*poisoned_csv(tmp_path, []), f"stream.path='{tmp_path / 's.csv'}'", "stream.experience='exp'", f"learner.strategies={strategies}",
+                 f"learner.device={device}"]
     (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")  # poisoned_csv wrote its own file there
     summary, runner = run_pipeline(tmp_path, overrides, host=PluginHost(plugins=FIXTURES))
     assert summary["skipped_batches"]["count"] == 1 and summary["skipped_batches"]["steps"] == 5  # its own 5 epochs only

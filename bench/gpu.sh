@@ -130,9 +130,10 @@ fi
 
 step tests 150 "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
 step throughput 170 bash -c 'cd "$0" && exec "$1" bench/strategy_throughput.py "${@:2}"' "$BENCH_ROOT" "$PY" "${TP_ARGS[@]}"
-collect "$BENCH_ROOT"/bench/results/strategy_throughput_*.json "$BENCH_ROOT"/bench/results/strategy_throughput_*.md
+collect "$BENCH_ROOT"/bench/results/strategy_throughput_*.json "$BENCH_ROOT"/bench/results/strategy_throughput_*.md \
+  "$BENCH_ROOT"/docs/img/strategy_throughput_*.png
 step fisher 60 bash -c 'cd "$0" && exec "$1" bench/fisher_cost.py "${@:2}"' "$BENCH_ROOT" "$PY" "${FC_ARGS[@]}"
-collect "$BENCH_ROOT"/bench/results/fisher_cost*.json "$BENCH_ROOT"/bench/results/fisher_cost*.md
+collect "$BENCH_ROOT"/bench/results/fisher_cost*.json "$BENCH_ROOT"/bench/results/fisher_cost*.md "$BENCH_ROOT"/docs/img/fisher_cost_*.png
 step overhead 60 bash -c 'cd "$0" && exec "$1" bench/pipeline_overhead.py "${@:2}"' "$BENCH_ROOT" "$PY" "${PO_ARGS[@]}"
 collect "$BENCH_ROOT"/bench/results/pipeline_overhead*.json "$BENCH_ROOT"/bench/results/pipeline_overhead*.md
 step run 60 "$PY" -m lifelong.cli run "${RUN_SET[@]}" --set tracking.trackers=[] --set learner.progress=false \

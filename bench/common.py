@@ -61,6 +61,12 @@ def load_average() -> str:
         return "unknown"
 
 
+def shell_command(command: str) -> str:
+    """``command`` as a reader would type it to reproduce a run: with the OMP_NUM_THREADS it ran under, if any."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    return f"OMP_NUM_THREADS={threads} {command}" if threads else command
+
+
 def git_commit() -> str:
     """``git rev-parse --short HEAD`` of this checkout, with ``+dirty`` when the working tree has uncommitted changes."""
     import subprocess

@@ -42,7 +42,7 @@ from lifelong_strategies.ewc import fisher_diagonal
 
 from lifelong.errors import UserError
 from lifelong.types import StreamInfo
-from common import load_average, save_figure, sync
+from common import load_average, save_figure, shell_command, sync
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -242,7 +242,7 @@ def main() -> int:
     lines = [
         f"# EWC consolidation cost: Fisher over {n} samples vs one training epoch ({meta.get('gpu', args.device)})",
         "",
-        f"Command: `OMP_NUM_THREADS=1 {meta['command']}` ({elapsed / 60:.1f} min; torch {torch.__version__}, "
+        f"Command: `{shell_command(meta['command'])}` ({elapsed / 60:.1f} min; torch {torch.__version__}, "
         f"{meta['cpu_threads']} torch thread(s); load average {load_before} before, {meta['load_average_after']} after"
         + (
             "; the machine was shared with other jobs: times are medians of alternating runs, read the ratios"

@@ -60,7 +60,7 @@ from lifelong_strategies.ewc import fisher_diagonal
 from lifelong import config, pipeline
 from lifelong.host import PluginHost
 from lifelong.learner import build_optimizer
-from common import CLOCKS, load_average, save_figure, sync, use_clock
+from common import CLOCKS, load_average, save_figure, shell_command, sync, use_clock
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -381,7 +381,7 @@ def main() -> int:
     lines = [
         f"# Strategy throughput: pipeline vs hand-written loop ({meta.get('gpu', args.device)})",
         "",
-        f"Command: `OMP_NUM_THREADS=1 {meta['command']}` ({elapsed / 60:.1f} min; torch {torch.__version__}, "
+        f"Command: `{shell_command(meta['command'])}` ({elapsed / 60:.1f} min; torch {torch.__version__}, "
         f"{meta['cpu_threads']} torch thread(s); load average {load_before} before, {meta['load_average_after']} after"
         + (
             "; the machine was shared with other jobs, hence CPU time rather than wall time: read the ratios, "

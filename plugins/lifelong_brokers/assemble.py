@@ -12,6 +12,11 @@ API (stable; both readers build on it)::
         # offset; Redis: whatever the reader needs). Returns a batch to yield NOW, before offering
         # the next message (dead letters of later messages must come after it), or None.
         # source@offset identifies the message: a held-out message read again is recognised.
+    records = asm.decoder.decode_many(messages)   # one poll's messages decoded together (Records)
+    asm.accept(records, i, messages[i], *, key, source, offset, cursor) -> Batch | None
+        # offer() for a message decoded in bulk: row i of ``records``. Messages must still be
+        # accepted one at a time, in order, yielding each returned batch before the next accept.
+        # key: as for offer, or None when ``asm.needs_keys`` is False (nothing is held out).
     asm.reject(reason, message, *, source, offset, cursor=None)
         # a message the reader itself refuses (e.g. a Redis entry without its payload field): a dead
         # letter with ``reason``, accounted for in the cursor like any other message.
@@ -76,7 +81,7 @@ import torch
 from lifelong.errors import UserError
 from lifelong.readers import ReaderContext
 from lifelong.types import Batch, StreamInfo
-from lifelong_brokers.decode import BadRecord, Decoded, Decoder, raw_record
+from lifelong_brokers.decode import BadRecord, Decoder, Records, raw_record
 from lifelong_brokers.options import BrokerOptions
 from lifelong_streams.records import say, short
 
@@ -136,18 +141,41 @@ class Assembler:
     def info(self) -> StreamInfo:
         return self._info
 
+    @property
+    def needs_keys(self) -> bool:
+        """Whether offer/accept read ``key``: only to hold records out (a reader may skip making it)."""
+        return bool(self.options.test_fraction)
+
     def offer(self, message: Any, *, key: str, source: str, offset: Any, cursor: tuple[str, Any] | None = None) -> Batch | None:
         """Account for one message (see the module docstring); a returned batch must be yielded before the next offer."""
-        name = cursor[0] if cursor is not None else ""
         try:
             record = self.decoder.decode_object(message) if isinstance(message, Mapping) else self.decoder.decode(message)
-            y = self._class(record.label) if record.label is not None else -1
         except BadRecord as bad:
-            self._dead_letter(str(bad), source, offset, message)
-            self._advance(cursor)
+            self.reject(str(bad), message, source=source, offset=offset, cursor=cursor)
+            return None
+        return self._account(record.x, record.label, record.experience, record.key, message, key, source, offset, cursor)
+
+    def accept(self, records: Records, i: int, message: Any, *, key: str | None, source: str, offset: Any,
+               cursor: tuple[str, Any] | None = None) -> Batch | None:
+        """:meth:`offer` for row ``i`` of messages decoded together (``decoder.decode_many``)."""
+        reason = records.bad.get(i)
+        if reason is not None:
+            self.reject(reason, message, source=source, offset=offset, cursor=cursor)
+            return None
+        return self._account(records.x[i], records.labels[i], records.experiences[i], records.keys[i], message, key, source,
+                             offset, cursor)
+
+    def _account(self, x: np.ndarray, label: str | None, experience: int | None, record_key: str | None, message: Any,
+                 key: str | None, source: str, offset: Any, cursor: tuple[str, Any] | None) -> Batch | None:
+        """Steps 2-6 of the module docstring for one decoded message."""
+        name = cursor[0] if cursor is not None else ""
+        try:
+            y = self._class(label) if label is not None else -1
+        except BadRecord as bad:
+            self.reject(str(bad), message, source=source, offset=offset, cursor=cursor)
             return None
         out = None
-        exp = self._experience(record)
+        exp = self._experience(experience)
         if exp != self._current:
             if self._rows:
                 out = self._batch()  # the stream stands before this record, still in the old experience
@@ -156,10 +184,10 @@ class Assembler:
             self._current = exp
         if y < 0:
             self._counts["unlabeled"] += 1
-        elif not self._hold(record, y, exp, key, f"{source}@{offset}"):
+        elif not self._hold(x, record_key, y, exp, key, source, offset):
             if not self._rows:
                 self._since, self._start = time.monotonic(), self._records
-            self._rows.append((record.x, y, name))
+            self._rows.append((x, y, name))
             if len(self._rows) >= self.context.batch_size:
                 self._advance(cursor)
                 return self._batch()  # out is None here: a cut leaves an empty batch, and batch_size >= 1
@@ -273,27 +301,28 @@ class Assembler:
         """Head index → label; with open classes the slots not taken yet are "" (a label is never empty)."""
         return list(self.classes) + [""] * (self.num_classes - len(self.classes))
 
-    def _experience(self, record: Decoded) -> int:
-        if record.experience is not None:
-            return record.experience
+    def _experience(self, experience: int | None) -> int:
+        if experience is not None:
+            return experience
         if self.options.experience_records:
             return self._records // self.options.experience_records
         return 0
 
-    def _hold(self, record: Decoded, y: int, exp: int, key: str, uid: str) -> bool:
+    def _hold(self, x: np.ndarray, record_key: str | None, y: int, exp: int, key: str | None, source: str, offset: Any) -> bool:
         fraction = self.options.test_fraction
         if not fraction or exp in self._finished:
             return False
-        key = record.key if record.key is not None else str(key)
+        key = record_key if record_key is not None else str(key)
         if not held_out(self.context.seed, key, fraction):
             return False
+        uid = f"{source}@{offset}"
         uids = self._held_keys.setdefault(exp, set())
         if uid in uids:
             return True  # read again (after a rebalance or seek): already in the set
         rows = self._held.setdefault(exp, [])
         if len(rows) >= self.options.test_size:
             return False
-        x = record.x
+        x = x.copy()  # a row of the poll's array: keep only its own values
         rows.append((x, y, [base64.b64encode(x.tobytes()).decode("ascii"), y, uid]))
         uids.add(uid)
         self._counts["held_out"] += 1

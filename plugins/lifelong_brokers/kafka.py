@@ -156,6 +156,7 @@ class KafkaStream(AssembledStream):
         self._requests: list[_Request] = []  # commits queued by commit(), made by whoever holds the poll lock
         self._event = time.monotonic()  # last record or assignment: idle_timeout counts from here
         self._message_key: Any = None  # the key of the message being offered (for the dead-letter topic)
+        self._names: dict[tuple[str, int], tuple[str, str]] = {}  # (topic, partition) → (cursor name, source)
         self._errors_seen: set[int] = set()
 
     # -- the stream -----------------------------------------------------------------------------
@@ -216,6 +217,7 @@ class KafkaStream(AssembledStream):
                 if self._requests:
                     self._serve()
                 messages = consumer.consume(o.poll_records, timeout=timeout)
+            kept, values = [], []
             for message in messages:
                 error = message.error()
                 if error is not None:
@@ -226,16 +228,24 @@ class KafkaStream(AssembledStream):
                         say(f"{self.source}: {error.str()} (the consumer retries)")
                     continue
                 self._event = time.monotonic()
-                topic, partition, offset = message.topic(), message.partition(), message.offset()
-                name = _name(topic, partition)
-                if name not in self._owned:
-                    continue  # fetched before a revocation: the next owner reads it
-                key = message.key()
-                self._message_key = key
-                batch = asm.offer(
-                    message.value() or b"",
-                    key=_key_text(key) if key is not None else f"{name}:{offset}",
-                    source=f"kafka:{topic}[{partition}]",
+                # _owned changes only inside consume (the rebalance callbacks), so it holds for this whole poll
+                name, source = self._partition(message.topic(), message.partition())
+                if name in self._owned:
+                    kept.append((message, name, source))
+                    values.append(message.value() or b"")
+                # else fetched before a revocation: the next owner reads it
+            # the poll is decoded in bulk (decode.py: why), then accounted for message by message
+            records = asm.decoder.decode_many(values)
+            keys = asm.needs_keys
+            for i, (message, name, source) in enumerate(kept):
+                offset = message.offset()
+                key = self._message_key = message.key()
+                batch = asm.accept(
+                    records,
+                    i,
+                    values[i],
+                    key=(_key_text(key) if key is not None else f"{name}:{offset}") if keys else None,
+                    source=source,
                     offset=offset,
                     cursor=(name, offset + 1),
                 )
@@ -249,6 +259,13 @@ class KafkaStream(AssembledStream):
                     yield self._yielding(batch)
                 say(f"{self.source}: no records for {o.idle_timeout:g} s (idle_timeout): the stream ends")
                 return
+
+    def _partition(self, topic: str, partition: int) -> tuple[str, str]:
+        """A partition's cursor name and dead-letter source, made once per partition."""
+        names = self._names.get((topic, partition))
+        if names is None:
+            names = self._names[(topic, partition)] = (_name(topic, partition), f"kafka:{topic}[{partition}]")
+        return names
 
     def _yielding(self, batch: Batch) -> Batch:
         with self._lock:

@@ -242,10 +242,7 @@ class RedisStream(AssembledStream):
                 claimed = self._claim()
                 if claimed is None:
                     return
-                for entry in claimed:
-                    batch = self._offer(*entry, claimed=True)
-                    if batch is not None:
-                        yield self._stamp(batch)
+                yield from self._offer(claimed, claimed=True)
                 next_claim = time.monotonic() + interval
             now = time.monotonic()
             wait = min(o.block_ms / 1000, asm.wait_time(now))
@@ -256,10 +253,7 @@ class RedisStream(AssembledStream):
             entries = self._read(wait)
             if entries is None:
                 return  # closing
-            for entry in entries:
-                batch = self._offer(*entry, claimed=False)
-                if batch is not None:
-                    yield self._stamp(batch)
+            yield from self._offer(entries, claimed=False)
             if asm.due():
                 yield self._stamp(asm.flush())  # type: ignore[arg-type]
             if o.idle_timeout and time.monotonic() - self._event >= o.idle_timeout:
@@ -374,11 +368,7 @@ class RedisStream(AssembledStream):
                 return
             after = entries[-1][0].decode()
             self._settle([e[0].decode() for e in entries if e[0].decode() in self._claimed_done], claimed=True)
-            for entry in entries:
-                if entry[0].decode() not in self._claimed_done:
-                    batch = self._offer(*entry, claimed=True)
-                    if batch is not None:
-                        yield self._stamp(batch)
+            yield from self._offer([e for e in entries if e[0].decode() not in self._claimed_done], claimed=True)
 
     def _claim(self) -> list[tuple[bytes, dict]] | None:
         """Pending entries of other consumers idle for ``claim_idle_ms``, claimed into ``<consumer>.claimed``; None when closing."""
@@ -419,21 +409,33 @@ class RedisStream(AssembledStream):
             self._event = time.monotonic()
         return sorted(taken, key=lambda e: entry_id(e[0]))
 
-    def _offer(self, eid_bytes: bytes, fields: Mapping[bytes, bytes] | None, claimed: bool) -> Batch | None:
-        eid = eid_bytes.decode()
+    def _offer(self, entries: list[tuple[bytes, Mapping[bytes, bytes] | None]], claimed: bool) -> Iterator[Batch]:
+        """Account for ``entries`` in order, yielding each batch stamped. Their payloads are decoded
+        together (decode.py says why); each entry is listed as unacknowledged or claimed first, which
+        no commit acts on before a batch holding it was yielded."""
+        asm = self.asm
+        accounted: list[tuple[str, tuple[str, Any], Any, str]] = []  # (id, cursor, message, reason to reject)
         with self._lock:
-            if claimed:
-                self._claims += 1
-                self._claimed_open[eid] = self._claims
-                cursor: tuple[str, Any] = ("claimed", self._claims)
-            else:
-                self._unacked.append(eid)
-                cursor = ("through", eid)
-        message, reason = self._payload(fields)
-        if reason:
-            _reject(self.asm, reason, message, source=self.source, offset=eid, cursor=cursor)
-            return None
-        return self.asm.offer(message, key=eid, source=self.source, offset=eid, cursor=cursor)
+            for eid_bytes, fields in entries:
+                eid = eid_bytes.decode()
+                if claimed:
+                    self._claims += 1
+                    self._claimed_open[eid] = self._claims
+                    cursor: tuple[str, Any] = ("claimed", self._claims)
+                else:
+                    self._unacked.append(eid)
+                    cursor = ("through", eid)
+                accounted.append((eid, cursor, *self._payload(fields)))
+        records = asm.decoder.decode_many([message for _, _, message, reason in accounted if not reason])
+        row = 0
+        for eid, cursor, message, reason in accounted:
+            if reason:
+                asm.reject(reason, message, source=self.source, offset=eid, cursor=cursor)
+                continue
+            batch = asm.accept(records, row, message, key=eid, source=self.source, offset=eid, cursor=cursor)
+            row += 1
+            if batch is not None:
+                yield self._stamp(batch)
 
     def _payload(self, fields: Mapping[bytes, bytes] | None) -> tuple[Any, str]:
         """What the assembler decodes (the field's bytes, or the field map with text names), or a reason to reject the entry."""
@@ -574,20 +576,6 @@ class RedisStream(AssembledStream):
             ) from None
         client.connection_pool.disconnect()  # nothing stays open before the stream starts; connections reopen on use
         return client
-
-
-def _reject(asm: Assembler, reason: str, message: Any, *, source: str, offset: Any, cursor: tuple[str, Any]) -> None:
-    """Dead-letter an entry the assembler cannot be offered (no payload), accounting for it like a bad record.
-
-    Uses ``Assembler.reject`` where it exists; until then the two private steps ``offer`` takes for a
-    record that does not decode (dead letter, then advance the count and the cursor).
-    """
-    reject = getattr(asm, "reject", None)
-    if reject is not None:
-        reject(reason, message, source=source, offset=offset, cursor=cursor)
-        return
-    asm._dead_letter(reason, source, offset, message)
-    asm._advance(cursor)
 
 
 def _text(value: Any) -> str:

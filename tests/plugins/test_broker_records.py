@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lifelong.readers import DeadLetters, ReaderContext
 from lifelong_brokers.assemble import Assembler, held_out
@@ -263,3 +265,112 @@ def test_a_held_out_record_read_again_is_neither_trained_nor_held_twice(tmp_path
     trained = batch.x[:, 0].tolist()
     held = asm.test_set(0).x[:, 0].tolist()
     assert len(held) == len(set(held)) and not set(held) & set(trained)
+
+
+# -- decoding a poll in bulk ------------------------------------------------------------------------------
+def same_as_one_by_one(decoder: Decoder, messages: list) -> None:
+    """decode_many gives, row by row, exactly what decode / decode_object gives each message alone."""
+    records = decoder.decode_many(messages)
+    assert len(records) == len(messages)
+    for i, message in enumerate(messages):
+        try:
+            r = decoder.decode_object(message) if isinstance(message, dict) else decoder.decode(message)
+        except BadRecord as bad:
+            assert records.bad.get(i) == str(bad), (i, message)
+            continue
+        assert i not in records.bad, (i, message, records.bad.get(i))
+        assert records.x[i].tobytes() == r.x.tobytes(), (i, message)
+        got = (records.labels[i], records.experiences[i], records.keys[i], records.timestamps[i])
+        assert got == (r.label, r.experience, r.key, r.timestamp), (i, message)
+        assert [type(v) for v in got] == [type(v) for v in (r.label, r.experience, r.key, r.timestamp)], (i, message)
+
+
+HOSTILE_ARRAYS = [
+    msg(x=[1, 2.5, -3], label=3),
+    msg(x=[1, 2.5, -3], label=3.0),  # the same class as 3
+    msg(x=[0.1, 0.2, 0.3], label=" cat "),
+    msg(x=[1, 2, 3], label="  "),  # unlabeled
+    msg(x=[1, 2, 3]),
+    msg(x=[1, True, 3], label="a"),  # a boolean is not a number, though numpy would read it as 1.0
+    msg(x=[1, 2, 3], label=True),
+    msg(x=[1, 2, 3], label="true story"),  # the word alone sends it one by one, and it is good
+    msg(x=[1, "2", 3], label="a"),  # text spelling a number
+    msg(x=[1, "two", 3], label="a"),
+    msg(x=[1, None, 3], label="a"),
+    msg(x=[1, 2], label="a"),
+    msg(x=[1, 2, 3, 4], label="a"),
+    msg(x=[[1], [2], [3]], label="a"),
+    msg(x="[1, 2, 3]", label="a"),
+    msg(x={"a": 1}, label="a"),
+    msg(y=[1, 2, 3], label="a"),
+    msg(x=[1, 2, 1e39], label="a"),  # beyond float32
+    msg(x=[1, 2, 3.4e38], label="a"),
+    msg(x=[1, 2, 10**30], label="a"),
+    msg(x=[1, 2, 10**400], label="a"),
+    msg(x=[1, 2, 3], label=[1]),
+    msg(x=[1, 2, 3], label={"a": 1}),
+    msg(x=[1, 2, 3], label=2**70),
+    b'{"x": [1, 2, NaN], "label": "a"}',
+    b'{"x": [1, 2, 1e400], "label": "a"}',
+    b'{"x": [1, 2, 3], "label": NaN}',
+    b"[1, 2, 3]",
+    b"{not json",
+    b"",
+    b"\xff\xfe",
+    '{"x": [1, 2, 3], "label": "text, not bytes"}',
+]
+
+
+def test_a_poll_decoded_in_bulk_reads_as_each_message_alone():
+    decoder = Decoder(options(features=[], features_field="x", num_features=3))
+    good = [msg(x=[i, -i, 0.5], label=i % 3) for i in range(4)]
+    for message in HOSTILE_ARRAYS:  # each among good messages, where the bulk path reads the whole poll
+        same_as_one_by_one(decoder, [*good[:2], message, *good[2:]])
+    same_as_one_by_one(decoder, HOSTILE_ARRAYS)
+    same_as_one_by_one(decoder, HOSTILE_ARRAYS[::-1])
+    records = decoder.decode_many(good)
+    assert records.x.tolist() == [[i, -i, 0.5] for i in range(4)] and records.labels == ["0", "1", "2", "0"]
+
+
+def test_named_fields_experience_key_and_timestamp_in_bulk():
+    decoder = Decoder(options(experience="e", key="id", timestamp="ts"))
+    poll = [
+        msg(a=1, b=2, label="x", e=0, id=1, ts=1.5),
+        msg(a=1, b=2, label="x", e=2.0, id=" k ", ts="2026-11-30"),
+        msg(a=1.5, b=-2, label=4, e=1, id=3.0, ts=None),
+        msg(a=1, b=2, label="x", e=-1, id=1, ts=1),
+        msg(a=1, b=2, label="x", e=2.5, id=1, ts=1),
+        msg(a=1, b=2, label="x", id=1, ts=1),
+        msg(a=1, b=2, label="x", e=0, ts=1),
+        msg(a=1, b=2, label="x", e=0, id=[1], ts=1),
+        msg(a=1, b=2, label="x", e=0, id=1, ts=[1]),
+        msg(a=1, b="2", label="x", e=0, id=1, ts=1),
+        msg(b=2, label="x", e=0, id=1, ts=1),
+        msg(a=1, b=2, label="x", e=2**53, id=1, ts=1),
+        msg(a=1, b=2, label="x", e="3", id=1, ts=1),
+    ]
+    for message in poll:
+        same_as_one_by_one(decoder, [*poll[:3], message, *poll[:3]])
+    same_as_one_by_one(decoder, poll)
+    fields = {"a": b"1", "b": b"2.5", "label": b"x", "e": b"0", "id": b"k", "ts": b"1"}  # a Redis field map
+    same_as_one_by_one(decoder, [poll[0], fields, poll[1]])
+
+
+def test_csv_polls_decode_one_by_one():
+    decoder = Decoder(options(format="csv", columns=["a", "label", "b"]))
+    same_as_one_by_one(decoder, [b"1,cat,2", b"1,cat", b"1,cat,x", b"1.5,dog,3.5e38", b"2,,3"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.dictionaries(
+    st.sampled_from(["x", "label", "other"]),
+    st.one_of(
+        st.lists(st.one_of(st.floats(allow_nan=False, width=64), st.integers(), st.booleans(), st.none(), st.text(max_size=3)),
+                 min_size=2, max_size=4),
+        st.lists(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6), min_size=3, max_size=3),
+        st.integers(), st.floats(), st.text(max_size=4), st.booleans(), st.none(),
+    ),
+), min_size=1, max_size=12))
+def test_any_poll_of_json_objects_reads_as_each_message_alone(objects):
+    messages = [json.dumps(o).encode() for o in objects]  # json writes NaN and Infinity, which orjson refuses
+    same_as_one_by_one(Decoder(options(features=[], features_field="x", num_features=3)), messages)

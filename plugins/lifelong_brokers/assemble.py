@@ -73,7 +73,7 @@ import hashlib
 import threading
 import time
 from dataclasses import fields as dataclass_fields
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -119,7 +119,9 @@ class Assembler:
         self._held_keys: dict[int, set[str]] = {}  # source@offset of the held-out rows
         self._counts = {"records": 0, "unlabeled": 0, "held_out": 0, "new_classes": 0}
         self._initial_counts = dict(self._counts)
-        self._rows: list[tuple[np.ndarray, int, str]] = []  # pending (x, class, cursor name)
+        # pending rows, in runs: (x of shape (k, features), k classes, k cursor names); _pending counts the rows
+        self._rows: list[tuple[np.ndarray, list[int], list[str]]] = []
+        self._pending = 0
         self._since = 0.0  # monotonic time the oldest pending row arrived
         self._start = 0  # records count before the pending batch's first row
         extra: dict[str, Any] = {}
@@ -165,6 +167,51 @@ class Assembler:
         return self._account(records.x[i], records.labels[i], records.experiences[i], records.keys[i], message, key, source,
                              offset, cursor)
 
+    def accept_all(self, records: Records, messages: Sequence[Any], cursors: Sequence[tuple[str, Any]],
+                   describe: Callable[[int], tuple[str | None, str, Any]]) -> Iterator[Batch]:
+        """:meth:`accept` for every row of ``records`` in order, yielding each batch (it must be yielded,
+        i.e. handed on, before the generator is resumed). ``describe(i)`` gives message i's (key, source,
+        offset); it is asked only for a message that needs them (see below).
+
+        Rows that change nothing but the pending batch (good, labeled with a class the head has, in
+        the current experience, and nothing to hold out) are taken in runs: their features as one
+        array, their cursors with one dict update, a batch cut wherever the batch fills. Any other row
+        goes through :meth:`accept`, so both give the same batches, positions and dead letters (tested
+        against each other).
+        """
+        n, i = len(records), 0
+        bulk_ok = not self.options.experience and not self.options.experience_records
+        labels, bad, index = records.labels, records.bad, self._index
+        while i < n:
+            j, ys = i, []
+            if bulk_ok and self._current is not None and (not self.options.test_fraction or self._current in self._finished):
+                while j < n and j not in bad:
+                    y = index.get(labels[j])  # type: ignore[arg-type]
+                    if y is None:
+                        break  # unlabeled, or a class the head does not have yet
+                    ys.append(y)
+                    j += 1
+            if j == i:
+                key, source, offset = describe(i)
+                batch = self.accept(records, i, messages[i], key=key, source=source, offset=offset, cursor=cursors[i])
+                if batch is not None:
+                    yield batch
+                i += 1
+                continue
+            while i < j:  # rows i..j-1 join the pending batch, cut where it fills
+                take = min(self.context.batch_size - self._pending, j - i)
+                if not self._rows:
+                    self._since, self._start = time.monotonic(), self._records
+                self._rows.append((records.x[i : i + take], ys[: take], [c[0] for c in cursors[i : i + take]]))
+                del ys[:take]
+                self._pending += take
+                self.cursor.update(cursors[i : i + take])
+                self._records += take
+                self._counts["records"] = self._records
+                i += take
+                if self._pending >= self.context.batch_size:
+                    yield self._batch()
+
     def _account(self, x: np.ndarray, label: str | None, experience: int | None, record_key: str | None, message: Any,
                  key: str | None, source: str, offset: Any, cursor: tuple[str, Any] | None) -> Batch | None:
         """Steps 2-6 of the module docstring for one decoded message."""
@@ -187,8 +234,9 @@ class Assembler:
         elif not self._hold(x, record_key, y, exp, key, source, offset):
             if not self._rows:
                 self._since, self._start = time.monotonic(), self._records
-            self._rows.append((x, y, name))
-            if len(self._rows) >= self.context.batch_size:
+            self._rows.append((x[None], [y], [name]))
+            self._pending += 1
+            if self._pending >= self.context.batch_size:
                 self._advance(cursor)
                 return self._batch()  # out is None here: a cut leaves an empty batch, and batch_size >= 1
         self._advance(cursor)
@@ -219,11 +267,17 @@ class Assembler:
     def drop(self, names: Iterable[str]) -> int:
         """Forget pending rows read under these cursor names, and their cursor entries; returns the rows dropped."""
         names = set(names)
-        before = len(self._rows)
-        self._rows = [row for row in self._rows if row[2] not in names]
+        before, kept = self._pending, []
+        for x, ys, row_names in self._rows:
+            keep = [n not in names for n in row_names]
+            if all(keep):
+                kept.append((x, ys, row_names))
+            elif any(keep):
+                kept.append((x[keep], [y for y, k in zip(ys, keep) if k], [n for n, k in zip(row_names, keep) if k]))
+        self._rows, self._pending = kept, sum(len(run[1]) for run in kept)
         for name in names:
             self.cursor.pop(name, None)
-        return before - len(self._rows)
+        return before - self._pending
 
     # -- positions ------------------------------------------------------------------------------
     def position(self) -> dict[str, Any]:
@@ -257,7 +311,7 @@ class Assembler:
             self._info.class_names = self._class_names()
         self._counts.update({k: int(v) for k, v in position["counts"].items()})
         self._initial_counts = dict(self._counts)
-        self._rows = []
+        self._rows, self._pending = [], 0
         with self._lock:
             self._ready = {}
         return dict(self.cursor)
@@ -348,10 +402,10 @@ class Assembler:
                 self._ready[exp] = batch
 
     def _batch(self) -> Batch:
-        rows, self._rows = self._rows, []
+        rows, self._rows, self._pending = self._rows, [], 0
         return Batch(
-            x=torch.from_numpy(np.stack([r[0] for r in rows])),
-            y=torch.tensor([r[1] for r in rows], dtype=torch.long),
+            x=torch.from_numpy(np.concatenate([run[0] for run in rows])),
+            y=torch.tensor([y for run in rows for y in run[1]], dtype=torch.long),
             experience=self._current if self._current is not None else 0,
             source=self.source,
             start=self._start,

@@ -89,7 +89,7 @@ class Records:
     experiences: list[int | None]
     keys: list[str | None]
     timestamps: list[float | str | None]
-    bad: dict[int, str]  # row → the reason it is a dead letter (BadRecord's message)
+    bad: dict[int, str]  # row → the reason it is a dead letter (BadRecord's message); its other fields are None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -150,6 +150,7 @@ class Decoder:
                 r = self.decode_object(message) if isinstance(message, Mapping) else self.decode(message)
             except BadRecord as bad:
                 out.bad[i] = str(bad)
+                out.labels[i] = out.experiences[i] = out.keys[i] = out.timestamps[i] = None  # the bulk pass may have filled some
                 continue
             out.x[i] = r.x
             out.labels[i], out.experiences[i], out.keys[i], out.timestamps[i] = r.label, r.experience, r.key, r.timestamp

@@ -67,6 +67,7 @@ from lifelong.errors import ConfigError, UserError
 from lifelong.readers import ReaderContext
 from lifelong.types import Batch
 from lifelong_brokers.assemble import AssembledStream, Assembler
+from lifelong_brokers.decode_process import DecodeProcess
 from lifelong_brokers.options import BrokerOptions
 from lifelong_streams.records import say
 
@@ -137,6 +138,7 @@ class KafkaStream(AssembledStream):
         self.context = context
         self.source = "kafka:" + ",".join(options.topics)
         self.asm = Assembler(options, context, self.source, dead_letter=self._dead_letter)
+        self._decoding = DecodeProcess(self.asm.decoder, self.source, options.decode_process)
         self._probe()
         self._start: dict[str, int] = {}  # the checkpoint's offsets (seek)
         self._consumer: Any = None
@@ -217,7 +219,7 @@ class KafkaStream(AssembledStream):
                 if self._requests:
                     self._serve()
                 messages = consumer.consume(o.poll_records, timeout=timeout)
-            kept, values = [], []
+            kept, values, cursors = [], [], []
             for message in messages:
                 error = message.error()
                 if error is not None:
@@ -233,24 +235,13 @@ class KafkaStream(AssembledStream):
                 if name in self._owned:
                     kept.append((message, name, source))
                     values.append(message.value() or b"")
+                    cursors.append((name, message.offset() + 1))
                 # else fetched before a revocation: the next owner reads it
-            # the poll is decoded in bulk (decode.py: why), then accounted for message by message
-            records = asm.decoder.decode_many(values)
-            keys = asm.needs_keys
-            for i, (message, name, source) in enumerate(kept):
-                offset = message.offset()
-                key = self._message_key = message.key()
-                batch = asm.accept(
-                    records,
-                    i,
-                    values[i],
-                    key=(_key_text(key) if key is not None else f"{name}:{offset}") if keys else None,
-                    source=source,
-                    offset=offset,
-                    cursor=(name, offset + 1),
-                )
-                if batch is not None:
-                    yield self._yielding(batch)
+            # the poll is decoded in bulk, in a child process (decode.py and decode_process.py: why), and
+            # accounted for in runs (Assembler.accept_all)
+            records = self._decoding.decode_many(values)
+            for batch in asm.accept_all(records, values, cursors, lambda i: self._describe(*kept[i])):
+                yield self._yielding(batch)
             if asm.due():
                 yield self._yielding(asm.flush())  # type: ignore[arg-type]
             if o.idle_timeout and time.monotonic() - self._event >= o.idle_timeout:
@@ -259,6 +250,14 @@ class KafkaStream(AssembledStream):
                     yield self._yielding(batch)
                 say(f"{self.source}: no records for {o.idle_timeout:g} s (idle_timeout): the stream ends")
                 return
+
+    def _describe(self, message: Any, name: str, source: str) -> tuple[str | None, str, int]:
+        """A message's (record key, dead-letter source, offset) for the assembler; its key is the dead-letter topic's."""
+        offset = message.offset()
+        key = self._message_key = message.key()
+        if not self.asm.needs_keys:
+            return None, source, offset
+        return (_key_text(key) if key is not None else f"{name}:{offset}"), source, offset
 
     def _partition(self, topic: str, partition: int) -> tuple[str, str]:
         """A partition's cursor name and dead-letter source, made once per partition."""
@@ -369,6 +368,7 @@ class KafkaStream(AssembledStream):
         finally:
             if polling:
                 self._poll_lock.release()
+            self._decoding.close()
 
     # -- rebalance callbacks (reader thread, inside consume) ---------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:

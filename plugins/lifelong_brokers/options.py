@@ -41,6 +41,7 @@ class BrokerOptions:
     normalize: Literal["none", "standard"] = field(default="none", metadata={"help": "standard: the model scales inputs (StreamInfo.normalize)"})
     batch_timeout: float = field(default=1.0, metadata={"help": "seconds: a partial batch is yielded once its oldest record waited this long"})
     idle_timeout: float = field(default=0.0, metadata={"help": "seconds with no records after which the stream ends (0: never)"})
+    decode_process: bool = field(default=True, metadata={"help": "decode each poll in a forked child process, beside training (false: in the reader thread); see lifelong_brokers.decode_process"})
 
     def check(self) -> None:
         if self.format == "json":

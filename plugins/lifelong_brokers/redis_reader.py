@@ -97,6 +97,7 @@ from lifelong.errors import ConfigError, UserError
 from lifelong.readers import ReaderContext
 from lifelong.types import Batch
 from lifelong_brokers.assemble import AssembledStream, Assembler
+from lifelong_brokers.decode_process import DecodeProcess
 from lifelong_brokers.decode import raw_record
 from lifelong_brokers.options import BrokerOptions
 from lifelong_streams.records import say, short
@@ -192,6 +193,7 @@ class RedisStream(AssembledStream):
         self.source = f"redis:{options.stream}"
         self.url = shown_url(options.url)
         self.asm = Assembler(options, context, self.source, dead_letter=self._dead_letter)
+        self._decoding = DecodeProcess(self.asm.decoder, self.source, options.decode_process)
         self._claimer = options.consumer + CLAIMED
         self._field = options.field.encode()
         self._client = self._connect()
@@ -298,6 +300,7 @@ class RedisStream(AssembledStream):
         try:
             self._closed = True
             self._client.connection_pool.disconnect()
+            self._decoding.close()
         finally:
             if committing:
                 self._commit_lock.release()
@@ -426,7 +429,12 @@ class RedisStream(AssembledStream):
                     self._unacked.append(eid)
                     cursor = ("through", eid)
                 accounted.append((eid, cursor, *self._payload(fields)))
-        records = asm.decoder.decode_many([message for _, _, message, reason in accounted if not reason])
+        records = self._decoding.decode_many([message for _, _, message, reason in accounted if not reason])
+        if not any(reason for *_, reason in accounted):  # the usual case: every entry has its payload
+            messages, cursors = [a[2] for a in accounted], [a[1] for a in accounted]
+            for batch in asm.accept_all(records, messages, cursors, lambda i: (accounted[i][0], self.source, accounted[i][0])):
+                yield self._stamp(batch)
+            return
         row = 0
         for eid, cursor, message, reason in accounted:
             if reason:

@@ -374,3 +374,96 @@ def test_csv_polls_decode_one_by_one():
 def test_any_poll_of_json_objects_reads_as_each_message_alone(objects):
     messages = [json.dumps(o).encode() for o in objects]  # json writes NaN and Infinity, which orjson refuses
     same_as_one_by_one(Decoder(options(features=[], features_field="x", num_features=3)), messages)
+
+
+# -- accepting a poll in runs ------------------------------------------------------------------------------
+def assembled(tmp_path, name, opts, batch_size, polls, in_runs):
+    """Feed polls of messages to a fresh assembler, message by message (accept) or in runs (accept_all);
+    what came out: the batches (with their positions), dead letters, test sets and the final position."""
+    (tmp_path / name).mkdir()
+    asm = Assembler(opts, context(tmp_path / name, batch_size=batch_size), "kafka:t")
+    out, offset = [], 0
+    for messages in polls:
+        records = asm.decoder.decode_many(messages)
+        cursors = [(f"t:{(offset + i) % 2}", offset + i + 1) for i in range(len(messages))]
+        describe = lambda i, base=offset: (f"k{base + i}", "kafka:t[0]", base + i)  # noqa: E731
+        if in_runs:
+            out += list(asm.accept_all(records, messages, cursors, describe))
+        else:
+            for i, message in enumerate(messages):
+                key, source, off = describe(i)
+                batch = asm.accept(records, i, message, key=key, source=source, offset=off, cursor=cursors[i])
+                out += [batch] if batch is not None else []
+        offset += len(messages)
+    out += [b for b in [asm.end()] if b is not None]
+    batches = [(b.x.numpy().tobytes(), b.y.tolist(), b.experience, b.start, b.stop, b.position) for b in out]
+    sets = {e: (s.x.numpy().tobytes(), s.y.tolist()) for e in range(8) if (s := asm.test_set(e)) is not None}
+    return batches, dead(tmp_path / name), sets, asm.position()
+
+
+def record_polls(draw_labels, sizes, experiences=None):
+    labels = iter(draw_labels)
+    polls, n = [], 0
+    for size in sizes:
+        poll = []
+        for _ in range(size):
+            label = next(labels)
+            fields = {"a": n, "b": -n, **({} if label is None else {"label": label}), **({} if experiences is None else {"e": experiences(n)})}
+            poll.append(b"{broken" if label == "BAD" else msg(**fields))
+            n += 1
+        polls.append(poll)
+    return polls
+
+
+LABELS = st.sampled_from(["0", "1", "2", 0, 1.0, None, "  ", "new", "other", "BAD"])
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(
+    labels=st.lists(LABELS, min_size=120, max_size=120),
+    sizes=st.lists(st.integers(0, 20), min_size=1, max_size=6),
+    batch_size=st.integers(1, 9),
+    declared=st.booleans(),
+    held=st.sampled_from([0.0, 0.3]),
+    windows=st.sampled_from([0, 7]),
+    experience_field=st.booleans(),
+)
+def test_accepting_a_poll_in_runs_gives_what_accepting_each_message_gives(tmp_path_factory, labels, sizes, batch_size, declared,
+                                                                          held, windows, experience_field):
+    tmp_path = tmp_path_factory.mktemp("runs")
+    kw = {"classes": ["0", "1", "2"], "num_classes": 0} if declared else {"num_classes": 4}
+    kw.update(test_fraction=held, test_size=5)
+    if experience_field:
+        kw["experience"] = "e"
+    elif windows:
+        kw["experience_records"] = windows
+    polls = record_polls(labels, sizes, (lambda n: n // 11) if experience_field else None)
+    one = assembled(tmp_path, "one", options(**kw), batch_size, polls, in_runs=False)
+    runs = assembled(tmp_path, "runs", options(**kw), batch_size, polls, in_runs=True)
+    assert runs == one
+
+
+def test_runs_are_taken_in_bulk_where_nothing_but_the_batch_changes(tmp_path):
+    """The common case does go through the bulk path (accept is not called for it), and cuts batches."""
+    asm = Assembler(options(classes=["0", "1", "2"], num_classes=0), context(tmp_path, batch_size=4), "kafka:t")
+    messages = rows(11)
+    records = asm.decoder.decode_many(messages)
+    accepted = []
+    original = asm.accept
+    asm.accept = lambda *a, **kw: accepted.append(a[1]) or original(*a, **kw)
+    batches = list(asm.accept_all(records, messages, [("t:0", i + 1) for i in range(11)], lambda i: (f"k{i}", "kafka:t[0]", i)))
+    assert accepted == [0]  # the first record sets the experience; the rest come in runs
+    assert [(b.start, b.stop, b.x[:, 0].tolist(), b.position["cursor"]) for b in batches] == [
+        (0, 4, [0, 1, 2, 3], {"t:0": 4}), (4, 8, [4, 5, 6, 7], {"t:0": 8})]
+    assert asm.flush().x[:, 0].tolist() == [8, 9, 10]
+
+
+def test_a_row_bad_in_a_later_field_is_dead_lettered_not_taken_in_a_run(tmp_path):
+    """The bulk pass reads a row's label before finding its key bad: the row is still a dead letter."""
+    asm = Assembler(options(classes=["0", "1", "2"], num_classes=0, key="id"), context(tmp_path, batch_size=100), "kafka:t")
+    messages = [msg(a=i, b=0, label="1", id=[i] if i == 5 else i) for i in range(40)]
+    records = asm.decoder.decode_many(messages)
+    assert 5 in records.bad and records.labels[5] is None
+    list(asm.accept_all(records, messages, [("t:0", i + 1) for i in range(40)], lambda i: (None, "kafka:t[0]", i)))
+    assert asm.flush().x[:, 0].tolist() == [i for i in range(40) if i != 5]
+    assert [d["offset"] for d in dead(tmp_path)] == [5]

@@ -35,6 +35,7 @@ process that was then killed (redone after the resume), partial checkpoint files
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -403,12 +404,14 @@ def main() -> int:
             where: dict[str, Any] = {"npz": tmp / "digits.npz"}
             np.savez(where["npz"], x=x, y=y)
             records = [{"x": row.tolist(), "label": int(label)} for row, label in zip(x, y)]
-            with kafka_broker_process(log=tmp / "tansu.log") as kafka, redis_server_process(tmp / "redis") as redis:
+            with contextlib.ExitStack() as servers:  # only the brokers measured: --only kafka needs no redis-server
                 if "kafka" in brokers:
+                    kafka = servers.enter_context(kafka_broker_process(log=tmp / "tansu.log"))
                     where["kafka"] = kafka.bootstrap
                     create_topic(kafka.bootstrap, "digits", partitions=3)
                     produce(kafka.bootstrap, "digits", [{"key": i, **r} for i, r in enumerate(records)], timeout=120)
                 if "redis" in brokers:
+                    redis = servers.enter_context(redis_server_process(tmp / "redis"))
                     where["redis"] = redis.url
                     xadd(redis.url, "digits", records)
                 (tmp / "tp").mkdir()

@@ -11,7 +11,8 @@ messages, one pickled round trip per poll and the accounting (classes, held-out 
 
 **How.** The child is forked (:func:`os.fork`) at the first poll of at least :data:`MIN_FORKED`
 messages; smaller polls decode in the reader thread, where the round trip would cost more than it
-saves. A fork inherits the loaded modules, so the child starts in milliseconds and imports nothing.
+saves. A poll goes in parts of :data:`PART` messages (:meth:`DecodeProcess.decode_parts`): the
+child decodes the next part while the reader thread accounts for the last. A fork inherits the loaded modules, so the child starts in milliseconds and imports nothing.
 It runs ``decode_many`` on numpy and orjson alone: it never touches torch, a device, a lock of the
 parent's threads or a file (it closes every inherited descriptor but its pipe), which is what makes
 a fork from a process with threads safe here, as PyTorch's DataLoader workers are forked. It
@@ -28,12 +29,13 @@ from __future__ import annotations
 import os
 import signal
 from multiprocessing.connection import Connection, Pipe
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from lifelong_brokers.decode import Decoder, Records
 from lifelong_streams.records import say
 
 MIN_FORKED = 32  # messages: a smaller poll decodes in the reader thread
+PART = 128  # messages per part of a poll (decode_parts): the child decodes one while the reader accounts for the last
 REPLY_TIMEOUT = 30.0  # seconds for one poll's reply (a poll holds at most poll_records / read_count messages)
 
 
@@ -47,25 +49,31 @@ class DecodeProcess:
         self._conn: Connection | None = None
         self._pid: int | None = None
         self._closed = False
+        self._outstanding = False  # a part was sent and its answer not read yet
 
     def decode_many(self, messages: Sequence[Any]) -> Records:
+        if self._enabled and len(messages) >= MIN_FORKED and self._ask(messages):
+            records = self._answer()
+            if records is not None:
+                return records
+        return self.decoder.decode_many(messages)
+
+    def decode_parts(self, messages: Sequence[Any], part: int = PART) -> Iterator[tuple[int, Records]]:
+        """``decode_many`` in parts of at most ``part`` messages, in order, as (index of the part's first
+        message, its Records). While the caller accounts for one part the child decodes the next: the
+        next part is sent as soon as the previous answer came, never before, so the two processes
+        cannot both wait on a full pipe."""
         if not self._enabled or len(messages) < MIN_FORKED:
-            return self.decoder.decode_many(messages)
-        try:
-            if self._conn is None:
-                self._fork()
-            assert self._conn is not None
-            self._conn.send(list(messages))
-            if not self._conn.poll(REPLY_TIMEOUT):
-                raise TimeoutError(f"no reply within {REPLY_TIMEOUT:g} s")
-            reply = self._conn.recv()
-        except (OSError, EOFError, TimeoutError, ValueError) as exc:  # ValueError: closed meanwhile by close()
-            self._give_up(exc)
-            return self.decoder.decode_many(messages)
-        if isinstance(reply, BaseException):  # a bug in decode_many: the reader thread raises it as it would have
-            self._give_up(reply)
-            return self.decoder.decode_many(messages)
-        return reply
+            yield 0, self.decoder.decode_many(messages)
+            return
+        in_flight = self._ask(messages[:part])
+        for start in range(0, len(messages), part):
+            records = self._answer() if in_flight else None
+            if records is None:  # the child failed: this part and the rest decode here
+                records = self.decoder.decode_many(messages[start : start + part])
+            following = messages[start + part : start + 2 * part]
+            in_flight = bool(following) and self._enabled and self._ask(following)
+            yield start, records
 
     def close(self) -> None:
         """End the child (it exits when its pipe closes) and reap it; bounded in time."""
@@ -77,6 +85,39 @@ class DecodeProcess:
             _reap(pid)
 
     # -- internals ------------------------------------------------------------------------------
+    def _ask(self, messages: Sequence[Any]) -> bool:
+        """Send a part to the child (forking it the first time); False if the child failed."""
+        try:
+            if self._outstanding:
+                self._answer()  # a part asked for by a caller that stopped reading: its answer is stale
+            if self._conn is None:
+                if not self._enabled:
+                    return False
+                self._fork()
+            assert self._conn is not None
+            self._conn.send(list(messages))
+        except (OSError, ValueError) as exc:  # ValueError: closed meanwhile by close()
+            self._give_up(exc)
+            return False
+        self._outstanding = True
+        return True
+
+    def _answer(self) -> Records | None:
+        """The child's answer to the part asked for; None if the child failed."""
+        self._outstanding = False
+        try:
+            assert self._conn is not None
+            if not self._conn.poll(REPLY_TIMEOUT):
+                raise TimeoutError(f"no reply within {REPLY_TIMEOUT:g} s")
+            reply = self._conn.recv()
+        except (OSError, EOFError, TimeoutError, ValueError, AssertionError) as exc:
+            self._give_up(exc)
+            return None
+        if isinstance(reply, BaseException):  # a bug in decode_many: the caller's own decode raises it as it would have
+            self._give_up(reply)
+            return None
+        return reply
+
     def _fork(self) -> None:
         ours, theirs = Pipe(duplex=True)
         pid = os.fork()

@@ -151,3 +151,38 @@ def test_the_child_exits_when_the_training_process_is_killed(tmp_path):
             parent.wait(timeout=10)
         if child is not None and alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_poll_in_parts_is_the_poll_decoded_whole():
+    local, forked = decoder(), DecodeProcess(decoder(), "test")
+    try:
+        messages = poll(300)
+        parts = list(forked.decode_parts(messages, part=64))
+        assert [start for start, _ in parts] == [0, 64, 128, 192, 256]
+        whole = local.decode_many(messages)
+        for start, records in parts:
+            alone = local.decode_many(messages[start : start + 64])
+            assert same(records, alone)
+        assert sum(len(r) for _, r in parts) == len(whole) and forked._pid is not None
+        abandoned = forked.decode_parts(messages, part=64)
+        next(abandoned)  # a caller that stops reading leaves one part asked for
+        abandoned.close()
+        assert same(forked.decode_many(messages), whole)  # its stale answer is not taken for this one
+    finally:
+        forked.close()
+
+
+def test_a_child_killed_between_parts_leaves_the_rest_to_the_reader_thread(capsys):
+    local, forked = decoder(), DecodeProcess(decoder(), "test")
+    try:
+        messages = poll(300)
+        parts = forked.decode_parts(messages, part=100)
+        got = [next(parts)]
+        os.kill(forked._pid, signal.SIGKILL)
+        got += list(parts)
+        assert [s for s, _ in got] == [0, 100, 200]
+        for start, records in got:
+            assert same(records, local.decode_many(messages[start : start + 100]))
+        assert capsys.readouterr().err.count("the decoding process failed") == 1
+    finally:
+        forked.close()

@@ -1,4 +1,4 @@
-"""Decoding each poll in a child process, beside training (the broker option ``decode_process``, on by default).
+"""Decoding each poll in child processes, beside training (the broker option ``decode_processes``, on by default).
 
 **Why.** :meth:`~lifelong_brokers.decode.Decoder.decode_many` holds the GIL for about 4 µs a record
 (the JSON parse and the numpy conversion), and the training thread needs the GIL between its tensor
@@ -11,8 +11,11 @@ messages, one pickled round trip per poll and the accounting (classes, held-out 
 
 **How.** The child is forked (:func:`os.fork`) at the first poll of at least :data:`MIN_FORKED`
 messages; smaller polls decode in the reader thread, where the round trip would cost more than it
-saves. A poll goes in parts of :data:`PART` messages (:meth:`DecodeProcess.decode_parts`): the
-child decodes the next part while the reader thread accounts for the last. A fork inherits the loaded modules, so the child starts in milliseconds and imports nothing.
+saves. A poll goes in parts of :data:`PART` messages (:meth:`DecodeProcess.decode_parts`), round
+robin over the children: they decode the next parts while the reader thread accounts for the last.
+One child decodes about as fast as one core trains a small MLP at batch 256, so the default,
+``decode_processes = -1``, forks one child per four CPUs (1 to 4): on the 2-CPU machine this project
+is developed on that is one (the trainer needs the other CPU); on a 16-CPU machine, four. A fork inherits the loaded modules, so the child starts in milliseconds and imports nothing.
 It runs ``decode_many`` on numpy and orjson alone: it never touches torch, a device, a lock of the
 parent's threads or a file (it closes every inherited descriptor but its pipe), which is what makes
 a fork from a process with threads safe here, as PyTorch's DataLoader workers are forked. It
@@ -40,76 +43,88 @@ REPLY_TIMEOUT = 30.0  # seconds for one poll's reply (a poll holds at most poll_
 
 
 class DecodeProcess:
-    """``decode_many`` in a forked child; the same answers as ``decoder.decode_many``, in the same order."""
+    """``decode_many`` in forked children; the same answers as ``decoder.decode_many``, in the same order.
 
-    def __init__(self, decoder: Decoder, source: str, enabled: bool = True):
+    ``processes``: how many children decode the parts of a poll side by side (round robin); 0
+    decodes in the reader thread; -1 picks one child per four CPUs, 1 to 4 (:func:`auto_processes`).
+    """
+
+    def __init__(self, decoder: Decoder, source: str, processes: int = 1):
         self.decoder = decoder
         self.source = source
-        self._enabled = enabled and hasattr(os, "fork")
-        self._conn: Connection | None = None
-        self._pid: int | None = None
+        count = auto_processes() if processes < 0 else processes
+        self._enabled = count > 0 and hasattr(os, "fork")
+        self._count = max(1, count)
+        self._conns: list[Connection | None] = [None] * self._count
+        self._pids: list[int | None] = [None] * self._count
+        self._outstanding = [False] * self._count  # a part was sent to that child and its answer not read yet
         self._closed = False
-        self._outstanding = False  # a part was sent and its answer not read yet
+
+    @property
+    def pids(self) -> list[int]:
+        """The children running now."""
+        return [pid for pid in self._pids if pid is not None]
 
     def decode_many(self, messages: Sequence[Any]) -> Records:
-        if self._enabled and len(messages) >= MIN_FORKED and self._ask(messages):
-            records = self._answer()
+        if self._enabled and len(messages) >= MIN_FORKED and self._ask(0, messages):
+            records = self._answer(0)
             if records is not None:
                 return records
         return self.decoder.decode_many(messages)
 
     def decode_parts(self, messages: Sequence[Any], part: int = PART) -> Iterator[tuple[int, Records]]:
         """``decode_many`` in parts of at most ``part`` messages, in order, as (index of the part's first
-        message, its Records). While the caller accounts for one part the child decodes the next: the
-        next part is sent as soon as the previous answer came, never before, so the two processes
-        cannot both wait on a full pipe."""
+        message, its Records). Part k goes to child k mod N; while the caller accounts for one part the
+        children decode the next N. A child is sent its next part only once its previous answer was
+        read, so the parent and a child never both wait on a full pipe."""
         if not self._enabled or len(messages) < MIN_FORKED:
             yield 0, self.decoder.decode_many(messages)
             return
-        in_flight = self._ask(messages[:part])
-        for start in range(0, len(messages), part):
-            records = self._answer() if in_flight else None
-            if records is None:  # the child failed: this part and the rest decode here
+        starts = list(range(0, len(messages), part))
+        asked = {k: self._ask(k % self._count, messages[starts[k] : starts[k] + part]) for k in range(min(self._count, len(starts)))}
+        for k, start in enumerate(starts):
+            child = k % self._count
+            records = self._answer(child) if asked.pop(k, False) and self._enabled else None
+            if records is None:  # the children failed: this part and the rest decode here
                 records = self.decoder.decode_many(messages[start : start + part])
-            following = messages[start + part : start + 2 * part]
-            in_flight = bool(following) and self._enabled and self._ask(following)
+            following = k + self._count
+            if following < len(starts) and self._enabled:
+                asked[following] = self._ask(child, messages[starts[following] : starts[following] + part])
             yield start, records
 
     def close(self) -> None:
-        """End the child (it exits when its pipe closes) and reap it; bounded in time."""
+        """End the children (each exits when its pipe closes) and reap them; bounded in time."""
         self._closed = True
-        conn, pid, self._conn, self._pid = self._conn, self._pid, None, None
-        if conn is not None:
-            conn.close()
-        if pid is not None:
-            _reap(pid)
+        self._stop_children(kill=False)
 
     # -- internals ------------------------------------------------------------------------------
-    def _ask(self, messages: Sequence[Any]) -> bool:
-        """Send a part to the child (forking it the first time); False if the child failed."""
+    def _ask(self, child: int, messages: Sequence[Any]) -> bool:
+        """Send a part to a child (forking it the first time); False if the children failed."""
         try:
-            if self._outstanding:
-                self._answer()  # a part asked for by a caller that stopped reading: its answer is stale
-            if self._conn is None:
-                if not self._enabled:
-                    return False
-                self._fork()
-            assert self._conn is not None
-            self._conn.send(list(messages))
+            if self._outstanding[child]:
+                self._answer(child)  # a part asked for by a caller that stopped reading: its answer is stale
+            if not self._enabled:
+                return False
+            if self._conns[child] is None:
+                self._fork(child)
+            conn = self._conns[child]
+            assert conn is not None
+            conn.send(list(messages))
         except (OSError, ValueError) as exc:  # ValueError: closed meanwhile by close()
             self._give_up(exc)
             return False
-        self._outstanding = True
+        self._outstanding[child] = True
         return True
 
-    def _answer(self) -> Records | None:
-        """The child's answer to the part asked for; None if the child failed."""
-        self._outstanding = False
+    def _answer(self, child: int) -> Records | None:
+        """A child's answer to the part it was asked for; None if the children failed."""
+        self._outstanding[child] = False
         try:
-            assert self._conn is not None
-            if not self._conn.poll(REPLY_TIMEOUT):
+            conn = self._conns[child]
+            assert conn is not None
+            if not conn.poll(REPLY_TIMEOUT):
                 raise TimeoutError(f"no reply within {REPLY_TIMEOUT:g} s")
-            reply = self._conn.recv()
+            reply = conn.recv()
         except (OSError, EOFError, TimeoutError, ValueError, AssertionError) as exc:
             self._give_up(exc)
             return None
@@ -118,7 +133,7 @@ class DecodeProcess:
             return None
         return reply
 
-    def _fork(self) -> None:
+    def _fork(self, child: int) -> None:
         ours, theirs = Pipe(duplex=True)
         pid = os.fork()
         if pid == 0:  # the child: nothing here may return into the parent's code
@@ -131,21 +146,34 @@ class DecodeProcess:
             finally:
                 os._exit(code)
         theirs.close()
-        self._conn, self._pid = ours, pid
+        self._conns[child], self._pids[child] = ours, pid
 
     def _give_up(self, why: BaseException) -> None:
-        if not self._closed:  # else the reader is closing, and the pipe with it
+        if not self._closed:  # else the reader is closing, and the pipes with it
             say(f"{self.source}: the decoding process failed ({type(why).__name__}: {why}); decoding in the reader thread from now on")
         self._enabled = False
-        conn, pid, self._conn, self._pid = self._conn, self._pid, None, None
-        if conn is not None:
-            conn.close()
-        if pid is not None:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            _reap(pid)
+        self._stop_children(kill=True)
+
+    def _stop_children(self, kill: bool) -> None:
+        for child in range(self._count):
+            conn, pid = self._conns[child], self._pids[child]
+            self._conns[child] = self._pids[child] = None
+            self._outstanding[child] = False
+            if conn is not None:
+                conn.close()
+            if pid is not None:
+                if kill:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                _reap(pid)
+
+
+def auto_processes() -> int:
+    """Decoding children for ``decode_processes = -1``: one per four CPUs, at least 1 and at most 4 (a
+    2-CPU machine gets 1: the trainer needs the other CPU)."""
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 def _serve(conn: Connection, decoder: Decoder) -> None:

@@ -138,7 +138,7 @@ class KafkaStream(AssembledStream):
         self.context = context
         self.source = "kafka:" + ",".join(options.topics)
         self.asm = Assembler(options, context, self.source, dead_letter=self._dead_letter)
-        self._decoding = DecodeProcess(self.asm.decoder, self.source, options.decode_process)
+        self._decoding = DecodeProcess(self.asm.decoder, self.source, options.decode_processes)
         self._probe()
         self._start: dict[str, int] = {}  # the checkpoint's offsets (seek)
         self._consumer: Any = None

@@ -41,7 +41,7 @@ class BrokerOptions:
     normalize: Literal["none", "standard"] = field(default="none", metadata={"help": "standard: the model scales inputs (StreamInfo.normalize)"})
     batch_timeout: float = field(default=1.0, metadata={"help": "seconds: a partial batch is yielded once its oldest record waited this long"})
     idle_timeout: float = field(default=0.0, metadata={"help": "seconds with no records after which the stream ends (0: never)"})
-    decode_process: bool = field(default=True, metadata={"help": "decode each poll in a forked child process, beside training (false: in the reader thread); see lifelong_brokers.decode_process"})
+    decode_processes: int = field(default=-1, metadata={"help": "child processes (forked) that decode each poll beside training; 0: in the reader thread; -1: one per four CPUs, 1 to 4 (see lifelong_brokers.decode_process)"})
 
     def check(self) -> None:
         if self.format == "json":
@@ -89,6 +89,8 @@ class BrokerOptions:
             raise ValueError("set experience (an id field) or experience_records (windows), not both")
         if self.batch_timeout <= 0:
             raise ValueError(f"batch_timeout must be > 0 seconds, got {self.batch_timeout}")
+        if not -1 <= self.decode_processes <= 64:
+            raise ValueError(f"decode_processes must be -1 (auto), 0 (in the reader thread) or up to 64, got {self.decode_processes}")
         if self.idle_timeout < 0:
             raise ValueError(f"idle_timeout must be >= 0 seconds (0: never), got {self.idle_timeout}")
 

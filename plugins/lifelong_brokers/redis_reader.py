@@ -193,7 +193,7 @@ class RedisStream(AssembledStream):
         self.source = f"redis:{options.stream}"
         self.url = shown_url(options.url)
         self.asm = Assembler(options, context, self.source, dead_letter=self._dead_letter)
-        self._decoding = DecodeProcess(self.asm.decoder, self.source, options.decode_process)
+        self._decoding = DecodeProcess(self.asm.decoder, self.source, options.decode_processes)
         self._claimer = options.consumer + CLAIMED
         self._field = options.field.encode()
         self._client = self._connect()

@@ -58,10 +58,10 @@ def test_a_poll_decodes_in_a_child_with_the_same_records():
     try:
         messages = poll()
         assert same(forked.decode_many(messages), local.decode_many(messages))
-        pid = forked._pid
-        assert pid is not None and pid != os.getpid() and alive(pid)
+        [pid] = forked.pids
+        assert pid != os.getpid() and alive(pid)
         assert same(forked.decode_many(messages[::-1]), local.decode_many(messages[::-1]))  # the same child again
-        assert forked._pid == pid
+        assert forked.pids == [pid]
         small = messages[: MIN_FORKED - 1]
         assert same(forked.decode_many(small), local.decode_many(small))
     finally:
@@ -70,10 +70,10 @@ def test_a_poll_decodes_in_a_child_with_the_same_records():
 
 
 def test_small_polls_and_disabled_decode_in_the_reader_thread():
-    small, off = DecodeProcess(decoder(), "test"), DecodeProcess(decoder(), "test", enabled=False)
+    small, off = DecodeProcess(decoder(), "test"), DecodeProcess(decoder(), "test", processes=0)
     small.decode_many(poll(MIN_FORKED - 1))
     off.decode_many(poll())
-    assert small._pid is None and off._pid is None
+    assert small.pids == [] and off.pids == []
 
 
 def test_the_child_holds_no_descriptor_of_the_parent(tmp_path):
@@ -81,9 +81,10 @@ def test_the_child_holds_no_descriptor_of_the_parent(tmp_path):
     forked = DecodeProcess(decoder(), "test")
     try:
         forked.decode_many(poll())
-        fds = sorted(int(fd) for fd in os.listdir(f"/proc/{forked._pid}/fd"))
+        [pid] = forked.pids
+        fds = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
         assert fds[:3] == [0, 1, 2] and len(fds) == 4, fds  # stdin, stdout, stderr and its pipe
-        assert os.readlink(f"/proc/{forked._pid}/fd/{fds[3]}").startswith("socket:")
+        assert os.readlink(f"/proc/{pid}/fd/{fds[3]}").startswith("socket:")
     finally:
         forked.close()
         held.close()
@@ -93,12 +94,12 @@ def test_a_killed_child_is_said_once_and_decoding_goes_on_here(capsys):
     local, forked = decoder(), DecodeProcess(decoder(), "kafka:t")
     try:
         forked.decode_many(poll())
-        pid = forked._pid
+        [pid] = forked.pids
         os.kill(pid, signal.SIGKILL)
         messages = poll()
         assert same(forked.decode_many(messages), local.decode_many(messages))
         assert same(forked.decode_many(messages), local.decode_many(messages))
-        assert forked._pid is None and not alive(pid)
+        assert forked.pids == [] and not alive(pid)
         said = capsys.readouterr().err
         assert said.count("kafka:t: the decoding process failed") == 1 and "decoding in the reader thread" in said
     finally:
@@ -109,13 +110,13 @@ def test_the_child_ignores_sigterm_and_sigint():
     forked = DecodeProcess(decoder(), "test")
     try:
         forked.decode_many(poll())
+        [pid] = forked.pids
         for sig in (signal.SIGTERM, signal.SIGINT):
-            os.kill(forked._pid, sig)
+            os.kill(pid, sig)
         time.sleep(0.2)
-        assert alive(forked._pid)
-        pid = forked._pid
+        assert alive(pid)
         forked.decode_many(poll())
-        assert forked._pid == pid  # still the same child: it answered
+        assert forked.pids == [pid]  # still the same child: it answered
     finally:
         forked.close()
 
@@ -130,7 +131,7 @@ def test_the_child_exits_when_the_training_process_is_killed(tmp_path):
         from lifelong_brokers.decode_process import DecodeProcess
         forked = DecodeProcess(decoder(), "test")
         forked.decode_many(poll())
-        print(forked._pid, flush=True)
+        print(forked.pids[0], flush=True)
         time.sleep(60)
         """
     )
@@ -153,36 +154,47 @@ def test_the_child_exits_when_the_training_process_is_killed(tmp_path):
             os.kill(child, signal.SIGKILL)
 
 
-def test_a_poll_in_parts_is_the_poll_decoded_whole():
-    local, forked = decoder(), DecodeProcess(decoder(), "test")
+@pytest.mark.parametrize("processes", [1, 3])
+def test_a_poll_in_parts_is_the_poll_decoded_whole(processes):
+    local, forked = decoder(), DecodeProcess(decoder(), "test", processes=processes)
     try:
         messages = poll(300)
         parts = list(forked.decode_parts(messages, part=64))
         assert [start for start, _ in parts] == [0, 64, 128, 192, 256]
-        whole = local.decode_many(messages)
         for start, records in parts:
-            alone = local.decode_many(messages[start : start + 64])
-            assert same(records, alone)
-        assert sum(len(r) for _, r in parts) == len(whole) and forked._pid is not None
+            assert same(records, local.decode_many(messages[start : start + 64]))
+        assert len(forked.pids) == processes and len(set(forked.pids)) == processes  # the parts went round robin
         abandoned = forked.decode_parts(messages, part=64)
-        next(abandoned)  # a caller that stops reading leaves one part asked for
+        next(abandoned)  # a caller that stops reading leaves parts asked for
         abandoned.close()
-        assert same(forked.decode_many(messages), whole)  # its stale answer is not taken for this one
+        whole = local.decode_many(messages)
+        assert same(forked.decode_many(messages), whole)  # their stale answers are not taken for this one
+        assert all(same(r, local.decode_many(messages[s : s + 64])) for s, r in forked.decode_parts(messages, part=64))
     finally:
         forked.close()
 
 
-def test_a_child_killed_between_parts_leaves_the_rest_to_the_reader_thread(capsys):
-    local, forked = decoder(), DecodeProcess(decoder(), "test")
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_killed_child_leaves_its_parts_and_the_rest_to_the_reader_thread(capsys, processes):
+    local, forked = decoder(), DecodeProcess(decoder(), "test", processes=processes)
     try:
         messages = poll(300)
-        parts = forked.decode_parts(messages, part=100)
-        got = [next(parts)]
-        os.kill(forked._pid, signal.SIGKILL)
-        got += list(parts)
+        list(forked.decode_parts(messages, part=100))
+        children = forked.pids
+        os.kill(children[-1], signal.SIGKILL)  # the last child dies between two polls
+        got = list(forked.decode_parts(messages, part=100))
         assert [s for s, _ in got] == [0, 100, 200]
         for start, records in got:
             assert same(records, local.decode_many(messages[start : start + 100]))
         assert capsys.readouterr().err.count("the decoding process failed") == 1
+        assert forked.pids == [] and not any(alive(pid) for pid in children)  # the others are stopped too
     finally:
         forked.close()
+
+
+def test_auto_is_one_child_per_four_cpus(monkeypatch):
+    from lifelong_brokers import decode_process
+
+    for cpus, children in [(1, 1), (2, 1), (8, 2), (16, 4), (64, 4)]:
+        monkeypatch.setattr(os, "cpu_count", lambda cpus=cpus: cpus)
+        assert decode_process.auto_processes() == children

@@ -17,6 +17,9 @@ API (stable; both readers build on it)::
         # offer() for a message decoded in bulk: row i of ``records``. Messages must still be
         # accepted one at a time, in order, yielding each returned batch before the next accept.
         # key: as for offer, or None when ``asm.needs_keys`` is False (nothing is held out).
+    asm.accept_all(records, messages, cursors, describe) -> Iterator[Batch]
+        # accept() for every row, ordinary rows taken in runs; describe(i) -> (key, source, offset)
+        # is asked only for a row that goes through accept. Yield each batch before resuming it.
     asm.reject(reason, message, *, source, offset, cursor=None)
         # a message the reader itself refuses (e.g. a Redis entry without its payload field): a dead
         # letter with ``reason``, accounted for in the cursor like any other message.

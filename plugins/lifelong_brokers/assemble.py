@@ -85,6 +85,7 @@ from lifelong.errors import UserError
 from lifelong.readers import ReaderContext
 from lifelong.types import Batch, StreamInfo
 from lifelong_brokers.decode import BadRecord, Decoder, Records, raw_record
+from lifelong_brokers.decode_process import DecodeProcess
 from lifelong_brokers.options import BrokerOptions
 from lifelong_streams.records import say, short
 
@@ -425,9 +426,19 @@ def _shown(message: Any) -> Any:
 
 
 class AssembledStream:
-    """The reader members both broker readers hand straight to their assembler (``self.asm``)."""
+    """The reader members both broker readers hand straight to their assembler (``self.asm``), and their
+    way of taking in a poll (``self._decoding`` decodes it)."""
 
     asm: Assembler
+    _decoding: DecodeProcess
+
+    def _accepted(self, messages: Sequence[Any], cursors: Sequence[tuple[str, Any]],
+                  describe: Callable[[int], tuple[str | None, str, Any]]) -> Iterator[Batch]:
+        """A poll's batches: decoded in parts (beside training, decode_process.py) and accepted in runs
+        (:meth:`Assembler.accept_all`); ``describe(i)`` is about message i of the whole poll."""
+        for start, records in self._decoding.decode_parts(messages):
+            stop = start + len(records)
+            yield from self.asm.accept_all(records, messages[start:stop], cursors[start:stop], lambda i, start=start: describe(start + i))
 
     def info(self) -> StreamInfo:
         return self.asm.info()

@@ -193,12 +193,7 @@ class Decoder:
             if o.experience not in obj or _field(obj, o.experience) is None:
                 raise BadRecord(f"experience field {o.experience!r} is missing")
             experience = _experience(_field(obj, o.experience), f"experience field {o.experience!r}")
-        key = None
-        if o.key:
-            value = _field(obj, o.key)
-            if value is None or isinstance(value, (dict, list)):
-                raise BadRecord(f"key field {o.key!r} is {'missing' if value is None else 'not text or a number'}")
-            key = _text(value)
+        key = _key(_field(obj, o.key), f"key field {o.key!r}") if o.key else None
         timestamp = None
         if o.timestamp:
             timestamp = _timestamp(_field(obj, o.timestamp), f"timestamp field {o.timestamp!r}")
@@ -254,10 +249,7 @@ class Decoder:
                 if experience:
                     out.experiences[i] = _experience(obj.get(experience), "")  # a missing one raises too
                 if key:
-                    value = obj.get(key)
-                    if value is None or isinstance(value, (dict, list)):
-                        raise BadRecord("")
-                    out.keys[i] = _text(value)
+                    out.keys[i] = _key(obj.get(key), "")
                 if timestamp:
                     out.timestamps[i] = _timestamp(obj.get(timestamp), "")
             except (BadRecord, TypeError):  # TypeError: an unhashable label (a list, an object)
@@ -380,6 +372,12 @@ def _text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).strip()
+
+
+def _key(value: Any, what: str) -> str:
+    if value is None or isinstance(value, (dict, list)):
+        raise BadRecord(f"{what} is {'missing' if value is None else 'not text or a number'}")
+    return _text(value)
 
 
 def _label(value: Any, what: str) -> str | None:

@@ -239,11 +239,8 @@ class KafkaStream(AssembledStream):
                 # else fetched before a revocation: the next owner reads it
             # the poll is decoded in bulk, in a child process (decode.py and decode_process.py: why), and
             # accounted for in runs (Assembler.accept_all)
-            for start, records in self._decoding.decode_parts(values):
-                stop = start + len(records)
-                describe = lambda i, start=start: self._describe(*kept[start + i])  # noqa: E731
-                for batch in asm.accept_all(records, values[start:stop], cursors[start:stop], describe):
-                    yield self._yielding(batch)
+            for batch in self._accepted(values, cursors, lambda i: self._describe(*kept[i])):
+                yield self._yielding(batch)
             if asm.due():
                 yield self._yielding(asm.flush())  # type: ignore[arg-type]
             if o.idle_timeout and time.monotonic() - self._event >= o.idle_timeout:

@@ -431,11 +431,8 @@ class RedisStream(AssembledStream):
                 accounted.append((eid, cursor, *self._payload(fields)))
         if not any(reason for *_, reason in accounted):  # the usual case: every entry has its payload
             messages, cursors = [a[2] for a in accounted], [a[1] for a in accounted]
-            for start, records in self._decoding.decode_parts(messages):
-                stop = start + len(records)
-                describe = lambda i, start=start: (accounted[start + i][0], self.source, accounted[start + i][0])  # noqa: E731
-                for batch in asm.accept_all(records, messages[start:stop], cursors[start:stop], describe):
-                    yield self._stamp(batch)
+            for batch in self._accepted(messages, cursors, lambda i: (accounted[i][0], self.source, accounted[i][0])):
+                yield self._stamp(batch)
             return
         records = self._decoding.decode_many([message for _, _, message, reason in accounted if not reason])
         row = 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -138,6 +139,8 @@ def test_the_child_exits_when_the_training_process_is_killed(tmp_path):
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True)
     child = None
     try:
+        ready, _, _ = select.select([parent.stdout], [], [], 60)  # a bounded wait for its first line
+        assert ready, "the training process did not start its decoding child within 60 s"
         child = int(parent.stdout.readline())
         assert alive(child)
         os.kill(parent.pid, signal.SIGKILL)

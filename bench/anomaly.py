@@ -10,6 +10,10 @@ Scenarios (all offline here):
   standardise inputs themselves). A ``-contaminated`` variant puts 5 % unlabeled anomalies into
   each concept's training data.
 - **shuttle**: river's bundled Shuttle (ODDS), 49,097 records in file order, test-then-train.
+- **ecg**: the ``ecg`` reader's windows of sktime's MIT-BIH excerpt (512 points every 4; trained on
+  the first 70 % of the series, tested on the rest, which holds the one annotated anomaly), one
+  experience: lifelong's ``sequence-autoencoder`` over ``ECG_SEEDS`` seeds, HalfSpaceTrees and
+  pyCLAD's naive autoencoder and IsolationForest on the same windows, flattened.
 
 lifelong runs are real ``lifelong run`` pipelines (built and executed in-process, no tracker, so the
 peers' figures and lifelong's measure the same work): the ``autoencoder`` detector with naive,
@@ -54,6 +58,7 @@ from common import git_commit, provenance, save_figure, source_fingerprint, use_
 
 from lifelong import config, pipeline  # noqa: E402
 from lifelong.host import PluginHost  # noqa: E402
+from lifelong.readers import DeadLetters, ReaderContext  # noqa: E402
 from lifelong_streams.concepts import ConceptsOptions, build_concepts, load_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,6 +192,55 @@ def concept_scenario(name: str, scenario: dict[str, Any], contamination: float, 
     return rows
 
 
+# -- ECG ----------------------------------------------------------------------------------------------
+ECG = """
+[stream]
+reader = "ecg"
+
+[model]
+name = "sequence-autoencoder"
+threshold = "quantile"
+false_alarm_rate = 0.01
+
+[learner]
+strategies = []
+epochs = 10
+batch_size = 32
+lr = 0.001
+"""
+ECG_SEEDS = (0, 1, 2, 3, 4)
+
+
+def ecg_windows() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The ecg reader's one experience as flattened arrays in [0, 1] (its own split), for the peers."""
+    from lifelong_streams.windows import EcgOptions, ecg_reader
+
+    with tempfile.TemporaryDirectory(prefix="anomaly-bench-") as tmp:
+        reader = ecg_reader(EcgOptions(), ReaderContext(batch_size=4096, seed=0, dead_letter=DeadLetters(Path(tmp) / "d.jsonl")))
+        train = torch.cat([b.x for b in reader]).flatten(1).numpy()
+        test = reader.test_set(0)
+        test_x, test_y = test.x.flatten(1).numpy(), test.y.numpy()
+    low, high = float(train.min()), float(train.max())
+    scale = lambda a: np.clip((a - low) / (high - low), 0.0, 1.0).astype(np.float32)  # noqa: E731
+    return [(scale(train), scale(test_x), test_y.astype(np.int64))]
+
+
+def ecg(quick: bool) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    runs = [lifelong_row(run_lifelong(ECG, [f"learner.seed={seed}"])[0]) for seed in (ECG_SEEDS[:2] if quick else ECG_SEEDS)]
+    aucs = [r["avg_roc_auc"] for r in runs]
+    rows["lifelong sequence-autoencoder"] = {**runs[0], "avg_roc_auc": statistics.median(aucs), "roc_aucs": aucs,
+                                             "avg_pr_auc": statistics.median(r["avg_pr_auc"] for r in runs),
+                                             "false_alarm_rate": statistics.median(r["false_alarm_rate"] for r in runs)}
+    windows = ecg_windows()
+    rows["river HalfSpaceTrees"] = peers.half_space_trees_concepts(windows, seed=42)
+    for model in ("autoencoder", "iforest"):
+        rows[f"pyCLAD naive {model}"] = peers.pyclad_concepts(windows, "naive", model, seed=0)
+    for label, r in rows.items():
+        print(f"ecg: {label}: ROC-AUC {r['avg_roc_auc']:.3f} PR-AUC {r['avg_pr_auc']:.3f}", flush=True)
+    return rows
+
+
 # -- Shuttle ------------------------------------------------------------------------------------------
 SHUTTLE = """
 [stream]
@@ -317,6 +371,14 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| lifelong autoencoder + replay, filter {FILTER}, batch {batch} | {ours['prequential_roc_auc']:.4f} (binned) | "
                      f"{ours['records_per_s']:,.0f} | {ours['ratio']:.2f} ({ours['ratio_min']:.2f}–{ours['ratio_max']:.2f}) |")
     lines.append("")
+    e = results["ecg"]
+    ours = e["lifelong sequence-autoencoder"]
+    lines += ["## ECG (MIT-BIH excerpt, windows of 512, the last 30 % tested)", "",
+              f"lifelong: median of seeds {', '.join(f'{a:.3f}' for a in ours['roc_aucs'])}.", "",
+              "| detector | ROC-AUC | PR-AUC | false alarms (target 0.01) |", "| --- | --- | --- | --- |"]
+    for label, r in e.items():
+        lines.append(f"| {label} | {fmt(r['avg_roc_auc'])} | {fmt(r['avg_pr_auc'])} | {fmt(r.get('false_alarm_rate'))} |")
+    lines.append("")
     lines += ["## Thresholds on Shuttle's held-out normal data", "", "| method | target | false-alarm rate | precision | recall |",
               "| --- | --- | --- | --- | --- |"]
     for method in THRESHOLD_RUNS:
@@ -373,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         results["concepts"][name] = concept_scenario(name, SCENARIOS[name], 0.0, args.quick)
     results["concepts"]["digits-contaminated"] = concept_scenario("digits-contaminated", SCENARIOS["digits"], 0.05, True)
+    results["ecg"] = ecg(args.quick)
     results["shuttle"] = shuttle(args.quick, args.repeats, clock)
     results["targets"] = targets(results)
     results["seconds"] = time.perf_counter() - started

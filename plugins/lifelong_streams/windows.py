@@ -16,20 +16,30 @@ be a pattern the series never had. ``Batch.start``/``stop`` name the first point
 windows (1-based line numbers, or row indices of the npz).
 
 Experiences: the windows, in time order, are cut into ``experiences`` consecutive spans of equal
-size. Each holds out ``test_size`` of its windows as its test set, stratified by window label and
-drawn with the run's seed (whole windows; the same ones for the same seed); the rest are trained on
-in time order. Overlapping windows (``stride < window``) share points, so a test window overlaps
-training windows: a hold-out of the same series, not of unseen data. ``test_size = 0`` holds
-nothing out. Resumable by window index (:class:`lifelong_streams.arrays.ArrayStream`).
+size. Each holds out ``test_size`` of its windows as its test set; the rest are trained on in time
+order. ``test_size = 0`` holds nothing out. Resumable by window index
+(:class:`lifelong_streams.arrays.ArrayStream`). ``split`` says which windows are held out:
+
+- ``random``: drawn with the run's seed, stratified by window label (the same ones for the same
+  seed). Overlapping windows (``stride < window``) share points, so a test window overlaps
+  training windows: a hold-out of the same series, not of unseen data.
+- ``tail``: the span's last windows, and the windows that share points with the first of them
+  are dropped: no test point is ever trained on. This is how a deployment meets a series (it
+  learns the past and flags the future), and the only honest test when the series holds one
+  anomaly: with ``random``, most windows over it are trained on as normal.
 
 ``ecg`` is the same reader preconfigured on sktime's MIT-BIH excerpt (7,500 points of one ECG
-lead, 352 of them one annotated anomaly; bundled in ``data/mitdb.csv``, see ``data/README.md``),
-windows of 128 points every 4.
+lead at 360 Hz, 352 of them one annotated anomaly; bundled in ``data/mitdb.csv``, see
+``data/README.md``), with defaults chosen for it: windows of 512 points every 4, and the last 30 %
+held out (``split = "tail"``). The anomaly (points 6,936-7,287) is a beat with the amplitude of the
+others, early, followed by a long pause: a window must span more than one beat (~290 points) to
+see it, and with ``random`` most windows over it are trained on as normal. 30 % keeps the test
+windows 64 % normal (20 % would leave mostly windows over the anomaly).
 
 >>> from lifelong.readers import ReaderContext
 >>> stream = ecg_reader(EcgOptions(), ReaderContext(batch_size=64, seed=0))
 >>> stream.info().input_shape, stream.info().class_names
-((128, 1), ['normal', 'anomaly'])
+((512, 1), ['normal', 'anomaly'])
 """
 
 from __future__ import annotations
@@ -63,7 +73,8 @@ class WindowsOptions:
     window: int = field(default=64, metadata={"help": "points per window"})
     stride: int = field(default=1, metadata={"help": "points from one window's start to the next"})
     experiences: int = field(default=1, metadata={"help": "the windows, in time order, cut into this many consecutive experiences of equal size"})
-    test_size: float = field(default=0.2, metadata={"help": "share of each experience's windows held out as its test set (stratified by window label, seeded); 0: none"})
+    test_size: float = field(default=0.2, metadata={"help": "share of each experience's windows held out as its test set; 0: none"})
+    split: Literal["random", "tail"] = field(default="random", metadata={"help": "which windows are held out: random (stratified by window label, seeded) or tail (the experience's last ones, after a gap of the windows that share points with them: train on the past, test on the future)"})
     normalize: Literal["none", "standard"] = field(default="none", metadata={"help": "input scaling: standard keeps running per-element mean and variance inside the model; none: raw values"})
 
     def check(self) -> None:
@@ -82,8 +93,10 @@ class WindowsOptions:
 @dataclass
 class EcgOptions(WindowsOptions):
     path: str = field(default="", metadata={"help": "the MIT-BIH excerpt (columns data, label); empty: the bundled copy, else an installed sktime's"})
-    window: int = field(default=128, metadata={"help": "points per window"})
+    window: int = field(default=512, metadata={"help": "points per window: 512 (1.4 s at 360 Hz) spans a beat and the pause after it"})
     stride: int = field(default=4, metadata={"help": "points from one window's start to the next"})
+    test_size: float = field(default=0.3, metadata={"help": "share of each experience's windows held out as its test set; 0: none"})
+    split: Literal["random", "tail"] = field(default="tail", metadata={"help": "which windows are held out: tail (the experience's last ones, after a gap of the windows that share points with them) or random (stratified, seeded)"})
 
 
 def windows_reader(options: WindowsOptions, context: ReaderContext) -> ArrayStream:
@@ -121,7 +134,9 @@ def _windows(source: str, options: WindowsOptions, context: ReaderContext) -> Ar
         labels=labelled,
     )
     spans = [(int(part[0]), int(part[-1]) + 1) for part in np.array_split(np.arange(len(y)), options.experiences) if len(part)]
-    return ordered_experiences(info, x, y, table.offsets[starts], spans, options.test_size, context.seed, context.batch_size, source)
+    # Windows that start less than a window's length before the first test window share points with it.
+    gap = None if options.split == "random" else -(-options.window // options.stride) - 1
+    return ordered_experiences(info, x, y, table.offsets[starts], spans, options.test_size, context.seed, context.batch_size, source, gap)
 
 
 def cut(table: Table, window: int, stride: int, source: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ import torch
 from lifelong_streams.concepts import ConceptsOptions, build_concepts, concepts_reader
 from lifelong_streams.digits import load_digits
 from lifelong_streams.shuttle import ANOMALIES, RECORDS, ShuttleOptions, river_shuttle_path, shuttle_reader
-from lifelong_streams.windows import EcgOptions, WindowsOptions, ecg_reader, windows_reader
+from lifelong_streams.windows import BUNDLED_ECG, EcgOptions, WindowsOptions, ecg_reader, windows_reader
 
 from lifelong.errors import UserError
 from lifelong.objective import NO_LABEL
@@ -163,13 +163,43 @@ def test_ecg_is_sktimes_mit_bih_excerpt_as_windows(tmp_path):
     reader = ecg_reader(EcgOptions(test_size=0), context(tmp_path, batch_size=512))
     batches = list(reader)
     y = torch.cat([b.y for b in batches])
-    # 7,500 points, windows of 128 every 4: starts 0 … 7368; the anomaly is points 6936 … 7287, so
-    # windows starting 6812 … 7284 hold part of it.
-    assert len(y) == (7500 - 128) // 4 + 1 == 1844
-    assert int(y.sum()) == (7284 - 6812) // 4 + 1 == 119
-    assert reader.info().input_shape == (128, 1) and reader.info().labels is True
-    assert all(b.x.is_contiguous() and b.x.stride() == (128, 1, 1) for b in batches)  # canonical strides, see cut()
+    # 7,500 points, windows of 512 every 4: starts 0 … 6988; the anomaly is points 6936 … 7287, so
+    # windows starting 6428 … 6988 hold part of it.
+    assert len(y) == (7500 - 512) // 4 + 1 == 1748
+    assert int(y.sum()) == (6988 - 6428) // 4 + 1 == 141
+    assert reader.info().input_shape == (512, 1) and reader.info().labels is True
+    assert all(b.x.is_contiguous() and b.x.stride() == (512, 1, 1) for b in batches)  # canonical strides, see cut()
     assert batches[0].x[0, :3, 0].tolist() == pytest.approx([-0.195, -0.21, -0.21])
+
+
+ECG_SERIES = np.loadtxt(BUNDLED_ECG, delimiter=",", skiprows=1, usecols=0, dtype=np.float32)
+
+
+def test_tail_split_tests_each_experience_on_its_last_windows_after_a_gap(tmp_path):
+    path = str(tmp_path / "s.npz")
+    np.savez(path, x=np.arange(60.0))
+    options = WindowsOptions(path=path, window=5, stride=2, experiences=2, test_size=0.25, split="tail")
+    reader = windows_reader(options, context(tmp_path, batch_size=100))
+    # starts 0, 2, …, 54: 28 windows, two experiences of 14. Each tests its last ceil(3.5) = 4 and
+    # drops the ceil(5 / 2) - 1 = 2 before them, whose points (up to start + 4) reach the first test window.
+    trained = {b.experience: b.x[:, 0, 0].tolist() for b in reader}
+    tested = {e: reader.test_set(e).x[:, 0, 0].tolist() for e in (0, 1)}
+    assert trained == {0: [0, 2, 4, 6, 8, 10, 12, 14], 1: [28, 30, 32, 34, 36, 38, 40, 42]}
+    assert tested == {0: [20, 22, 24, 26], 1: [48, 50, 52, 54]}
+    random = windows_reader(WindowsOptions(path=path, window=5, stride=2, experiences=2, test_size=0.25), context(tmp_path, batch_size=100))
+    assert sum(len(b) for b in random) == 28 - 8  # random drops nothing: its test windows overlap training ones
+
+
+def test_ecg_tests_on_the_future_only(tmp_path):
+    reader = ecg_reader(EcgOptions(), context(tmp_path, batch_size=2048))
+    train, test = next(iter(reader)), reader.test_set(0)
+    held = round(0.3 * 1748 + 0.5)  # ceil
+    assert len(test) == held and len(train) == 1748 - held - 127  # 127 windows overlap the first test window
+    last_trained_point = (len(train) - 1) * 4 + 511
+    first_tested_point = (1748 - held) * 4
+    assert last_trained_point < first_tested_point  # no test point was trained on
+    assert int(train.y.sum()) == 0 and int(test.y.sum()) == 141  # the anomaly is only tested
+    assert torch.equal(test.x[0, :, 0], torch.from_numpy(ECG_SERIES[first_tested_point:first_tested_point + 512]))
 
 
 # -- concepts --------------------------------------------------------------------------------------

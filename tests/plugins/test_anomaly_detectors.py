@@ -220,6 +220,48 @@ def test_ring_buffer_keeps_the_newest_samples_in_order():
     assert model.recorded()[:, 0].tolist() == list(range(1150, 1250))
 
 
+def test_the_stream_reservoir_holds_a_uniform_sample_of_every_sample_recorded():
+    model = dense(recent=200, calibration="stream")
+
+    def rows(start: int, stop: int) -> torch.Tensor:
+        return torch.arange(start, stop, dtype=torch.float32).unsqueeze(1).expand(-1, FEATURES)
+
+    for start in range(0, 150, 37):  # not full yet: filled in order
+        model.record(rows(start, min(start + 37, 150)))
+    assert model.recorded()[:, 0].tolist() == list(range(150))
+    for start in range(150, 20_000, 37):
+        model.record(rows(start, min(start + 37, 20_000)))
+    assert model.recent_total.item() == 20_000
+    held = model.recorded()[:, 0].long()
+    assert len(held) == 200 and len(set(held.tolist())) == 200 and int(held.max()) < 20_000
+    quarters = torch.bincount(held // 5000, minlength=4).tolist()
+    assert all(30 <= q <= 70 for q in quarters), quarters  # 50 expected from each quarter of the stream
+    one_batch = dense(recent=200, calibration="stream")
+    one_batch.record(rows(0, 20_000))  # the slots do not depend on how the stream was batched
+    assert torch.equal(one_batch.recorded(), model.recorded())
+    masked = dense(recent=200, calibration="stream")
+    masked.record(rows(0, 300), torch.arange(300) % 2 == 0)  # only the recorded ones count
+    assert masked.recent_total.item() == 150 and masked.recorded()[:, 0].tolist() == list(range(0, 300, 2))
+
+
+@pytest.mark.parametrize("calibration", ["span", "stream"])
+def test_stream_calibration_keeps_the_false_alarm_rate_on_every_normal_seen(calibration):
+    # a normal that accumulates: the first concept stays normal after the second is learned, and the
+    # model (no replay) scores it higher than the newest one. The span's threshold is the newest concept's.
+    model = dense(false_alarm_rate=0.02, recent=4000, calibration=calibration)
+    hooks = model.lifecycle_hooks()
+    generator = torch.Generator().manual_seed(5)
+    for shift in (0.0, 3.0):
+        train(model, (normal(4000, generator) + shift).split(32), hooks=hooks)
+        hooks.on_boundary(None, model)
+    held_out = scores(model, torch.cat([normal(20_000, generator), normal(20_000, generator) + 3.0]))
+    rate = (held_out > model.threshold).float().mean().item()
+    if calibration == "stream":
+        assert 0.01 <= rate <= 0.03, rate
+    else:
+        assert rate > 0.1, rate  # what stream calibration is for
+
+
 @pytest.mark.parametrize(
     "options, target",
     [({"threshold": "quantile", "false_alarm_rate": 0.02}, 0.02), ({"threshold": "spot", "risk": 0.01, "spot_level": 0.9}, 0.01)],
@@ -275,9 +317,13 @@ def test_sequence_detector_flags_a_spiked_window():
     assert (spiked_scores > model.threshold).all()
 
 
-@pytest.mark.parametrize("threshold, update", [("quantile", "refit"), ("spot", "refit"), ("spot", "stream")])
-def test_state_dict_rebuilds_scores_threshold_and_calibration_exactly(threshold, update, tmp_path):
-    options = {"threshold": threshold, "spot_update": update, "recent": 3000, "risk": 0.01, "spot_level": 0.9, "spot_peaks": 200}
+@pytest.mark.parametrize(
+    "threshold, update, calibration",
+    [("quantile", "refit", "span"), ("spot", "refit", "span"), ("spot", "stream", "span"), ("quantile", "refit", "stream")],
+)
+def test_state_dict_rebuilds_scores_threshold_and_calibration_exactly(threshold, update, calibration, tmp_path):
+    options = {"threshold": threshold, "spot_update": update, "recent": 3000, "risk": 0.01, "spot_level": 0.9, "spot_peaks": 200,
+               "calibration": calibration}
     model = dense(**options)
     hooks = train(model, (normal(32) for _ in range(250)), boundary_every=100)
     # more scores since the last boundary: a rebuilt model must calibrate on exactly the same ones

@@ -46,9 +46,12 @@ opens nothing that stays open: the consumer is created when the stream starts.
 
 **Data-parallel ranks** (``lifelong run --nproc N``, torchrun) are members of the one group, each
 assigned its own partitions. A revocation's checkpoint is the whole job's (the ranks agree on it
-at their next step), and each rank commits its own offsets once rank 0 made it durable. On resume
-every rank starts each partition at the furthest offset any rank's checkpointed position holds
-for it (``seek_ranks``), since the group may assign it partitions another rank trained.
+at their next step), and each rank commits its own offsets once rank 0 made it durable. A rank whose
+reader waits in ``on_revoke`` keeps taking part in the steps (without a batch once its queue is
+trained), so the collective checkpoint is not held up by the wait; with eager assignment every rank
+waits so at once (tested with a member joining and leaving mid-training: test_broker_ranks.py). On
+resume every rank starts each partition at the furthest offset any rank's checkpointed position
+holds for it (``seek_ranks``), since the group may assign it partitions another rank trained.
 
 Notes: librdkafka's ``max.poll.interval.ms`` (default 5 minutes) bounds how long the kernel's
 queue of batches may stay full (the reader does not consume while it waits): raise it in

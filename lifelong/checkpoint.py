@@ -110,6 +110,11 @@ _DTYPES = {
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL",
 }
+# The library's writer orders tensors by its dtype enum, descending (8-byte types first, so every
+# tensor starts aligned to its element size), then by name; written in the same order, a file is
+# byte for byte what safetensors.torch.save makes, and an MLflow generation stored from the
+# outbox's file is the file the library would have written.
+_ORDER = ("BOOL", "U8", "I8", "I16", "F16", "BF16", "I32", "F32", "F64", "I64")
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], checksum: bool = True) -> dict[str, Any]:
@@ -128,14 +133,14 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], checksum: bo
     header: dict[str, Any] = {}
     pieces = []
     offset = 0
-    for name in sorted(tensors):
+    for name in sorted(tensors, key=lambda name: (-_ORDER.index(_DTYPES[tensors[name].dtype]), name)):
         value = tensors[name].detach().contiguous()
         raw = value.reshape(-1).view(torch.uint8).numpy() if value.numel() else None
         size = 0 if raw is None else raw.nbytes
         header[name] = {"dtype": _DTYPES[value.dtype], "shape": list(value.shape), "data_offsets": [offset, offset + size]}
         pieces.append(raw)
         offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()  # names in UTF-8, as the library writes them
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the library writes it
     digest = hashlib.sha256() if checksum else None
     with open(path, "wb") as f:

@@ -1,11 +1,19 @@
-"""The values that flow through a run: batches, stream descriptions, experiences and generations."""
+"""The values that flow through a run: batches, stream descriptions, experiences and generations.
+
+This module does not import torch at import time (only :meth:`Batch.concat` needs it, and imports
+it there): ``lifelong/__init__.py`` re-exports these types, and processes that only need the
+descriptions (:class:`ModelSpec`, :class:`StreamInfo`), such as the MLflow outbox writer, would
+otherwise pay torch's import (about 1.5 s of CPU) for nothing. Annotations are strings
+(``from __future__ import annotations``), so ``torch.Tensor`` in them costs nothing.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 Scenario = Literal["class", "task", "domain"]
 SCENARIOS: tuple[str, ...] = ("class", "task", "domain")
@@ -59,6 +67,8 @@ class Batch:
         """Join batches sample-wise; the first batch's experience and offsets describe the result."""
         if len(batches) == 1:
             return batches[0]
+        import torch  # here, not at the top: see the module docstring
+
         first = batches[0]
         tasks = [b.task for b in batches]
         if any(t is None for t in tasks) and not all(t is None for t in tasks):

@@ -32,7 +32,9 @@ run by its session tag; MLflow's stores drop duplicate metric points).
 
 Tensors are written with :func:`lifelong.checkpoint.write_safetensors`, piece by piece from the
 tensors' own memory: its file writes and hashing release the GIL, so the appender thread in the
-training process barely slows the training thread beside it.
+training process barely slows the training thread beside it. The files are byte for byte what the
+safetensors library writes, and the writer stores a generation's files in MLflow as they are
+(:func:`lifelong_mlflow.pyfunc.save_files`), without loading a tensor or importing torch.
 """
 
 from __future__ import annotations

@@ -27,6 +27,29 @@ inside MLflow's client), so a store that hangs is noticed. Any other error is re
 and then given up: the entry moves to ``failed/`` and the journal says why, so one bad entry
 never blocks the ones after it; the run's result lists it under ``errors``.
 
+**Priority.** While the run trains, the writer works at ``nice`` 10 (:data:`NICE`): it starts
+while training does, and its start (importing MLflow: ~2.3 s of CPU) and each generation's logging
+compete with the training process's threads for the CPUs. Where both want the same CPU the
+scheduler gives it about a tenth (the weight of nice 10 against nice 0), so on a busy machine
+training keeps its speed and the writer takes what is left. It imports no torch: a generation's
+tensors stay in the entry's safetensors files, which become the model's artifacts as they are
+(:func:`lifelong_mlflow.pyfunc.save_files`).
+
+Once training is over the run only waits for the writer (``drain_seconds`` at most), and yielding
+would only slow that wait where other processes keep the CPUs busy (measured: 6 generations
+drained in 63 s instead of 3 s beside two busy processes). So the nice is a thread's, not the
+process's (Linux keeps a nice per thread, and one cannot be lowered again without privileges):
+the work runs on a thread that lowered its own priority, and when the tracker says ``ended`` that
+thread stops between two entries and the main thread, never niced, goes on with the rest (a run
+that ends before the writer has finished starting still waits for the rest of its imports at nice
+10: an import half done cannot change threads). Elsewhere ``os.nice`` lowers the whole process and
+the end is drained at nice 10.
+
+The tracker starts the writer in the training process's session (a process group of its own, so a
+Ctrl-C or a signal to the run's group is the training process's): with the kernel's autogroup
+scheduling a session is weighed as a group of its own, and a nice would then rank the writer only
+against itself, not against training (measured: 50 % of a shared CPU instead of 10 %).
+
 **Stopping.** ``stop`` on standard input, its end (the training process exited or was killed) or
 a changed parent process: the writer finishes the entry in progress and exits. What is left stays
 in the outbox for the next start (any later run of the tracker with the same outbox), or for
@@ -192,25 +215,24 @@ class SessionWriter:
 
 
 def load_generation(entry: outbox.Entry, data: dict[str, Any]):
-    """The :class:`~lifelong_mlflow.recorder.PendingGeneration` an entry holds (its tensors read back)."""
-    from safetensors.torch import load_file
+    """The :class:`~lifelong_mlflow.recorder.PendingGeneration` an entry holds.
 
-    from lifelong.checkpoint import join_tensors
+    Its tensors are not read: the entry's safetensors files go into the model as they are, so this
+    process never imports torch (see :func:`lifelong_mlflow.pyfunc.save_files`). An entry is whole
+    once it exists (:mod:`lifelong_mlflow.outbox`), so the files are complete.
+    """
     from lifelong.types import ModelSpec
     from lifelong_mlflow.recorder import PendingGeneration
 
-    state = load_file(str(entry.file("weights.safetensors")))
-    strategy_state = None
-    if data.get("strategy_skeleton") is not None:
-        tensors = load_file(str(entry.file("strategies.safetensors")))
-        strategy_state = join_tensors(data["strategy_skeleton"], tensors)
+    skeleton = data.get("strategy_skeleton")
     return PendingGeneration(
         index=int(data["index"]),
         tags=data["tags"],
         accuracy={int(k): v for k, v in data["accuracy"].items()},
         spec=ModelSpec.from_dict(data["spec"]),
-        state=state,
-        strategy_state=strategy_state,
+        weights=entry.file("weights.safetensors"),
+        strategy_tensors=entry.file("strategies.safetensors") if skeleton is not None else None,
+        strategy_skeleton=skeleton,
         promotion=data.get("promotion"),
         continues=data.get("continues"),
     )
@@ -252,17 +274,21 @@ class Writer:
             if self.own is None or box.dir != self.own.dir:
                 self.adopt(box)
 
-    def cycle(self) -> bool:
-        """One pass over every session whose backoff has passed; whether anything was applied."""
+    def cycle(self, until=None) -> bool:
+        """One pass over every session whose backoff has passed; whether anything was applied.
+
+        ``until()`` true ends the pass between two entries, as ``stop`` does.
+        """
+        stopping = self.stop.is_set if until is None else lambda: self.stop.is_set() or until()
         self.scan()
         progressed = False
         now = time.monotonic()
         ordered = sorted(self.writers.values(), key=lambda w: self.own is None or w.box.dir != self.own.dir)
         for writer in ordered:
-            if self.stop.is_set():
+            if stopping():
                 break
             if now >= writer.retry_at and writer.pending():
-                progressed |= writer.step(self.stop.is_set)
+                progressed |= writer.step(stopping)
         return progressed
 
     def own_closed(self) -> bool:
@@ -311,6 +337,35 @@ def drain(root: str | Path, seconds: float, log=None) -> dict[str, Any]:
     return {"applied": applied, "left": left, "errors": errors}
 
 
+def serve(writer: Writer, parent_gone, log, until=lambda: False) -> bool:
+    """The writer process's loop: its own session first, then other sessions' leftovers.
+
+    Returns True once it is done: its session's run is closed (and leftovers make no more
+    progress), ``stop``, or the training process is gone; False as soon as ``until()`` is true
+    (between two entries), for the caller to call it again.
+    """
+    while not writer.stop.is_set() and writer.own is not None:
+        if until():
+            return False
+        if writer.adopt(writer.own, wait=0.2) is not None:
+            break
+        if parent_gone():
+            return True
+        writer.stop.wait(0.5)  # held by a writer that is still stopping, or its session.json unreadable
+    while not writer.stop.is_set():
+        if until():
+            return False
+        progressed = writer.cycle(until)
+        if writer.own_closed() and (writer.idle() or not progressed):
+            break  # leftovers are drained while they make progress and the training process lives
+        if parent_gone():
+            log("the training process is gone; what is left is applied at the next start")
+            break
+        if not progressed:
+            writer.stop.wait(POLL_SECONDS)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lifelong_mlflow.outbox_writer", description=__doc__.split("\n")[0])
     parser.add_argument("outbox", type=Path)
@@ -324,52 +379,49 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {message}", file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the training process's to handle
-    if args.drain is not None:
+    if args.drain is not None:  # draining is then the whole job: no nice
         result = drain(args.outbox, args.drain, log)
         print(result, flush=True)
         return 0 if not result["left"] else 3
 
-    with contextlib.suppress(OSError, AttributeError):
-        # Below the training process: where they compete for a CPU, the scheduler gives the writer the
-        # leftovers (nice 10 weighs about a tenth of nice 0). MLflow is never in a hurry; training is.
-        os.nice(NICE)
     writer = Writer(args.outbox, args.session, log, own_process=True)
-    signal.signal(signal.SIGTERM, lambda *_: writer.stop.set())
-    go = threading.Event()
+    go, ended = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: (writer.stop.set(), go.set()))  # also before "go"
 
     def listen() -> None:  # the tracker's commands; the end of the pipe means the training process is gone
         for line in sys.stdin:
             word = line.strip()
             if word == "go":
                 go.set()
+            elif word == "ended":  # training is over and the run waits for this writer
+                ended.set()
             elif word == "stop":
                 writer.stop.set()
         writer.stop.set()
         go.set()
 
     threading.Thread(target=listen, name="outbox-commands", daemon=True).start()
-    import lifelong_mlflow.recorder  # noqa: F401 - MLflow and torch load (seconds) while the tracker's preflight runs
-
-    if args.wait_go:
-        go.wait()
     parent_gone = (lambda: os.getppid() != args.parent) if args.parent else (lambda: False)
+    done = threading.Event()
+
+    def behind_training() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.nice(NICE)  # this thread and the threads it starts, on Linux: see "Priority" above
+        import lifelong_mlflow.recorder  # noqa: F401 - MLflow loads (seconds of CPU) while the tracker's preflight runs
+
+        if args.wait_go:
+            go.wait()
+        if serve(writer, parent_gone, log, until=ended.is_set):
+            done.set()
+
     with store.bounded(WRITER_HTTP):
         try:
-            while not writer.stop.is_set() and writer.own is not None:
-                if writer.adopt(writer.own, wait=0.2) is not None:
-                    break
-                if parent_gone():
-                    return 0
-                writer.stop.wait(0.5)  # held by a writer that is still stopping, or its session.json unreadable
-            while not writer.stop.is_set():
-                progressed = writer.cycle()
-                if writer.own_closed() and (writer.idle() or not progressed):
-                    break  # leftovers are drained while they make progress and the training process lives
-                if parent_gone():
-                    log("the training process is gone; what is left is applied at the next start")
-                    break
-                if not progressed:
-                    writer.stop.wait(POLL_SECONDS)
+            niced = threading.Thread(target=behind_training, name="outbox-writer-niced")
+            niced.start()
+            while niced.is_alive():  # timed: SIGTERM's handler runs here, and a signal may wake another thread
+                niced.join(0.5)
+            if not done.is_set():  # the run ended first: the rest on this thread, at the process's own priority
+                serve(writer, parent_gone, log)
         finally:
             writer.release()
     return 0

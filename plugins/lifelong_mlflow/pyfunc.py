@@ -47,18 +47,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
-import torch
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.models import Model
 
 from lifelong.types import ModelSpec
 from lifelong_mlflow import contract
+
+if TYPE_CHECKING:  # torch only where tensors are written (save): the outbox writer saves files, never tensors
+    import torch
 
 WEIGHTS = "weights.safetensors"
 SPEC = "model.json"
@@ -80,24 +84,60 @@ def save(
     strategies: list[str] | None = None,
     lineage: dict[str, Any] | None = None,
 ) -> None:
-    """Write a generation as a pyfunc model directory at ``path`` (which must not exist yet).
+    """Write a generation held in memory as a pyfunc model directory at ``path`` (which must not exist yet).
 
     ``pip_requirements`` is explicit because inferring requirements costs seconds per model;
     ``mlflow_model`` carries the MLmodel metadata (logged model id, run id) when it is logged.
     The signature is computed from ``spec`` (:func:`lifelong_mlflow.contract.signature`).
     ``strategy_state`` (name -> nested state, CPU tensors), when given, is stored with the run's
     ``strategies`` names and ``lineage`` (``{"session": …, "generation": …}``) in the two optional
-    strategy artifacts.
+    strategy artifacts. The tensors are written to safetensors files, then :func:`save_files` does the rest.
     """
     from safetensors.torch import save_file
 
-    with tempfile.TemporaryDirectory(prefix="lifelong-pyfunc-") as tmp:
-        weights, spec_file = Path(tmp) / WEIGHTS, Path(tmp) / SPEC
+    with tempfile.TemporaryDirectory(prefix="lifelong-tensors-") as tmp:
+        weights = Path(tmp) / WEIGHTS
         save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
-        spec_file.write_text(json.dumps(spec.to_dict(), indent=2))
-        artifacts = {"weights": str(weights), "spec": str(spec_file)}
+        strategy_tensors = index = None
         if strategy_state is not None:
-            artifacts.update(_write_strategies(Path(tmp), strategy_state, strategies, lineage))
+            from lifelong.checkpoint import split_tensors
+
+            found: dict[str, torch.Tensor] = {}
+            skeleton = split_tensors(strategy_state, "", found)
+            index = strategy_index(skeleton, strategies, lineage)
+            json.dumps(index, allow_nan=True)  # a state that is not JSON and tensors fails before anything is written
+            strategy_tensors = Path(tmp) / STRATEGY_TENSORS
+            save_file(found, str(strategy_tensors))
+        save_files(path, weights, spec, pip_requirements, mlflow_model, strategy_tensors, index)
+
+
+def save_files(
+    path: str | Path,
+    weights: str | Path,
+    spec: ModelSpec,
+    pip_requirements: list[str],
+    mlflow_model: Model | None = None,
+    strategy_tensors: str | Path | None = None,
+    strategy_index: dict[str, Any] | None = None,
+) -> None:
+    """Write a generation as a pyfunc model directory at ``path`` from its tensors already in files.
+
+    ``weights`` (the model's ``state_dict``) and ``strategy_tensors`` are safetensors files, stored
+    byte for byte as they are; ``strategy_index`` is the content of ``strategies.json``
+    (:func:`strategy_index`), given with ``strategy_tensors``. The outbox writer process passes the
+    outbox entry's own files, so it never loads a tensor and never imports torch (about 1.5 s of CPU
+    at its start, taken from the training process's CPUs); :func:`save` passes the files it just wrote.
+    Other arguments as for :func:`save`.
+    """
+    with tempfile.TemporaryDirectory(prefix="lifelong-pyfunc-") as tmp:
+        root = Path(tmp)
+        # MLflow names each artifact after its file, so the files are placed under the artifact names.
+        artifacts = {"weights": _place(weights, root / WEIGHTS), "spec": str(root / SPEC)}
+        (root / SPEC).write_text(json.dumps(spec.to_dict(), indent=2))
+        if strategy_tensors is not None:
+            (root / STRATEGY_INDEX).write_text(json.dumps(strategy_index, allow_nan=True))
+            artifacts["strategies"] = _place(strategy_tensors, root / STRATEGY_TENSORS)
+            artifacts["strategies_index"] = str(root / STRATEGY_INDEX)
         # Set on the metadata rather than passed as signature=: MLflow then warns, at every save,
         # that no input example was given (one would cost a model load and a predict per save).
         mlflow_model = mlflow_model if mlflow_model is not None else Model()
@@ -112,6 +152,27 @@ def save(
             )
 
 
+def strategy_index(skeleton: Any, strategies: list[str] | None, lineage: dict[str, Any] | None) -> dict[str, Any]:
+    """``strategies.json``: the strategies' state with its tensors replaced by references
+    (:func:`lifelong.checkpoint.split_tensors`, prefix ``""``) into ``strategies.safetensors``, the
+    run's strategy names (``learner.strategies`` order; else the state's own) and the lineage."""
+    return {
+        "format": STRATEGIES_FORMAT,
+        "strategies": list(strategies if strategies is not None else skeleton),
+        "state": skeleton,
+        **{key: value for key, value in (lineage or {}).items() if key in ("session", "generation")},
+    }
+
+
+def _place(source: str | Path, target: Path) -> str:
+    """``source`` at ``target``: a hard link where they share a file system (no bytes copied), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    return str(target)
+
+
 def file_digest(path: str | Path) -> str:
     """SHA-256 of a file (a generation's weights), read in blocks."""
     digest = hashlib.sha256()
@@ -119,29 +180,6 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_strategies(
-    root: Path, strategy_state: dict[str, Any], strategies: list[str] | None, lineage: dict[str, Any] | None
-) -> dict[str, str]:
-    """The two strategy artifacts under ``root``; the JSON is encoded first, so a state that is not
-    JSON and tensors fails before anything is written."""
-    from safetensors.torch import save_file
-
-    from lifelong.checkpoint import split_tensors
-
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = split_tensors(strategy_state, "", tensors)
-    index = {
-        "format": STRATEGIES_FORMAT,
-        "strategies": list(strategies if strategies is not None else strategy_state),
-        "state": skeleton,
-        **{key: value for key, value in (lineage or {}).items() if key in ("session", "generation")},
-    }
-    text = json.dumps(index, allow_nan=True)
-    save_file(tensors, str(root / STRATEGY_TENSORS))
-    (root / STRATEGY_INDEX).write_text(text)
-    return {"strategies": str(root / STRATEGY_TENSORS), "strategies_index": str(root / STRATEGY_INDEX)}
 
 
 @contextlib.contextmanager

@@ -143,34 +143,24 @@ def ui_hint(tracking_uri: str, experiment_id: str | None, run_id: str | None) ->
 class PendingGeneration:
     """A generation as an outbox entry holds it: what the writer logs and registers.
 
-    ``tags`` are :func:`generation_tags` (computed where the generation was made); ``strategy_state``
-    is None when it could not be stored (not JSON and tensors), and ``records`` gets the version,
-    model id and URIs once it is written.
+    ``tags`` are :func:`generation_tags` (computed where the generation was made). The tensors stay
+    in the entry's safetensors files and are stored as they are (:func:`lifelong_mlflow.pyfunc.save_files`):
+    ``weights`` (the model's ``state_dict``) and, when the strategies' state was stored,
+    ``strategy_tensors`` with ``strategy_skeleton`` (the state with its tensors replaced by references
+    into that file; None when it was not JSON and tensors). ``records`` gets the version, model id
+    and URIs once it is written.
     """
 
     index: int
     tags: dict[str, str]
     accuracy: dict[int, float]
     spec: ModelSpec
-    state: dict[str, Any]
-    strategy_state: dict[str, Any] | None
+    weights: Path
+    strategy_tensors: Path | None = None
+    strategy_skeleton: dict[str, Any] | None = None
     promotion: dict[str, Any] | None = None
     continues: dict[str, Any] | None = None  # on a continued session's first generation: what it continued from
     records: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, generation: Generation, session: str | None) -> PendingGeneration:
-        return cls(
-            index=generation.index,
-            tags=generation_tags(generation, session),
-            accuracy=dict(generation.accuracy),
-            spec=generation.model_spec,
-            state=generation.state,
-            strategy_state=generation.strategy_state,
-            promotion=generation.promotion,
-            continues=getattr(generation, "continues", None),
-            records=generation.records,
-        )
 
 
 class Recorder:
@@ -384,24 +374,19 @@ class Recorder:
         metadata = Model(
             artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id, model_id=logged.model_id
         )
-        save: dict[str, Any] = {}
-        if generation.strategy_state is not None:
-            save = {
-                "strategy_state": generation.strategy_state,
-                "strategies": self._strategies or list(generation.strategy_state),
-                "lineage": {"session": session, "generation": generation.index},
+        strategies: dict[str, Any] = {}
+        if generation.strategy_tensors is not None and generation.strategy_skeleton is not None:
+            # The skeleton came out of the entry's JSON: strategies.json cannot fail to encode.
+            names = self._strategies or list(generation.strategy_skeleton)
+            lineage = {"session": session, "generation": generation.index}
+            strategies = {
+                "strategy_tensors": generation.strategy_tensors,
+                "strategy_index": pyfunc.strategy_index(generation.strategy_skeleton, names, lineage),
             }
         try:
             with tempfile.TemporaryDirectory(prefix="lifelong-mlflow-") as tmp:
                 target = Path(tmp) / "model"
-                try:
-                    pyfunc.save(target, generation.state, generation.spec, self.requirements, metadata, **save)
-                except (TypeError, ValueError) as exc:
-                    if target.exists() or not save:
-                        raise
-                    # A strategy state that is not JSON and tensors: the generation is still worth serving.
-                    self.errors.append(strategy_error(generation.index, exc))
-                    pyfunc.save(target, generation.state, generation.spec, self.requirements, metadata)
+                pyfunc.save_files(target, generation.weights, generation.spec, self.requirements, metadata, **strategies)
                 # Recorded in the registry, apart from the artifact store, so lifelong serve can tell changed weights.
                 tags[registry.WEIGHTS_DIGEST_TAG] = pyfunc.file_digest(target / "artifacts" / pyfunc.WEIGHTS)
                 client.log_model_artifacts(logged.model_id, str(target))

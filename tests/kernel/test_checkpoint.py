@@ -7,6 +7,7 @@ import hashlib
 import pytest
 import torch
 from safetensors.torch import load_file
+from safetensors.torch import save as library_bytes
 
 from lifelong import checkpoint
 
@@ -20,10 +21,13 @@ def test_the_streaming_writer_writes_what_safetensors_reads(tmp_path):
         "/ids": torch.arange(7, dtype=torch.int64),
         "/half": torch.randn(4).to(torch.bfloat16),
         "/view": torch.randn(6, 6)[:, 1],  # not contiguous
+        "/i32/é": torch.arange(3, dtype=torch.int32),  # a name in UTF-8
     }
     facts = checkpoint.write_safetensors(tmp_path / "t.safetensors", tensors)
     data = (tmp_path / "t.safetensors").read_bytes()
     assert facts == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    # The library's own bytes: an MLflow generation stores the outbox's file as it is (lifelong_mlflow.pyfunc.save_files).
+    assert data == library_bytes({name: value.contiguous() for name, value in tensors.items()})
     loaded = load_file(str(tmp_path / "t.safetensors"))
     assert loaded.keys() == tensors.keys()
     for name, value in tensors.items():

@@ -9,6 +9,7 @@ the next start. The first tests check the outbox's files without any store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,18 +20,26 @@ import threading
 import time
 from pathlib import Path
 
+import mlflow
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from lifelong_mlflow import outbox
+from lifelong_mlflow import outbox, pyfunc
 from lifelong_mlflow.models_command import models
 from lifelong_mlflow.options import MLflowOptions
+from lifelong_mlflow.outbox_writer import NICE
 from lifelong_mlflow.tracker import MLflowTracker
+from lifelong_models.mlp import MLP, MLPOptions
+from lifelong_transfer.initializers import _read_strategies
 from mlflow import MlflowClient
 
 from lifelong import config, pipeline
 from lifelong.host import PluginHost
+from lifelong.run import Session
 from tests.fixtures.mlflow_server import ServerProcess, free_port, killable_mlflow_server
+from tests.plugins.test_mlflow_tracker import SMALL, fake_run
+from tests.plugins.test_mlflow_tracker import small_generation as generation_of
 from tests.plugins.test_tracking_failures import small_generation, small_run
 
 
@@ -55,6 +64,70 @@ def test_entries_are_whole_or_absent_and_numbers_are_never_reused(tmp_path):
     assert box.entries() == [] and [e.seq for e in box.entries(box.dir / outbox.FAILED)] == [2]
     assert box.next_seq() == 3  # after the journal and the given-up entry, never a number in use
     assert not box.remove_if_done()  # a given-up entry is kept to inspect
+
+
+# -- the writer process: what it imports, what it stores ---------------------------------------------
+def thread_nices(pid: int) -> list[int]:
+    """The nice value of each thread of a process (Linux keeps one per thread)."""
+    nices = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            nices.append(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
+    return nices
+
+
+def test_the_writer_process_yields_to_training_without_torch_and_stores_the_entry_files_as_they_are(tmp_path, monkeypatch):
+    """The writer the tracker starts works below the training process's priority until the run ends,
+    then at its own; it applies a generation with strategy state without importing torch (~1.5 s of
+    CPU at each start, on the CPUs training uses); the model it stores is, file for file, what
+    ``pyfunc.save`` writes from the tensors, and it serves like the trained model."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # the writer inherits it: each of its imports goes to writer.log
+    monkeypatch.setattr(outbox.SessionBox, "remove_if_done", lambda self: False)  # keep writer.log to read
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    model = MLP(MLPOptions(hidden=[8]), SMALL)
+    tracker = MLflowTracker(MLflowOptions(tracking_uri=uri, outbox=str(tmp_path / "outbox"), flush_seconds=3600))
+    tracker.on_run_start(run=fake_run(model, SMALL, Session("s-files"), strategies=["replay"]))
+    writer, base = tracker._process.pid, os.getpriority(os.PRIO_PROCESS, 0)
+    if sys.version_info >= (3, 11):  # the training process's session (autogroup), a process group of its own
+        assert os.getsid(writer) == os.getsid(0) and os.getpgid(writer) == writer
+    wait_for(lambda: min(19, base + NICE) in thread_nices(writer), 30, "the writer's niced thread")
+    sent = []
+    command = tracker._command
+
+    def spy(word: str) -> None:
+        command(word)
+        sent.append(word)
+        if word == "ended":  # the niced thread stops between two entries; the rest runs at the run's priority
+            wait_for(lambda: max(thread_nices(writer)) == base, 30, "the writer back at the run's priority")
+
+    monkeypatch.setattr(tracker, "_command", spy)
+    state = {"replay": {"x": torch.rand(5, 4), "y": torch.tensor([0, 1, 1, 0, 1]), "seen": 5, "mask": torch.tensor([True, False])}}
+    generation = generation_of(model, 0, session="s-files", strategy_state=state)
+    tracker.on_generation(generation=generation)
+    result = tracker.on_run_end(summary={"generations": [], "heatmap": None})
+    assert result["complete"] is True and "errors" not in result, result
+    assert sent == ["ended", "stop"]
+
+    log = (tmp_path / "outbox" / "s-files" / outbox.LOG).read_text()
+    imported = {line.rsplit("|", 1)[1].strip() for line in log.splitlines() if line.startswith("import time:")}
+    assert {"lifelong_mlflow.recorder", "lifelong_mlflow.pyfunc", "mlflow.pyfunc"} <= imported  # the log has its imports
+    torch_modules = sorted(name for name in imported if name.split(".")[0] == "torch")
+    assert not torch_modules, f"the writer process imported torch: {torch_modules[:3]} …"
+
+    stored = Path(MlflowClient(uri).get_logged_model(generation.records["model_id"]).artifact_location.removeprefix("file://"))
+    lineage = {"session": "s-files", "generation": 0}
+    pyfunc.save(tmp_path / "expected", generation.state, generation.model_spec, [], strategy_state=state, strategies=["replay"], lineage=lineage)
+    for name in (pyfunc.WEIGHTS, pyfunc.SPEC, pyfunc.STRATEGY_TENSORS, pyfunc.STRATEGY_INDEX):
+        assert (stored / "artifacts" / name).read_bytes() == (tmp_path / "expected" / "artifacts" / name).read_bytes(), name
+    continued = _read_strategies(stored)
+    assert continued["strategies"] == ["replay"] and continued["session"] == "s-files" and continued["generation"] == 0
+    assert continued["state"]["replay"]["seen"] == 5 and torch.equal(continued["state"]["replay"]["x"], state["replay"]["x"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    served = mlflow.pyfunc.load_model(generation.records["model_uri"])
+    x = np.random.default_rng(0).random((5, 4), dtype=np.float32)
+    with torch.no_grad():
+        np.testing.assert_array_equal(served.predict(x), model(torch.from_numpy(x)).argmax(dim=1).numpy())
 
 
 # -- a server killed mid-run and started again ---------------------------------------------------------

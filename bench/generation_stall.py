@@ -178,11 +178,12 @@ def log_model_variants(tmp: Path, hidden: list[int], repeats: int) -> dict[str, 
     """Seconds to log and register one generation three ways, into one fresh sqlite store."""
     import mlflow
     from mlflow import MlflowClient
+    from safetensors.torch import save_file
 
     from lifelong.types import Experience, Generation, ModelSpec, StreamInfo
     from lifelong_mlflow import pyfunc
     from lifelong_mlflow.options import MLflowOptions
-    from lifelong_mlflow.recorder import PendingGeneration
+    from lifelong_mlflow.recorder import PendingGeneration, generation_tags
     from lifelong_mlflow.tracker import MLflowTracker
     from lifelong_models.mlp import MLP, MLPOptions
 
@@ -191,10 +192,9 @@ def log_model_variants(tmp: Path, hidden: list[int], repeats: int) -> dict[str, 
     options = {"hidden": hidden, "activation": "relu", "dropout": 0.0}
     state = checkpoint.to_cpu(MLP(MLPOptions(hidden=hidden), info).state_dict())
     spec = ModelSpec("mlp", options, info)
-    # The writer process's Recorder, here on this thread: only the per-generation MLflow cost is timed.
-    tracker = MLflowTracker(MLflowOptions(tracking_uri=uri, registered_model="variants"))
-    tracker.options.experiment = "variants"
-    tracker._tracking_uri = uri
+    # The writer process's Recorder (the tracker is one), here on this thread: only the per-generation
+    # MLflow cost is timed, from a safetensors file as an outbox entry holds it.
+    tracker = MLflowTracker(MLflowOptions(tracking_uri=uri, registered_model="variants", experiment="variants"))
     tracker._start({}, {}, "bench", False, 0)
     client, run_id = MlflowClient(uri), tracker._run_id
     mlflow.set_tracking_uri(uri)
@@ -204,41 +204,40 @@ def log_model_variants(tmp: Path, hidden: list[int], repeats: int) -> dict[str, 
         "pyfunc.log_model, inferred requirements": [],
     }
     try:
-        for i in range(repeats + 1):  # the first round warms imports and is dropped
-            generation = Generation(
-                index=i,
-                parent=None,
-                experience=Experience(i, [0], 1, 1, {}),
-                session=f"bench-{hidden}",
-                experiences_covered=[0],
-                accuracy={0: 0.5},
-                model_spec=spec,
-                state=state,
-                strategy_state={},
-            )
-            start = time.perf_counter()
-            tracker._log_generation(PendingGeneration.of(generation, f"bench-{hidden}"))
-            elapsed = [time.perf_counter() - start]
-            for requirements in (tracker.requirements, None):
-                with tempfile.TemporaryDirectory() as files:
-                    weights, spec_file = Path(files) / pyfunc.WEIGHTS, Path(files) / pyfunc.SPEC
-                    from safetensors.torch import save_file
-
-                    save_file(state, str(weights))
-                    spec_file.write_text(json.dumps(spec.to_dict()))
+        with tempfile.TemporaryDirectory() as files:
+            weights, spec_file = Path(files) / pyfunc.WEIGHTS, Path(files) / pyfunc.SPEC
+            save_file(state, str(weights))
+            spec_file.write_text(json.dumps(spec.to_dict()))
+            for i in range(repeats + 1):  # the first round warms imports and is dropped
+                generation = Generation(
+                    index=i,
+                    parent=None,
+                    experience=Experience(i, [0], 1, 1, {}),
+                    session=f"bench-{hidden}",
+                    experiences_covered=[0],
+                    accuracy={0: 0.5},
+                    model_spec=spec,
+                    state=state,
+                    strategy_state={},
+                )
+                pending = PendingGeneration(index=i, tags=generation_tags(generation), accuracy={0: 0.5}, spec=spec, weights=weights)
+                start = time.perf_counter()
+                tracker._log_generation(pending)
+                elapsed = [time.perf_counter() - start]
+                for requirements in (tracker.requirements, None):
                     start = time.perf_counter()
                     with mlflow.start_run(run_id=run_id):
                         mlflow.pyfunc.log_model(
-                            name=f"fluent-{i}",
+                            name=f"fluent-{i}-{len(elapsed)}",
                             python_model=str(pyfunc.MODEL_CODE),
                             artifacts={"weights": str(weights), "spec": str(spec_file)},
                             pip_requirements=requirements,
                             registered_model_name="variants",
                         )
                     elapsed.append(time.perf_counter() - start)
-            if i:
-                for key, value in zip(times, elapsed):
-                    times[key].append(value)
+                if i:
+                    for key, value in zip(times, elapsed):
+                        times[key].append(value)
     finally:
         client.set_terminated(run_id)
         mlflow.set_tracking_uri(None)

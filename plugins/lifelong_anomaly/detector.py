@@ -431,10 +431,11 @@ def reservoir_slots(index: torch.Tensor, size: int) -> torch.Tensor:
     ``size`` samples fill it in order, then sample ``t`` replaces a uniform slot of ``[0, t]`` when
     that slot is below ``size``, so the reservoir holds a uniform sample of every sample so far).
 
-    The draw is a fixed hash of ``t`` (SplitMix64's finaliser, in int64 arithmetic that wraps), not
-    the random generator: device-side, no host synchronisation, and the same slots after
-    ``--resume`` or in a rebuilt generation without any RNG state. Two samples of one batch drawing
-    the same slot: the later one stays, as if recorded one after the other.
+    The draw is a fixed hash of ``t`` (SplitMix64's finaliser constants in int64 arithmetic: the
+    multiplications wrap, the shifts are arithmetic), not the random generator: device-side, no
+    host synchronisation, and the same slots after ``--resume`` or in a rebuilt generation without
+    any RNG state (uniformity: ``test_the_stream_reservoir_holds_a_uniform_sample…``). Two samples
+    of one batch drawing the same slot: ``index_copy_`` keeps one of them, on the CPU the later.
     """
     z = index * -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64
     z = (z ^ (z >> 30)) * -4658895280553007687  # 0xBF58476D1CE4E5B9

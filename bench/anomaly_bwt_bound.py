@@ -36,16 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import anomaly  # noqa: E402
 from common import git_commit, provenance, source_fingerprint  # noqa: E402
 
+from lifelong.metrics import acc, bwt  # noqa: E402
 from lifelong.types import StreamInfo  # noqa: E402
 from lifelong_anomaly.autoencoder import Autoencoder, AutoencoderOptions  # noqa: E402
 
 SCORES = ("reconstruction", "latent kNN", "input kNN")
 BATCH = 32
-
-
-def bwt(matrix: np.ndarray) -> float:
-    last = len(matrix) - 1
-    return float(np.mean([matrix[last, i] - matrix[i, i] for i in range(last)]))
 
 
 class Reservoir:
@@ -128,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
              f"`{command.strip()}` at commit `{commit}`, k = {args.k}.", "",
              "| score | avg ROC-AUC per seed | BWT per seed |", "| --- | --- | --- |"]
     for name in SCORES:
-        matrices = [np.array(runs[seed][name]) for seed in args.seeds]
-        lines.append(f"| {name} | {' '.join(f'{m[-1].mean():.3f}' for m in matrices)} | {' '.join(f'{bwt(m):+.3f}' for m in matrices)} |")
+        matrices = [runs[seed][name] for seed in args.seeds]
+        lines.append(f"| {name} | {' '.join(f'{acc(m):.3f}' for m in matrices)} | {' '.join(f'{bwt(m):+.3f}' for m in matrices)} |")
     text = "\n".join(lines) + "\n"
     print(text)
     out = anomaly.RESULTS / f"anomaly_bwt_bound_{args.scenario}"

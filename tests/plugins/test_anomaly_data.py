@@ -4,6 +4,7 @@ and reader, on the real bundled data."""
 from __future__ import annotations
 
 import gzip
+import math
 from pathlib import Path
 
 import numpy as np
@@ -193,7 +194,7 @@ def test_tail_split_tests_each_experience_on_its_last_windows_after_a_gap(tmp_pa
 def test_ecg_tests_on_the_future_only(tmp_path):
     reader = ecg_reader(EcgOptions(), context(tmp_path, batch_size=2048))
     train, test = next(iter(reader)), reader.test_set(0)
-    held = round(0.3 * 1748 + 0.5)  # ceil
+    held = math.ceil(0.3 * 1748)
     assert len(test) == held and len(train) == 1748 - held - 127  # 127 windows overlap the first test window
     last_trained_point = (len(train) - 1) * 4 + 511
     first_tested_point = (1748 - held) * 4

@@ -77,9 +77,10 @@ class RegistrationSpecs:
         the checkpoint writer's thread once the checkpoint holding ``position`` is durable (offsets
         are committed, records acknowledged, only then); ``close()``, once at the end of the
         session; ``checkpoint_wanted()``, polled on the training thread, True to ask for a
-        checkpoint now (a rebalance); ``counts(position)``, what the reader counted up to there,
-        shown as the summary's ``reader``. A reader with ``commit`` needs ``[checkpoint] dir``. The
-        full contract is in :mod:`lifelong.readers`.
+        checkpoint now (a rebalance); ``rebalance_hold()`` and ``release_revocation()``, for
+        data-parallel ranks to let revoked partitions go together; ``counts(position)``, what the
+        reader counted up to there, shown as the summary's ``reader``. A reader with ``commit``
+        needs ``[checkpoint] dir``. The full contract is in :mod:`lifelong.readers`.
         """
 
     @hookspec

@@ -37,6 +37,13 @@ group) follow **checkpoint, then commit**, through optional members:
   trained batch as soon as the writer is free (or, when that batch is checkpointed already, for
   its commit again): a Kafka consumer losing partitions in a rebalance waits for this before it
   lets them go, so the next owner starts right after the records this one trained.
+- ``rebalance_hold() -> str`` and ``release_revocation()`` (data-parallel ranks): polled on the
+  training thread at every step, ``"holding"`` says the reader has committed the partitions it is
+  giving up and keeps them until the other ranks have too, ``"free"`` that it has none to give up
+  (joining the group, or between a revocation and the next assignment), ``"busy"`` otherwise. Once
+  one rank holds and every rank holds, is free or has ended its stream, the kernel calls
+  ``release_revocation()`` on every rank at the same step, so that no rank rejoins the group before
+  all have committed (``lifelong_brokers.kafka``: why).
 - ``counts(position) -> dict[str, int]``: what the reader counted up to ``position`` (a position
   it produced, or None before the first batch): unlabeled records, held-out records …; the summary
   shows it as ``reader``.

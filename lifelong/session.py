@@ -143,6 +143,7 @@ class Runner:
         # each position once the checkpoint holding it is durable (see lifelong.readers).
         self._commit = getattr(plan.reader, "commit", None)
         self._wants_checkpoint = getattr(plan.reader, "checkpoint_wanted", None)
+        self._rebalance_hold = getattr(plan.reader, "rebalance_hold", None)  # data-parallel ranks only
         self.commit_errors: list[str] = []
         self.checkpoint_path: Path | None = None
         self.world = plan.world  # None in a single process; rank 0 alone evaluates, checkpoints and tracks
@@ -785,12 +786,15 @@ class Runner:
                 wants = bool(detector.before_batch(batch))
             late = self._deadline is not None and time.monotonic() >= self._deadline
             wanted = self._wants_checkpoint is not None and self._wants_checkpoint()  # a broker's rebalance
-            has, done, samples, boundary, spans, signalled, stop, due, asked, durable = world.agree([
+            hold = self._rebalance_hold() if self._rebalance_hold is not None else "free"
+            has, done, samples, boundary, spans, signalled, stop, due, asked, durable, holding, ready = world.agree([
                 int(batch is not None), int(ended), len(batch) if batch is not None else 0, int(wants or drifted),
                 self.span.count, int(self._signal is not None), int(late), int(self._checkpoint_ready()), int(wanted),
-                self._durable_step + 1 if self.lead else 0,
+                self._durable_step + 1 if self.lead else 0, int(hold == "holding"), int(ended or hold != "busy"),
             ])
             self._commit_durable(durable - 1)
+            if holding and ready == world.size:  # every rank committed its revocation, or has none to make
+                plan.reader.release_revocation()
             if signalled:
                 self._signal = self._signal or "a signal on another rank"
                 self._stop_on_signal()

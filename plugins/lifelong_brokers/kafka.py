@@ -19,7 +19,11 @@ next poll or inside ``on_revoke``; the caller when the reader is not polling); c
 after :data:`COMMIT_TIMEOUT` seconds if it was not served (the next checkpoint commits again).
 
 ``idle_timeout`` counts from the last record or assignment; before the first assignment the group
-join (about ``session_timeout_ms``) is not counted.
+join (about ``session_timeout_ms``) is not counted. A data-parallel rank whose stream ends so asks
+for a checkpoint, waits until its trained records are committed, and leaves the group: its
+partitions go to the ranks still reading, and a rebalance never waits for a member that stopped
+polling (an eager one would until ``max.poll.interval.ms``, 5 minutes; Tansu assigned such a member
+partitions nobody then read).
 
 **Seek.** The checkpoint's offsets are the source of truth: on each assignment (``on_assign``) a
 partition starts at max(checkpointed offset, the group's committed offset). The checkpoint is
@@ -49,7 +53,19 @@ assigned its own partitions. A revocation's checkpoint is the whole job's (the r
 at their next step), and each rank commits its own offsets once rank 0 made it durable. A rank whose
 reader waits in ``on_revoke`` keeps taking part in the steps (without a batch once its queue is
 trained), so the collective checkpoint is not held up by the wait; with eager assignment every rank
-waits so at once (tested with a member joining and leaving mid-training: test_broker_ranks.py). On
+waits so at once (tested with a member joining and leaving mid-training: test_broker_ranks.py).
+
+With eager assignment a rank whose revocation is committed also **holds** it (does not rejoin the
+group) until every other rank holds or has no assignment (``rebalance_hold``,
+``release_revocation``: the kernel relays the ranks' states at each step). Kafka itself waits for
+every member to rejoin (up to ``max.poll.interval.ms``) and accepts the old generation's commits
+meanwhile, but a broker may not: Tansu completes the next generation about
+``session_timeout_ms``/2 after the leader rejoins, whoever has not, then refuses the stragglers'
+commits (ILLEGAL_GENERATION: their records would be trained again by the next owners). Members
+notice a rebalance up to a heartbeat apart and a rank commits one step after rank 0, so an unheld
+leader rank rejoined seconds before the other rank committed (seen on CI; reproduced in
+test_broker_ranks.py). Cooperative revocations do not hold: there a rank's commit made 5 s after
+the other rank rejoined was accepted (same test). On
 resume every rank starts each partition at the furthest offset any rank's checkpointed position
 holds for it (``seek_ranks``), since the group may assign it partitions another rank trained.
 
@@ -64,7 +80,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from lifelong.errors import ConfigError, UserError
 from lifelong.readers import ReaderContext
@@ -155,6 +171,12 @@ class KafkaStream(AssembledStream):
         self._committed: dict[str, int] = {}  # partition → offset committed for the group (by us or before)
         self._yielded: dict[str, int] = {}  # partition → its offset in the last yielded batch's position
         self._wanted = False
+        # The hold of a revocation across data-parallel ranks (eager only: see the module docstring)
+        self._hold = context.ranks > 1 and not self._cooperative
+        self._assigned = False  # an assignment not yet revoked (False while joining)
+        self._holding = False  # committed, holding the revoked partitions until every rank has too
+        self._released = False
+        self._leaving = False  # a rank whose stream ended leaves the group (see _leave)
         self._closing = False
         self._closed = False
         self._poll_lock = threading.Lock()  # held while the reader thread is inside consume(); close() waits for it
@@ -181,6 +203,21 @@ class KafkaStream(AssembledStream):
 
     def checkpoint_wanted(self) -> bool:
         return self._wanted
+
+    def rebalance_hold(self) -> str:
+        """Where this rank's reader stands in a rebalance: ``holding`` (its revocation is committed and waits
+        for the other ranks'), ``busy`` (it owns partitions: an eager rebalance revokes every member's) or
+        ``free`` (nothing to give up: joining, or between a revocation and the next assignment)."""
+        if self._holding:
+            return "holding"
+        return "busy" if self._assigned else "free"
+
+    def release_revocation(self) -> None:
+        """Every rank holds its revocation or has nothing to give up: let the partitions go."""
+        with self._covered:
+            if self._holding:
+                self._released = True
+                self._covered.notify_all()
 
     def __iter__(self) -> Iterator[Batch]:
         from confluent_kafka import Consumer, KafkaError
@@ -251,6 +288,8 @@ class KafkaStream(AssembledStream):
                 if batch is not None:
                     yield self._yielding(batch)
                 say(f"{self.source}: no records for {o.idle_timeout:g} s (idle_timeout): the stream ends")
+                if self.context.ranks > 1:
+                    self._leave()
                 return
 
     def _describe(self, message: Any, name: str, source: str) -> tuple[str | None, str, int]:
@@ -395,6 +434,7 @@ class KafkaStream(AssembledStream):
             for name, offset in group.items():
                 self._committed[name] = offset
         self._event = time.monotonic()
+        self._assigned = True
         if self._cooperative:
             consumer.incremental_assign(partitions)
         else:
@@ -410,29 +450,69 @@ class KafkaStream(AssembledStream):
             self._wanted = True
             deadline = time.monotonic() + REVOKE_WAIT
             try:
-                while True:
-                    self._serve()  # this thread holds the poll lock: commits queued by the kernel are made here
-                    with self._covered:
-                        if self._covers(due) or self._closing:
-                            break
-                        if time.monotonic() > deadline:
-                            say(
-                                f"{self.source}: gave up partitions {sorted(names)} after {REVOKE_WAIT:g} s before their "
-                                "trained records were committed: the next owner may train some of them again"
-                            )
-                            break
-                        self._covered.wait(0.1)
+                committed = self._serve_until(
+                    lambda: self._covers(due), deadline,
+                    f"{self.source}: gave up partitions {sorted(names)} after {REVOKE_WAIT:g} s before their "
+                    "trained records were committed: the next owner may train some of them again",
+                )
+                if committed and self._hold and not self._leaving:
+                    self._wanted, self._holding, self._released = False, True, False
+                    self._serve_until(
+                        lambda: self._released, deadline,
+                        f"{self.source}: rank {self.context.rank} stopped waiting for the other ranks' commits after "
+                        f"{REVOKE_WAIT:g} s and rejoins the group: a rank that commits later may be refused",
+                    )
             finally:
-                self._wanted = False
+                self._wanted = self._holding = False
         with self._lock:
             self._forget(names)
+            self._assigned = bool(self._owned)
         self._unassign(consumer, partitions)
+
+    def _leave(self) -> None:
+        """A data-parallel rank whose share of the stream ended leaves the group once its trained records are
+        committed, so that its partitions go to the ranks still reading, and no rebalance waits for a
+        member that no longer polls (the job's other ranks go on until their own streams end)."""
+        with self._poll_lock:
+            with self._lock:
+                due = dict(self._yielded)
+            self._wanted = True  # a checkpoint of what this rank trained, as a revocation asks for
+            try:
+                self._serve_until(
+                    lambda: self._covers(due), time.monotonic() + REVOKE_WAIT,
+                    f"{self.source}: rank {self.context.rank} leaves the group after {REVOKE_WAIT:g} s before its "
+                    "trained records were committed: the next owner may train some of them again",
+                )
+            finally:
+                self._wanted = False
+            if self._closing or self._closed:
+                return
+            self._leaving = True
+            self._consumer.close()  # on_revoke runs here, with nothing left to commit and no hold
+            self._closed = True
+        say(f"{self.source}: rank {self.context.rank} left the group: its partitions go to the ranks still reading")
+
+    def _serve_until(self, done: Callable[[], bool], deadline: float, late: str) -> bool:
+        """Make the commits the kernel queues (the caller holds the poll lock) until ``done()``: True then;
+        False when the reader is closing, or past ``deadline`` (saying ``late``)."""
+        while True:
+            self._serve()
+            with self._covered:
+                if done():
+                    return True
+                if self._closing:
+                    return False
+                if time.monotonic() > deadline:
+                    say(late)
+                    return False
+                self._covered.wait(0.1)
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         names = {_name(p.topic, p.partition) for p in partitions}
         self.asm.drop(names)
         with self._lock:
             self._forget(names)
+            self._assigned = bool(self._owned)
         say(f"{self.source}: lost partitions {sorted(names)} (session timed out): their uncommitted records may be trained again")
         self._unassign(consumer, partitions)
 

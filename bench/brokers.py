@@ -4,7 +4,9 @@
 repeated to ``--records`` rows — fed to the same pipeline (naive, MLP [256, 256], Adam, tracking
 off) three ways: from an ``npz`` file, from a Kafka topic (Tansu, 3 partitions, JSON messages) and
 from a Redis stream (JSON in the entry field ``data``), at batch 32 and 256, alternating the sources
-over ``--repeats`` rounds, in-process (``pipeline.Runner``). The figure is the **steady-state
+over ``--repeats`` rounds, in-process (``pipeline.Runner``). The broker readers run in their own
+process (``reader_process``, the default); with ``--thread`` each broker is also measured with its
+reader on the kernel's reader thread (``reader_process = false``), in the same rounds. The figure is the **steady-state
 training rate**: trained samples per second between the first and the last periodic ``on_metrics`` call
 (about 20 over a run), from the bench's ``rss-log`` tracker (``bench/bench_probes.py``), so it leaves
 out what only a broker run has at its ends — the consumer-group join before the first batch and the
@@ -28,6 +30,7 @@ process that was then killed (redone after the resume), partial checkpoint files
 
     OMP_NUM_THREADS=1 python bench/brokers.py [--records 20000] [--repeats 3] [--kills 20] [--seed 0]
                                               [--quick] [--skip-throughput] [--skip-faults] [--only kafka|redis]
+                                              [--thread]
 
 ``--quick``: 10,000 records, 1 repeat, 5 kills (a smoke run, ~3 min). Writes bench/results/brokers.{json,md}.
 """
@@ -75,7 +78,7 @@ from tests.fixtures.redis_server import pending_count, redis_server_process, xad
 
 TARGET_RATIO = 0.9
 BATCHES = (32, 256)
-SOURCES = ("npz", "kafka", "redis")
+SOURCES = ("npz", "kafka", "redis", "kafka-thread", "redis-thread")  # -thread: reader_process = false (--thread)
 
 
 # -- part 1: throughput ----------------------------------------------------------------------------------
@@ -92,6 +95,8 @@ def stream_section(source: str, where: dict[str, Any], run: int) -> dict[str, An
     """The ``[stream]`` section of one run; broker runs read from the start, each in a fresh consumer group."""
     if source == "npz":
         return {"reader": "npz", "path": str(where["npz"]), "scenario": "class"}
+    thread = source.endswith("-thread")  # the reader on the kernel's reader thread, not in its own process
+    source = source.removesuffix("-thread")
     common = {
         "format": "json",
         "features_field": "x",
@@ -101,6 +106,7 @@ def stream_section(source: str, where: dict[str, Any], run: int) -> dict[str, An
         "batch_timeout": 0.5,
         "idle_timeout": 2.0,
         "group": f"bench-{run}",
+        **({"reader_process": False} if thread else {}),
     }
     if source == "kafka":
         return {"reader": "kafka", "bootstrap": where["kafka"], "topics": ["digits"], **common}
@@ -240,11 +246,11 @@ def throughput(args: argparse.Namespace, tmp: Path, where: dict[str, Any], sourc
             }
     raw = []
     for source in sources:
-        if source != "npz":
+        if source in ("kafka", "redis"):
             counter += 1
             raw.append(raw_reader_rate(host, source, where, tmp, counter))
             print(json.dumps(raw[-1]), flush=True)
-    met = all(v["ratio_to_npz"] >= TARGET_RATIO for k, v in table.items() if not k.startswith("npz"))
+    met = all(v["ratio_to_npz"] >= TARGET_RATIO for k, v in table.items() if k.split("/")[0] in ("kafka", "redis"))
     return {"runs": runs, "table": table, "raw_readers": raw, "target": TARGET_RATIO, "met": met}
 
 
@@ -388,6 +394,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="10,000 records, 1 repeat, 5 kills, 1,797 fault records")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-faults", action="store_true")
+    parser.add_argument("--thread", action="store_true", help="also each broker with its reader on the kernel's reader thread (reader_process = false)")
     parser.add_argument("--name", default="brokers")
     args = parser.parse_args()
     if args.quick:
@@ -415,7 +422,8 @@ def main() -> int:
                     where["redis"] = redis.url
                     xadd(redis.url, "digits", records)
                 (tmp / "tp").mkdir()
-                result["throughput"] = throughput(args, tmp / "tp", where, ["npz", *brokers])
+                threads = [f"{b}-thread" for b in brokers] if args.thread else []
+                result["throughput"] = throughput(args, tmp / "tp", where, ["npz", *brokers, *threads])
         if not args.skip_faults:
             result["faults"] = []
             for kind in brokers:

@@ -14,8 +14,10 @@ messages; smaller polls decode in the reader thread, where the round trip would 
 saves. A poll goes in parts of :data:`PART` messages (:meth:`DecodeProcess.decode_parts`), round
 robin over the children: they decode the next parts while the reader thread accounts for the last.
 One child decodes about as fast as one core trains a small MLP at batch 256, so the default,
-``decode_processes = -1``, forks one child per four CPUs (1 to 4): on the 2-CPU machine this project
-is developed on that is one (the trainer needs the other CPU); on a 16-CPU machine, four. A fork inherits the loaded modules, so the child starts in milliseconds and imports nothing.
+``decode_processes = -1``, forks one child per four CPUs, up to 4: on a 16-CPU machine, four. Below
+four CPUs, a reader in its own process (:mod:`lifelong_brokers.reader_process`, the default) forks
+none (on 2 CPUs the trainer and the reader process take both), and a reader on the training
+process's thread one (its decoding leaves the GIL it shares with training). A fork inherits the loaded modules, so the child starts in milliseconds and imports nothing.
 It runs ``decode_many`` on numpy and orjson alone: it never touches torch, a device, a lock of the
 parent's threads or a file (it closes every inherited descriptor but its pipe), which is what makes
 a fork from a process with threads safe here, as PyTorch's DataLoader workers are forked. It
@@ -46,13 +48,13 @@ class DecodeProcess:
     """``decode_many`` in forked children; the same answers as ``decoder.decode_many``, in the same order.
 
     ``processes``: how many children decode the parts of a poll side by side (round robin); 0
-    decodes in the reader thread; -1 picks one child per four CPUs, 1 to 4 (:func:`auto_processes`).
+    decodes in the reader thread; -1 picks one child per four CPUs, up to 4 (:func:`auto_processes`).
     """
 
-    def __init__(self, decoder: Decoder, source: str, processes: int = 1):
+    def __init__(self, decoder: Decoder, source: str, processes: int = 1, reader_process: bool = False):
         self.decoder = decoder
         self.source = source
-        count = auto_processes() if processes < 0 else processes
+        count = auto_processes(reader_process) if processes < 0 else processes
         self._enabled = count > 0 and hasattr(os, "fork")
         self._count = max(1, count)
         self._conns: list[Connection | None] = [None] * self._count
@@ -170,10 +172,12 @@ class DecodeProcess:
                 _reap(pid)
 
 
-def auto_processes() -> int:
-    """Decoding children for ``decode_processes = -1``: one per four CPUs, at least 1 and at most 4 (a
-    2-CPU machine gets 1: the trainer needs the other CPU)."""
-    return max(1, min(4, (os.cpu_count() or 1) // 4))
+def auto_processes(reader_process: bool = False) -> int:
+    """Decoding children for ``decode_processes = -1``: one per four CPUs, at most 4. At least 1 for a reader
+    on the training process's reader thread (the decoding then leaves the GIL it shares with training);
+    none below four CPUs for a reader in a process of its own (``reader_process``: on 2 CPUs the trainer
+    and the reader process take both, and a decoding child would only add its round trips)."""
+    return max(0 if reader_process else 1, min(4, (os.cpu_count() or 1) // 4))
 
 
 def _serve(conn: Connection, decoder: Decoder) -> None:

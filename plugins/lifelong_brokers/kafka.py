@@ -88,6 +88,7 @@ from lifelong.types import Batch
 from lifelong_brokers.assemble import AssembledStream, Assembler
 from lifelong_brokers.decode_process import DecodeProcess
 from lifelong_brokers.options import BrokerOptions
+from lifelong_brokers.reader_process import ReaderProcess, served
 from lifelong_streams.records import say
 
 CONNECT_TIMEOUT = 10.0  # seconds for the start-up metadata request (bootstrap reachable, topics exist)
@@ -130,12 +131,12 @@ class KafkaOptions(BrokerOptions):
             )
 
 
-def kafka_reader(options: KafkaOptions, context: ReaderContext) -> KafkaStream:
+def kafka_reader(options: KafkaOptions, context: ReaderContext) -> KafkaStream | ReaderProcess:
     try:
         import confluent_kafka  # noqa: F401
     except ImportError:
         raise UserError(f"the kafka reader needs confluent-kafka, which is not installed: {INSTALL}") from None
-    return KafkaStream(options, context)
+    return served(KafkaStream(options, context), context, options.reader_process)
 
 
 def _name(topic: str, partition: int) -> str:
@@ -157,7 +158,7 @@ class KafkaStream(AssembledStream):
         self.context = context
         self.source = "kafka:" + ",".join(options.topics)
         self.asm = Assembler(options, context, self.source, dead_letter=self._dead_letter)
-        self._decoding = DecodeProcess(self.asm.decoder, self.source, options.decode_processes)
+        self._decoding = DecodeProcess(self.asm.decoder, self.source, options.decode_processes, options.reader_process)
         self._probe()
         self._start: dict[str, int] = {}  # the checkpoint's offsets (seek)
         self._consumer: Any = None
@@ -259,24 +260,18 @@ class KafkaStream(AssembledStream):
                 if self._requests:
                     self._serve()
                 messages = consumer.consume(o.poll_records, timeout=timeout)
-            kept, values, cursors = [], [], []
-            for message in messages:
-                error = message.error()
-                if error is not None:
-                    if error.fatal():
-                        raise RuntimeError(f"kafka consumer failed: {error.str()}")
-                    if error.code() != KafkaError._PARTITION_EOF and error.code() not in self._errors_seen:
-                        self._errors_seen.add(error.code())  # once per kind: a broker outage would repeat it
-                        say(f"{self.source}: {error.str()} (the consumer retries)")
-                    continue
+            good = [m for m in messages if m.error() is None]  # comprehensions: this runs per message
+            if len(good) < len(messages):
+                self._errors([m.error() for m in messages if m.error() is not None], KafkaError)
+            if good:
                 self._event = time.monotonic()
-                # _owned changes only inside consume (the rebalance callbacks), so it holds for this whole poll
-                name, source = self._partition(message.topic(), message.partition())
-                if name in self._owned:
-                    kept.append((message, name, source))
-                    values.append(message.value() or b"")
-                    cursors.append((name, message.offset() + 1))
-                # else fetched before a revocation: the next owner reads it
+            # Only owned partitions' messages (others were fetched before a revocation: the next owner reads
+            # them); _owned changes only inside consume (the rebalance callbacks), so it holds for this poll.
+            owned, known = self._owned, self._names.get
+            tagged = [(m, known((m.topic(), m.partition())) or self._partition(m.topic(), m.partition())) for m in good]
+            kept = [(m, name, source) for m, (name, source) in tagged if name in owned]
+            values = [m.value() or b"" for m, _, _ in kept]
+            cursors = [(name, m.offset() + 1) for m, name, _ in kept]
             # the poll is decoded in bulk, in a child process (decode.py and decode_process.py: why), and
             # accounted for in runs (Assembler.accept_all)
             for batch in self._accepted(values, cursors, lambda i: self._describe(*kept[i])):
@@ -291,6 +286,15 @@ class KafkaStream(AssembledStream):
                 if self.context.ranks > 1:
                     self._leave()
                 return
+
+    def _errors(self, errors: list[Any], KafkaError: Any) -> None:
+        """A poll's error events: a fatal one ends the stream; others are said once per kind (the consumer retries)."""
+        for error in errors:
+            if error.fatal():
+                raise RuntimeError(f"kafka consumer failed: {error.str()}")
+            if error.code() != KafkaError._PARTITION_EOF and error.code() not in self._errors_seen:
+                self._errors_seen.add(error.code())  # once per kind: a broker outage would repeat it
+                say(f"{self.source}: {error.str()} (the consumer retries)")
 
     def _describe(self, message: Any, name: str, source: str) -> tuple[str | None, str, int]:
         """A message's (record key, dead-letter source, offset) for the assembler; its key is the dead-letter topic's."""

@@ -41,7 +41,8 @@ class BrokerOptions:
     normalize: Literal["none", "standard"] = field(default="none", metadata={"help": "standard: the model scales inputs (StreamInfo.normalize)"})
     batch_timeout: float = field(default=1.0, metadata={"help": "seconds: a partial batch is yielded once its oldest record waited this long"})
     idle_timeout: float = field(default=0.0, metadata={"help": "seconds with no records after which the stream ends (0: never)"})
-    decode_processes: int = field(default=-1, metadata={"help": "child processes (forked) that decode each poll beside training; 0: in the reader thread; -1: one per four CPUs, 1 to 4 (see lifelong_brokers.decode_process)"})
+    reader_process: bool = field(default=True, metadata={"help": "run the reader (consuming, decoding, batching) in a forked child process: the training process only receives batches (see lifelong_brokers.reader_process); false: on the kernel's reader thread"})
+    decode_processes: int = field(default=-1, metadata={"help": "child processes (forked) that decode each poll beside the reader; 0: in the reader; -1: one per four CPUs, up to 4 (below four CPUs: none with reader_process, else 1; see lifelong_brokers.decode_process)"})
 
     def check(self) -> None:
         if self.format == "json":

@@ -100,6 +100,7 @@ from lifelong_brokers.assemble import AssembledStream, Assembler
 from lifelong_brokers.decode_process import DecodeProcess
 from lifelong_brokers.decode import raw_record
 from lifelong_brokers.options import BrokerOptions
+from lifelong_brokers.reader_process import ReaderProcess, served
 from lifelong_streams.records import say, short
 
 INSTALL = "pip install 'lifelong[redis]'"
@@ -151,14 +152,14 @@ class RedisOptions(BrokerOptions):
             raise ValueError(f"retry_seconds must be in [0, 86400], got {self.retry_seconds}")
 
 
-def redis_reader(options: RedisOptions, context: ReaderContext) -> RedisStream:
+def redis_reader(options: RedisOptions, context: ReaderContext) -> RedisStream | ReaderProcess:
     try:
         import redis  # noqa: F401
     except ImportError:
         raise UserError(f"the redis reader needs the redis package (redis-py), which is not installed: {INSTALL}") from None
     if context.ranks > 1:  # each data-parallel rank is a consumer of its own in the group
         options = dataclasses.replace(options, consumer=f"{options.consumer}-rank{context.rank}")
-    return RedisStream(options, context)
+    return served(RedisStream(options, context), context, options.reader_process)
 
 
 def entry_id(text: str | bytes) -> tuple[int, int]:
@@ -193,7 +194,7 @@ class RedisStream(AssembledStream):
         self.source = f"redis:{options.stream}"
         self.url = shown_url(options.url)
         self.asm = Assembler(options, context, self.source, dead_letter=self._dead_letter)
-        self._decoding = DecodeProcess(self.asm.decoder, self.source, options.decode_processes)
+        self._decoding = DecodeProcess(self.asm.decoder, self.source, options.decode_processes, options.reader_process)
         self._claimer = options.consumer + CLAIMED
         self._field = options.field.encode()
         self._client = self._connect()
@@ -417,6 +418,17 @@ class RedisStream(AssembledStream):
         together (decode.py says why); each entry is listed as unacknowledged or claimed first, which
         no commit acts on before a batch holding it was yielded."""
         asm = self.asm
+        if not claimed and self._field:  # the usual case, in comprehensions (this runs per entry)
+            field = self._field
+            values = [fields.get(field) if fields else None for _, fields in entries]
+            if None not in values:  # every entry has its payload
+                ids = [eid.decode() for eid, _ in entries]
+                with self._lock:
+                    self._unacked.extend(ids)
+                cursors = [("through", eid) for eid in ids]
+                for batch in self._accepted(values, cursors, lambda i: (ids[i], self.source, ids[i])):
+                    yield self._stamp(batch)
+                return
         accounted: list[tuple[str, tuple[str, Any], Any, str]] = []  # (id, cursor, message, reason to reject)
         with self._lock:
             for eid_bytes, fields in entries:

@@ -292,8 +292,8 @@ def test_a_member_joining_after_a_rank_s_stream_ended_trains_every_record_once(t
 
 
 class RankRelay:
-    """Two ranks' kafka readers driven as the kernel drives them, without the kernel: each iterates on its
-    own thread; a revocation's commit (``checkpoint_wanted``) is made ``commit_delay[rank]`` seconds after it
+    """Two ranks' kafka readers (each in its reader process, as in a run) driven as the kernel drives them,
+    without the kernel: each iterates on its own thread; a revocation's commit (``checkpoint_wanted``) is made ``commit_delay[rank]`` seconds after it
     is asked for (a rank's checkpoint may come late); the ranks' ``rebalance_hold`` states are relayed as
     the kernel's step does (release once one holds and none is busy)."""
 
@@ -394,9 +394,9 @@ def test_a_rank_committing_its_revocation_late_is_not_refused(tmp_path, kafka_br
     joining = [threading.Thread(target=newcomer, daemon=True) for _ in range(1 if assignment == "range" else 2)]
     try:
         relay.start(0)
-        relay.run_until(lambda: relay.readers[0]._owned, 60)  # assigned: the group's leader
+        relay.run_until(lambda: relay.readers[0].rebalance_hold() == "busy", 60)  # assigned: the group's leader
         relay.start(1)
-        relay.run_until(lambda: all(r._owned for r in relay.readers) and "holding" not in relay.step(), 60)  # 2 partitions each
+        relay.run_until(lambda: relay.step() == ["busy", "busy"], 60)  # both assigned (2 partitions each)
         produce(kafka_broker, "held", [{"key": i, "x": [i], "label": "a"} for i in range(200)])
         ends = end_offsets(kafka_broker, "held")
         yielded = lambda: {  # noqa: E731 - every record yielded by one rank or the other

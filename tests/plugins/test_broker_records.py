@@ -332,6 +332,47 @@ def test_a_poll_decoded_in_bulk_reads_as_each_message_alone():
     assert records.x.tolist() == [[i, -i, 0.5] for i in range(4)] and records.labels == ["0", "1", "2", "0"]
 
 
+# Each holds one "[" and one "x" key, so a poll of them is read by simdjson, not sent whole to orjson.
+SIMD_HOSTILE = [
+    b'{"x": [1, 2, 3], "label": "a", "label": "b"}',  # duplicate keys: orjson (and decode) keep the last
+    b'{"x": [1, 2, 3], "label": {"a": 1}}',
+    b'{"x": [1, "2", 3], "label": "a"}',
+    b'{"x": [1, null, 3], "label": "a"}',
+    b'{"x": [1, 2], "label": "a"}',
+    b'{"x": [1, 2, 3, 4], "label": "a"}',
+    b'{"x": [1, 2, 1e39], "label": "a"}',
+    b'{"x": [1, 2, 1e400], "label": "a"}',
+    b'{"x": [1, 2, 100000000000000000000000], "label": "a"}',
+    b'{"x": [1, 2, 18446744073709551615], "label": 7}',
+    b'{"x": [1, 2, NaN], "label": "a"}',
+    b'{"x": [1, 2, 3], "label": NaN}',
+    b'{"x": [1, true, 3], "label": "a"}',
+    b'{"x": [1, 2, 3], "label": 3.0}',
+    b'{"x": [-0.0, 2.5e-3, 3], "label": " cat "}',
+    b'{"x": [0.1, 0.2, 0.3]}',
+    b'{"x": [0.1, 0.2, 0.3], "label": null}',
+    b'{"x": {"y": [1, 2, 3]}, "label": "a"}',
+    b'{"x": [1, 2, 3], "label": "a"',
+    b'{"x": [1, 2, 3], "label": "a"} trailing',
+]
+
+
+def test_a_poll_read_by_simdjson_reads_as_each_message_alone(monkeypatch):
+    decoder = Decoder(options(features=[], features_field="x", num_features=3))
+    assert decoder._simd is not None  # the kafka and redis extras bring pysimdjson
+    good = [msg(x=[i, -i, 0.5], label=i % 3) for i in range(4)]
+    whole = []
+    monkeypatch.setattr(decoder, "_parse", lambda *a: whole.append(a) or Decoder._parse(decoder, *a))
+    for message in SIMD_HOSTILE:
+        same_as_one_by_one(decoder, [*good[:2], message, *good[2:]])
+    same_as_one_by_one(decoder, SIMD_HOSTILE)
+    assert whole == []  # no poll was sent whole to orjson
+    same_as_one_by_one(decoder, [*good, b'{"x": [[1], 2, 3], "label": "a"}'])  # nested: flattened by simdjson
+    same_as_one_by_one(decoder, [*good, b'{"x": [1, 2, 3], "x": [4, 5, 6], "label": "a"}'])
+    same_as_one_by_one(decoder, [*good, b'{"label": "a", "x": [1, 2, 3], "\\u006cabel": "b"}'])  # a duplicate key, escaped
+    assert len(whole) == 3  # those three polls went whole to orjson
+
+
 def test_named_fields_experience_key_and_timestamp_in_bulk():
     decoder = Decoder(options(experience="e", key="id", timestamp="ts"))
     poll = [

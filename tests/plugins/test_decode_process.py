@@ -198,6 +198,7 @@ def test_a_killed_child_leaves_its_parts_and_the_rest_to_the_reader_thread(capsy
 def test_auto_is_one_child_per_four_cpus(monkeypatch):
     from lifelong_brokers import decode_process
 
-    for cpus, children in [(1, 1), (2, 1), (8, 2), (16, 4), (64, 4)]:
+    for cpus, on_thread, in_process in [(1, 1, 0), (2, 1, 0), (4, 1, 1), (8, 2, 2), (16, 4, 4), (64, 4, 4)]:
         monkeypatch.setattr(os, "cpu_count", lambda cpus=cpus: cpus)
-        assert decode_process.auto_processes() == children
+        assert decode_process.auto_processes() == on_thread
+        assert decode_process.auto_processes(reader_process=True) == in_process

@@ -76,7 +76,7 @@ def test_json_records_dead_letters_and_declared_classes(kafka_broker, tmp_path):
     assert headers == {"lifelong.reason": b"feature field 'a' is nan (NaN or infinite)", "lifelong.source": b"kafka:j[0]", "lifelong.offset": b"11"}
 
 
-def test_csv_records_and_open_classes(kafka_broker, tmp_path, capsys):
+def test_csv_records_and_open_classes(kafka_broker, tmp_path, capfd):
     create_topic(kafka_broker, "c")
     lines = ["1,ant,2", "2,bee,3", "3,,4", "4,cow,5", "5,ant,x", "6,bee,7"]
     produce(kafka_broker, "c", [(str(i), line) for i, line in enumerate(lines)], partition=0)
@@ -90,7 +90,7 @@ def test_csv_records_and_open_classes(kafka_broker, tmp_path, capsys):
         (4, "feature column 'g' is not a number: 'x'"),
     ]
     assert reader.info().class_names == ["ant", "bee"]
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert err.count("new class 'ant' → index 0") == 1 and err.count("new class 'bee' → index 1") == 1
     assert reader.counts(batches[-1].position)["unlabeled"] == 1
 

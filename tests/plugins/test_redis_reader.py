@@ -27,7 +27,9 @@ from tests.fixtures.redis_server import pending_count, xadd
 
 pytestmark = pytest.mark.slow  # every test starts a redis-server (~0.03 s each; the readers wait ~0.3 s to end)
 
-FAST = {"idle_timeout": 0.3, "batch_timeout": 0.1, "block_ms": 50}
+# The reader's own logic is tested in this process (``acked`` counts its acknowledgements here); the reader run
+# in a child process, as the pipeline runs it by default: test_reader_process.py and the pipeline tests.
+FAST = {"idle_timeout": 0.3, "batch_timeout": 0.1, "block_ms": 50, "reader_process": False}
 
 
 def context(tmp_path: Path, batch_size: int = 4, seed: int = 0, name: str = "dl.jsonl") -> ReaderContext:

@@ -31,6 +31,7 @@ its own thread: nothing is lost or decoded differently, it is only slower.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from multiprocessing.connection import Connection, Pipe
@@ -184,6 +185,7 @@ def _serve(conn: Connection, decoder: Decoder) -> None:
     """The child's loop: a poll's messages in, their Records (or the exception) out, until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    gc.freeze()  # the inherited heap is no garbage of ours: collections skip it (reader_process.py: why)
     keep = conn.fileno()
     os.closerange(3, keep)  # sockets, the dead-letter file, locks: the training process's, not ours to hold open
     os.closerange(keep + 1, _max_fd())

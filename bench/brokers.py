@@ -237,11 +237,15 @@ def throughput(args: argparse.Namespace, tmp: Path, where: dict[str, Any], sourc
         base = statistics.median(
             r["steady_samples_per_second"] for r in runs if r["source"] == "npz" and r["batch_size"] == batch
         )
+        npz = {r["repeat"]: r["steady_samples_per_second"] for r in runs if r["source"] == "npz" and r["batch_size"] == batch}
         for source in sources:
-            rates = [r["steady_samples_per_second"] for r in runs if r["source"] == source and r["batch_size"] == batch]
+            mine = [r for r in runs if r["source"] == source and r["batch_size"] == batch]
+            rates = [r["steady_samples_per_second"] for r in mine]
             table[f"{source}/{batch}"] = {
                 "median": statistics.median(rates),
                 "ratio_to_npz": statistics.median(rates) / base,
+                # each round's ratio to that round's npz run (the runs next to each other): less of the machine's drift
+                "round_ratios": [r["steady_samples_per_second"] / npz[r["repeat"]] for r in mine],
                 "rates": rates,
             }
     raw = []
@@ -341,14 +345,22 @@ def markdown(result: dict[str, Any]) -> list[str]:
                 f"trained samples/s between the first and last metrics call; median of {meta['repeats']}):"
             ),
             "",
-            "| source | batch 32 | ratio to npz | batch 256 | ratio to npz |",
-            "| --- | --- | --- | --- | --- |",
+            "| source | batch 32 | ratio to npz | per round | batch 256 | ratio to npz | per round |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
+        rounds = lambda v: "median {:.2f} ({})".format(  # noqa: E731
+            statistics.median(v["round_ratios"]), ", ".join(f"{x:.2f}" for x in v["round_ratios"])
+        ) if "round_ratios" in v else "–"
         for source in [s for s in SOURCES if f"{s}/32" in t["table"]]:
             a, b = t["table"][f"{source}/32"], t["table"][f"{source}/256"]
             lines.append(
-                f"| {source} | {a['median']:.0f} | {a['ratio_to_npz']:.2f} | {b['median']:.0f} | {b['ratio_to_npz']:.2f} |"
+                f"| {source} | {a['median']:.0f} | {a['ratio_to_npz']:.2f} | {rounds(a)} | {b['median']:.0f} | {b['ratio_to_npz']:.2f} | {rounds(b)} |"
             )
+        lines += [
+            "",
+            "Ratio to npz: the source's median ÷ npz's median (the target's figure). Per round: each round's run ÷ "
+            "the npz run of the same round, run next to it (the order alternates between rounds).",
+        ]
         lines += [""]
         for r in t["raw_readers"]:
             lines.append(

@@ -1,13 +1,14 @@
-"""Decoding each poll in child processes, beside training (the broker option ``decode_processes``, on by default).
+"""Decoding each poll in child processes, beside the reader (the broker option ``decode_processes``).
 
-**Why.** :meth:`~lifelong_brokers.decode.Decoder.decode_many` holds the GIL for about 4 µs a record
-(the JSON parse and the numpy conversion), and the training thread needs the GIL between its tensor
-operations: the reader thread and the training thread then run one after the other, not side by
-side. Measured on this project's machine with the Kafka reader at batch 256 (``bench/brokers.py``),
-the reader thread took 0.23 s of CPU and training 0.19 s for 20,000 records, and the pipeline ran
-at 0.4× its npz rate. In a child process the parse runs on another core while the reader thread
-waits for the reply with the GIL released; what stays in the training process is collecting the
-messages, one pickled round trip per poll and the accounting (classes, held-out sets, batches).
+**Why.** :meth:`~lifelong_brokers.decode.Decoder.decode_many` holds the GIL for 3–4 µs a record
+(the JSON parse and the numpy conversion). For a reader on the training process's thread
+(``reader_process = false``) the training thread needs that GIL between its tensor operations: the
+two then run one after the other, not side by side (measured with the Kafka reader at batch 256,
+``bench/brokers.py``: the reader thread took 0.23 s of CPU and training 0.19 s for 20,000 records,
+and the pipeline ran at 0.4× its npz rate). In a child process the parse runs on another core while
+the reader waits for the reply with the GIL released. For a reader in its own process
+(:mod:`lifelong_brokers.reader_process`, the default) the children let that process use more than
+one core, where there are cores to spare.
 
 **How.** The child is forked (:func:`os.fork`) at the first poll of at least :data:`MIN_FORKED`
 messages; smaller polls decode in the reader thread, where the round trip would cost more than it
@@ -17,12 +18,13 @@ One child decodes about as fast as one core trains a small MLP at batch 256, so 
 ``decode_processes = -1``, forks one child per four CPUs, up to 4: on a 16-CPU machine, four. Below
 four CPUs, a reader in its own process (:mod:`lifelong_brokers.reader_process`, the default) forks
 none (on 2 CPUs the trainer and the reader process take both), and a reader on the training
-process's thread one (its decoding leaves the GIL it shares with training). A fork inherits the loaded modules, so the child starts in milliseconds and imports nothing.
+process's thread one (its decoding leaves the GIL it shares with training). A fork inherits the
+loaded modules, so the child starts in milliseconds and imports nothing.
 It runs ``decode_many`` on numpy and orjson alone: it never touches torch, a device, a lock of the
 parent's threads or a file (it closes every inherited descriptor but its pipe), which is what makes
 a fork from a process with threads safe here, as PyTorch's DataLoader workers are forked. It
 ignores SIGINT and SIGTERM (the training process decides when the stream stops) and exits when the
-pipe closes: at :meth:`DecodeProcess.close`, or when the training process dies (``kill -9``).
+pipe closes: at :meth:`DecodeProcess.close`, or when the process that forked it dies (``kill -9``).
 
 **Failure.** Decoding is a pure function of the bytes. If the child dies, or does not answer within
 :data:`REPLY_TIMEOUT` seconds, it is killed, the reader says so once, and from then on decodes in

@@ -69,6 +69,10 @@ the other rank rejoined was accepted (same test). On
 resume every rank starts each partition at the furthest offset any rank's checkpointed position
 holds for it (``seek_ranks``), since the group may assign it partitions another rank trained.
 
+**Where it runs.** By default (``reader_process``) the whole reader runs in a child process forked
+when the plan is built (:mod:`lifelong_brokers.reader_process`): "the reader thread" above is that
+process's thread, and ``commit`` and the other members reach it through the training process's proxy.
+
 Notes: librdkafka's ``max.poll.interval.ms`` (default 5 minutes) bounds how long the kernel's
 queue of batches may stay full (the reader does not consume while it waits): raise it in
 ``consumer`` for very slow models. Explicit experience ids assume the partitions move through the

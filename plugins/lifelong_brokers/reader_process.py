@@ -67,7 +67,7 @@ from lifelong.readers import ReaderContext
 from lifelong.types import Batch, StreamInfo
 
 FLAGS_EVERY = 0.005  # seconds between two refreshes of the shared checkpoint_wanted / rebalance_hold flags
-CALL_TIMEOUT = 60.0  # seconds for one call (seek, test_set, ...) to be answered
+CALL_TIMEOUT = 60.0  # seconds for one call (seek, release_revocation, ...) to be answered
 COMMIT_TIMEOUT = 60.0  # seconds for a commit's answer (the readers bound their own commits well below this)
 CLOSE_TIMEOUT = 30.0  # seconds for close() in the child (a Kafka close waits for its poll, then flushes dead letters)
 OPTIONAL = ("seek", "seek_ranks", "commit", "checkpoint_wanted", "rebalance_hold", "release_revocation", "counts", "close")

@@ -75,6 +75,10 @@ thread left its read). Entries accounted for after the last batch (dead letters,
 held-out records at the very end) are in no position, so they stay pending and are read again by
 the next run of this consumer.
 
+**Where it runs.** By default (``reader_process``) the whole reader runs in a child process forked
+when the plan is built (:mod:`lifelong_brokers.reader_process`): "the reader thread" here is that
+process's thread, and ``commit`` reaches it through the training process's proxy.
+
 **Data-parallel ranks** (``lifelong run --nproc N``, torchrun) are consumers of the one group, each
 named ``<consumer>-rank<r>``: the group hands each rank its own entries, each rank's position and
 acknowledgements are its own, and a rank's consumer name is stable across restarts of the job.

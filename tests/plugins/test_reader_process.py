@@ -80,11 +80,20 @@ def test_the_child_reads_what_this_process_reads(redis_server, tmp_path):
     assert pending_count(redis_server, "s", "child") == 60  # nothing acknowledged without a commit
 
 
+def records(n: int) -> list[dict]:
+    return [{"x": [i, -i], "label": "a"} for i in range(n)]
+
+
+def one_class_reader(url: str, tmp_path: Path, idle_timeout: float):
+    """A reader of stream ``s`` with one class, batch 4, in its child process (the default)."""
+    options = validate(RedisOptions, {"url": url, "stream": "s", "num_features": 2, "classes": ["a"],
+                                      "idle_timeout": idle_timeout, "batch_timeout": 0.2, "block_ms": 50}, "stream")
+    return redis_reader(options, ReaderContext(batch_size=4, seed=0, dead_letter=DeadLetters(tmp_path / "d.jsonl")))
+
+
 def test_a_commit_goes_through_the_child(redis_server, tmp_path):
-    xadd(redis_server, "s", [{"x": [i, -i], "label": "a"} for i in range(12)])
-    options = validate(RedisOptions, {"url": redis_server, "stream": "s", "num_features": 2, "classes": ["a"],
-                                      "idle_timeout": 0.5, "batch_timeout": 0.2, "block_ms": 50}, "stream")
-    reader = redis_reader(options, ReaderContext(batch_size=4, seed=0, dead_letter=DeadLetters(tmp_path / "d.jsonl")))
+    xadd(redis_server, "s", records(12))
+    reader = one_class_reader(redis_server, tmp_path, idle_timeout=0.5)
     stream = iter(reader)
     first, second = next(stream), next(stream)
     reader.commit(second.position)
@@ -97,10 +106,8 @@ def test_a_commit_goes_through_the_child(redis_server, tmp_path):
 
 
 def test_the_reader_s_error_is_raised_here_with_its_message(redis_server, tmp_path):
-    xadd(redis_server, "s", [{"x": [i, -i], "label": "a"} for i in range(8)])
-    options = validate(RedisOptions, {"url": redis_server, "stream": "s", "num_features": 2, "classes": ["a"],
-                                      "idle_timeout": 30.0, "batch_timeout": 0.2, "block_ms": 50}, "stream")
-    reader = redis_reader(options, ReaderContext(batch_size=4, seed=0, dead_letter=DeadLetters(tmp_path / "d.jsonl")))
+    xadd(redis_server, "s", records(8))
+    reader = one_class_reader(redis_server, tmp_path, idle_timeout=30.0)
     stream = iter(reader)
     next(stream), next(stream)
     redis.Redis.from_url(redis_server, socket_timeout=10).delete("s")  # the stream and its group are gone
@@ -110,10 +117,8 @@ def test_the_reader_s_error_is_raised_here_with_its_message(redis_server, tmp_pa
 
 
 def test_a_dead_child_is_an_error_that_names_how_it_ended(redis_server, tmp_path):
-    xadd(redis_server, "s", [{"x": [i, -i], "label": "a"} for i in range(4)])
-    options = validate(RedisOptions, {"url": redis_server, "stream": "s", "num_features": 2, "classes": ["a"],
-                                      "idle_timeout": 30.0, "batch_timeout": 0.2, "block_ms": 50}, "stream")
-    reader = redis_reader(options, ReaderContext(batch_size=4, seed=0, dead_letter=DeadLetters(tmp_path / "d.jsonl")))
+    xadd(redis_server, "s", records(4))
+    reader = one_class_reader(redis_server, tmp_path, idle_timeout=30.0)
     stream = iter(reader)
     assert len(next(stream)) == 4
     os.kill(reader.pid, signal.SIGKILL)
@@ -142,7 +147,7 @@ TRAINER = textwrap.dedent(
 
 
 def test_the_child_dies_with_the_trainer(redis_server, tmp_path):
-    xadd(redis_server, "s", [{"x": [i, -i], "label": "a"} for i in range(4)])
+    xadd(redis_server, "s", records(4))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
     trainer = subprocess.Popen([sys.executable, "-c", TRAINER, redis_server, str(tmp_path / "d.jsonl")], env=env,
                                stdout=subprocess.PIPE, text=True, start_new_session=True)

@@ -98,7 +98,7 @@ class ReaderProcess:
         self._call_lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._test_sets: dict[int, Batch] = {}  # sent by the child as they are handed out (fixed from then on)
-        self._sequence = 0  # commit requests, so that an answer that came after its timeout is recognised
+        self._calls_made = self._commits_made = 0  # requests are numbered: an answer after its timeout is skipped
         self._closing = False
         self._exit: int | None = None
         data_in, data_out = Pipe(duplex=False)
@@ -168,19 +168,8 @@ class ReaderProcess:
 
     def commit(self, position: dict[str, Any]) -> None:
         with self._commit_lock:
-            self._sequence += 1
-            try:
-                self._commits.send((self._sequence, position))
-                deadline = time.monotonic() + COMMIT_TIMEOUT
-                while True:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not self._commits.poll(left):
-                        raise TimeoutError(f"{self._source}: the reader process did not answer a commit within {COMMIT_TIMEOUT:g} s")
-                    sequence, error = self._commits.recv()
-                    if sequence == self._sequence:
-                        break  # else the answer to a commit that timed out before
-            except (EOFError, OSError):
-                raise RuntimeError(f"{self._source}: the reader process ended unexpectedly ({self._status()})") from None
+            self._commits_made += 1
+            error = self._ask(self._commits, (self._commits_made, position), "a commit", COMMIT_TIMEOUT)
         if error is not None:
             raise error
 
@@ -208,16 +197,27 @@ class ReaderProcess:
     # -- internals ----------------------------------------------------------------------------------
     def _call(self, name: str, *args: Any, timeout: float = CALL_TIMEOUT) -> Any:
         with self._call_lock:
-            try:
-                self._calls.send((name, args))
-                if not self._calls.poll(timeout):
-                    raise TimeoutError(f"{self._source}: the reader process did not answer {name}() within {timeout:g} s")
-                ok, value = self._calls.recv()
-            except (EOFError, OSError):
-                raise RuntimeError(f"{self._source}: the reader process ended unexpectedly ({self._status()})") from None
+            self._calls_made += 1
+            ok, value = self._ask(self._calls, (self._calls_made, name, args), f"{name}()", timeout)
         if not ok:
             raise value
         return value
+
+    def _ask(self, conn: Connection, request: tuple, what: str, timeout: float) -> Any:
+        """Send ``request`` (its first item numbers it) and wait for its answer; an answer to an earlier
+        request that timed out is skipped."""
+        try:
+            conn.send(request)
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not conn.poll(left):
+                    raise TimeoutError(f"{self._source}: the reader process did not answer {what} within {timeout:g} s")
+                number, *answer = conn.recv()
+                if number == request[0]:
+                    return answer[0] if len(answer) == 1 else answer
+        except (EOFError, OSError):
+            raise RuntimeError(f"{self._source}: the reader process ended unexpectedly ({self._status()})") from None
 
     def _status(self) -> str:
         """How the child ended, once it has (a short wait: its pipes close as it exits)."""
@@ -276,7 +276,7 @@ class _Child:
         pump = threading.Thread(target=self._pump, name="lifelong-reader", daemon=True)
         while True:
             try:
-                name, args = self.calls.recv()
+                number, name, args = self.calls.recv()
             except (EOFError, OSError):
                 return 0  # the training process is gone
             try:
@@ -287,9 +287,9 @@ class _Child:
                     value = None
                 else:
                     value = getattr(self.reader, name)(*args)
-                reply: tuple[bool, Any] = (True, value)
+                reply: tuple[int, bool, Any] = (number, True, value)
             except BaseException as exc:  # noqa: BLE001 - raised in the training process
-                reply = (False, _sendable(exc))
+                reply = (number, False, _sendable(exc))
             if name == "close":
                 self._stopped.set()
             try:
@@ -342,7 +342,7 @@ class _Child:
     def _serve_commits(self) -> None:
         while True:
             try:
-                sequence, position = self.commits.recv()
+                number, position = self.commits.recv()
             except (EOFError, OSError):
                 return
             try:
@@ -351,7 +351,7 @@ class _Child:
             except BaseException as exc:  # noqa: BLE001 - raised by the training process's commit()
                 error = _sendable(exc)
             try:
-                self.commits.send((sequence, error))
+                self.commits.send((number, error))
             except OSError:
                 return
 

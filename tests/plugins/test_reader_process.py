@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -152,7 +153,10 @@ def test_the_child_dies_with_the_trainer(redis_server, tmp_path):
     trainer = subprocess.Popen([sys.executable, "-c", TRAINER, redis_server, str(tmp_path / "d.jsonl")], env=env,
                                stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        child = int(trainer.stdout.readline())  # blocks until the first batch came through the child
+        # the child's pid, printed once the first batch came through it (bounded: the test never hangs)
+        ready, _, _ = select.select([trainer.stdout], [], [], 60)
+        assert ready, "the trainer printed nothing within 60 s"
+        child = int(trainer.stdout.readline())
         assert alive(child)
         os.kill(trainer.pid, signal.SIGKILL)
         trainer.wait(timeout=10)

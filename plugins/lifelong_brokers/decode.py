@@ -232,6 +232,7 @@ class Decoder:
         finite = np.isfinite(x32).all(axis=1).tolist()
         out.x[rows] = x32
         texts = self._label_texts
+        has_experience, has_key, has_timestamp = bool(self.options.experience), bool(self.options.key), bool(self.options.timestamp)
         for j, (i, (label, experience, key, timestamp)) in enumerate(zip(rows, values)):
             try:
                 if not finite[j]:
@@ -242,11 +243,11 @@ class Decoder:
                     out.labels[i] = text = _label(label, "")
                     if len(texts) < LABEL_MEMO:
                         texts[label] = text
-                if self.options.experience:
+                if has_experience:
                     out.experiences[i] = _experience(experience, "")  # a missing one raises too
-                if self.options.key:
+                if has_key:
                     out.keys[i] = _key(key, "")
-                if self.options.timestamp:
+                if has_timestamp:
                     out.timestamps[i] = _timestamp(timestamp, "")
             except (BadRecord, TypeError):  # TypeError: an unhashable label (a list, an object)
                 alone.append(i)  # decoded alone, which gives its reason
@@ -314,11 +315,10 @@ class Decoder:
                 array = doc.get(o.features_field) if type(doc) is Object else None
                 if type(array) is not Array or len(array) != width:
                     raise TypeError
-                buffers.append(array.as_buffer(of_type="d"))
+                buffer = array.as_buffer(of_type="d")
                 row = (doc.get(label), doc.get(experience) if experience else None, doc.get(key) if key else None,
                        doc.get(timestamp) if timestamp else None)
                 if Object in (type(row[0]), type(row[1]), type(row[2]), type(row[3])):
-                    buffers.pop()
                     raise TypeError
             except (ValueError, TypeError, RuntimeError, KeyError):  # not JSON, not numbers, beyond int64 …
                 alone.append(i)
@@ -326,6 +326,7 @@ class Decoder:
             finally:
                 del doc, array  # the parser refuses to parse again while a document of its last parse lives
             rows.append(i)
+            buffers.append(buffer)
             values.append(row)
         x = np.frombuffer(b"".join(buffers), dtype=np.float64).reshape(len(rows), width)
         return rows, x, values, alone

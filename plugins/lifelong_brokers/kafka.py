@@ -266,7 +266,7 @@ class KafkaStream(AssembledStream):
                 messages = consumer.consume(o.poll_records, timeout=timeout)
             good = [m for m in messages if m.error() is None]  # comprehensions: this runs per message
             if len(good) < len(messages):
-                self._errors([m.error() for m in messages if m.error() is not None], KafkaError)
+                self._errors(messages, KafkaError)
             if good:
                 self._event = time.monotonic()
             # Only owned partitions' messages (others were fetched before a revocation: the next owner reads
@@ -291,9 +291,12 @@ class KafkaStream(AssembledStream):
                     self._leave()
                 return
 
-    def _errors(self, errors: list[Any], KafkaError: Any) -> None:
+    def _errors(self, messages: list[Any], KafkaError: Any) -> None:
         """A poll's error events: a fatal one ends the stream; others are said once per kind (the consumer retries)."""
-        for error in errors:
+        for message in messages:
+            error = message.error()
+            if error is None:
+                continue
             if error.fatal():
                 raise RuntimeError(f"kafka consumer failed: {error.str()}")
             if error.code() != KafkaError._PARTITION_EOF and error.code() not in self._errors_seen:
